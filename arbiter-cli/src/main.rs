@@ -1,0 +1,2 @@
+//! The `arbiter` binary (under construction).
+fn main() {}

@@ -1,0 +1,1 @@
+//! arbiter-core (under construction).

@@ -1,0 +1,1 @@
+//! arbiter-sockets (under construction).

@@ -1,0 +1,1 @@
+//! Helpers for arbiter's integration tests.

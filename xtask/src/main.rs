@@ -1,0 +1,2 @@
+//! Workspace tasks: `cargo xtask integration`, `cargo xtask bench`.
+fn main() {}
