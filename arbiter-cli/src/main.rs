@@ -3,6 +3,8 @@
 //! `main` maps a `Result` to an exit code and nothing else; `arbiter worker ...` runs the
 //! built-in HTTP worker, which the master execs when no worker command is given.
 
+#[allow(dead_code)] // wired into main as the event loop lands
+mod config;
 mod worker;
 
 use std::process::ExitCode;
