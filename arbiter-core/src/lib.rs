@@ -1,1 +1,42 @@
-//! arbiter-core (under construction).
+//! `arbiter-core`: the pure, sans-IO state machine of a pre-fork process arbiter.
+//!
+//! It decides everything gunicorn's `Arbiter` decides (how many workers, which to spawn,
+//! which to stop and with which signal, when a worker is hung, when a reload may retire an
+//! old worker, when to exit and with which code) and does none of it: the shell feeds it
+//! inputs stamped with a [`Moment`], drains [`Action`]s, and sleeps until
+//! [`Arbiter::poll_timeout`]. The model is quinn-proto's `Connection`.
+//!
+//! Invariants: no syscalls, no clock, no logging, no `unsafe`; every action carries a
+//! [`Reason`]; deadlines are exact (no polling tick); no signal is emitted for a pid whose
+//! exit was reported. Limits: the table is sized for tens of thousands of workers; each
+//! input costs O(target) in the worst case.
+//!
+//! ```
+//! use arbiter_core::{Action, Arbiter, Config, Moment, Role};
+//! let mut arbiter = Arbiter::new(Config { workers: 2, ..Config::default() }, Role::Fresh, Moment::ZERO);
+//! let mut spawns = 0;
+//! while let Some(action) = arbiter.poll_action() {
+//!     if let Action::Spawn { id, .. } = action {
+//!         spawns += 1;
+//!         arbiter.handle_spawned(id, 100 + spawns, Moment::ZERO);
+//!     }
+//! }
+//! assert_eq!(spawns, 2);
+//! ```
+#![forbid(unsafe_code)]
+
+mod action;
+mod arbiter;
+mod time;
+mod timers;
+mod types;
+mod worker;
+
+pub use action::{Action, Event, Reason, SupervisorNote};
+pub use arbiter::{backoff_delay, Arbiter, Phase, BACKOFF_CAP, QUICK_DEATH, REAP_GRACE};
+pub use arbiter_gpu::GpuConfig;
+pub use time::Moment;
+pub use types::{
+    BootErrorPolicy, Command, Config, ExitStatus, Pid, ReadyMode, Role, Signal, Slot, WorkerId,
+};
+pub use worker::{Worker, WorkerState};

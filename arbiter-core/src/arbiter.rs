@@ -1,0 +1,975 @@
+//! The arbiter state machine.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use arbiter_gpu::Balancer;
+
+use crate::action::{Action, Event, Reason, SupervisorNote};
+use crate::time::Moment;
+use crate::timers::Timers;
+use crate::types::{
+    BootErrorPolicy, Command, Config, ExitStatus, Pid, ReadyMode, Role, Signal, Slot, WorkerId,
+};
+use crate::worker::{Worker, WorkerState};
+
+/// A worker that dies sooner than this after its start (or before it was ready) died quickly.
+pub const QUICK_DEATH: Duration = Duration::from_secs(1);
+/// The first delay of a crash-looping slot; it doubles with each quick death.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// The longest delay before respawning a crash-looping slot.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long a stop waits for reaps after the final KILL before it gives up on them.
+pub const REAP_GRACE: Duration = Duration::from_secs(5);
+
+/// The master's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Keeping the target number of workers.
+    Running,
+    /// Rolling a new generation in (HUP).
+    Reloading,
+    /// Stopping every worker, then exiting.
+    Stopping {
+        /// Whether the quick signal was sent.
+        quick: bool,
+    },
+}
+
+impl Phase {
+    /// Lower-case name for status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Reloading => "reloading",
+            Phase::Stopping { .. } => "stopping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum TimerKey {
+    Worker(WorkerId),
+    Backoff(Slot),
+    StopFinal,
+}
+
+/// Per-slot bookkeeping.
+#[derive(Debug, Clone, Default)]
+struct SlotState {
+    /// Workers (any state) in this slot.
+    members: Vec<WorkerId>,
+    /// Quick deaths in a row.
+    quick_deaths: u32,
+    /// No spawn before this.
+    backoff_until: Option<Moment>,
+    /// Unexpected exits of this slot's workers.
+    restarts: u64,
+    /// Whether a worker ever ran in this slot.
+    used: bool,
+}
+
+/// The sans-IO arbiter: everything gunicorn's `Arbiter` decides, without doing any of it.
+///
+/// Call order, as in quinn-proto: feed inputs with the `handle_*` methods, each stamped with
+/// the current [`Moment`]; after each input drain [`Arbiter::poll_action`] until `None` and
+/// carry the actions out in order (reporting spawn and re-exec results back at once); then
+/// sleep until [`Arbiter::poll_timeout`] or an fd is readable, and call
+/// [`Arbiter::handle_timeout`] when the deadline passes. After an [`Action::Exit`] the
+/// arbiter ignores every input.
+///
+/// Invariants: no signal is ever emitted for a pid after its exit was reported; spawns
+/// happen only while the table holds fewer than `workers + max_surge` processes; during a
+/// reload an old worker is retired only once its slot has a ready new one.
+#[derive(Debug)]
+pub struct Arbiter {
+    config: Config,
+    phase: Phase,
+    target: usize,
+    generation: u64,
+    next_id: u64,
+    workers: BTreeMap<WorkerId, Worker>,
+    by_pid: HashMap<Pid, WorkerId>,
+    slots: Vec<SlotState>,
+    timers: Timers<TimerKey>,
+    actions: VecDeque<Action>,
+    notify_commands: HashSet<u64>,
+    gpus: Option<Balancer>,
+    reexec_pid: Option<Pid>,
+    parent: Option<Pid>,
+    announced_ready: bool,
+    ever_spawned: bool,
+    exit_code: i32,
+    exit_reason: Reason,
+    exited: bool,
+}
+
+impl Arbiter {
+    /// A new arbiter; its first actions (pidfile, spawns) are ready to poll.
+    pub fn new(config: Config, role: Role, now: Moment) -> Arbiter {
+        let gpus = config
+            .gpus
+            .clone()
+            .map(|gpu| Balancer::new(gpu, config.workers));
+        let parent = match role {
+            Role::Fresh => None,
+            Role::UpgradeChild { parent } => Some(parent),
+        };
+        let mut arbiter = Arbiter {
+            target: config.workers,
+            config,
+            phase: Phase::Running,
+            generation: 0,
+            next_id: 1,
+            workers: BTreeMap::new(),
+            by_pid: HashMap::new(),
+            slots: Vec::new(),
+            timers: Timers::new(),
+            actions: VecDeque::new(),
+            notify_commands: HashSet::new(),
+            gpus,
+            reexec_pid: None,
+            parent,
+            announced_ready: false,
+            ever_spawned: false,
+            exit_code: 0,
+            exit_reason: Reason::Shutdown,
+            exited: false,
+        };
+        arbiter.push(Action::WritePidfile {
+            upgrade_child: parent.is_some(),
+        });
+        arbiter.manage(now);
+        arbiter
+    }
+
+    // ----- outputs -----
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Arbiter::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Moment> {
+        if self.exited {
+            return None;
+        }
+        self.timers.next()
+    }
+
+    // ----- observers -----
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The target number of workers.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// The reload generation now wanted.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every worker, oldest first.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// The worker with this pid.
+    pub fn worker_by_pid(&self, pid: Pid) -> Option<&Worker> {
+        self.by_pid.get(&pid).and_then(|id| self.workers.get(id))
+    }
+
+    /// Unexpected exits so far of the workers of `slot`.
+    pub fn slot_restarts(&self, slot: Slot) -> u64 {
+        self.slots.get(slot).map_or(0, |s| s.restarts)
+    }
+
+    /// Ready workers that are not being stopped.
+    pub fn ready_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count()
+    }
+
+    /// The pid of the new master this one re-exec'd, while it runs.
+    pub fn reexec_pid(&self) -> Option<Pid> {
+        self.reexec_pid
+    }
+
+    /// The old master's pid, while this master is a not-yet-promoted upgrade child.
+    pub fn parent_master(&self) -> Option<Pid> {
+        self.parent
+    }
+
+    /// Whether an upgrade is under way in either direction.
+    pub fn is_upgrading(&self) -> bool {
+        self.reexec_pid.is_some() || self.parent.is_some()
+    }
+
+    /// Live holders per GPU, when balancing.
+    pub fn gpu_load(&self) -> Option<Vec<(String, usize)>> {
+        self.gpus.as_ref().map(Balancer::load)
+    }
+
+    /// Whether the arbiter has emitted its exit.
+    pub fn has_exited(&self) -> bool {
+        self.exited
+    }
+
+    // ----- inputs -----
+
+    /// A signal reached the master.
+    pub fn handle_signal(&mut self, signal: Signal, now: Moment) {
+        if self.exited {
+            return;
+        }
+        match signal {
+            Signal::Hup => {
+                let config = self.config.clone();
+                self.handle_reload(config, now);
+                return;
+            }
+            Signal::Term => self.begin_stop(false, Reason::Shutdown, 0, now),
+            Signal::Int | Signal::Quit => self.begin_stop(true, Reason::QuickShutdown, 0, now),
+            Signal::Ttin => {
+                if !self.is_stopping() {
+                    self.set_target(self.target + 1);
+                }
+            }
+            Signal::Ttou => {
+                if !self.is_stopping() && self.target > 1 {
+                    self.set_target(self.target - 1);
+                }
+            }
+            Signal::Usr1 => {
+                self.push(Action::ReopenLogs);
+                if self.config.forward_usr1 {
+                    let targets: Vec<WorkerId> = self.workers.keys().copied().collect();
+                    for id in targets {
+                        self.send(id, Signal::Usr1, false, Reason::ReopenLogs);
+                    }
+                }
+            }
+            Signal::Usr2 => self.upgrade(),
+            Signal::Winch => {
+                if self.config.daemonized {
+                    if !self.is_stopping() {
+                        self.target = 0;
+                        if let Some(gpus) = self.gpus.as_mut() {
+                            gpus.set_workers(0);
+                        }
+                    }
+                } else {
+                    self.event(Event::SignalIgnored {
+                        signal,
+                        why: "SIGWINCH ignored. Not daemonized",
+                    });
+                }
+            }
+            Signal::Chld | Signal::Kill | Signal::Abrt => {}
+        }
+        self.manage(now);
+    }
+
+    /// HUP with a (re-read) configuration: start a rolling reload.
+    pub fn handle_reload(&mut self, config: Config, now: Moment) {
+        if self.exited || self.is_stopping() {
+            return;
+        }
+        if config.gpus != self.config.gpus {
+            self.gpus = config
+                .gpus
+                .clone()
+                .map(|gpu| Balancer::new(gpu, config.workers));
+        } else if let Some(gpus) = self.gpus.as_mut() {
+            gpus.set_workers(config.workers);
+        }
+        self.target = config.workers;
+        self.config = config;
+        self.generation += 1;
+        self.phase = Phase::Reloading;
+        self.push(Action::Notify(SupervisorNote::Reloading));
+        self.event(Event::ReloadStarted {
+            generation: self.generation,
+        });
+        // A HUP during a roll restarts it: workers of an earlier roll that are not ready yet
+        // add no capacity where their slot still has a ready worker, so they go now.
+        let doomed: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Spawning | WorkerState::Booting))
+            .filter(|w| self.slot_has_ready(w.slot))
+            .map(|w| w.id)
+            .collect();
+        for id in doomed {
+            self.retire(id, Reason::Reload, now);
+        }
+        self.manage(now);
+    }
+
+    /// A control command.
+    pub fn handle_command(&mut self, command: Command, now: Moment) {
+        if self.exited {
+            return;
+        }
+        match command {
+            Command::Scale(n) => {
+                if !self.is_stopping() {
+                    self.set_target(n.max(1));
+                }
+            }
+            Command::Stop { quick } => {
+                let reason = if quick {
+                    Reason::QuickShutdown
+                } else {
+                    Reason::Shutdown
+                };
+                self.begin_stop(quick, reason, 0, now);
+            }
+            Command::KillWorker(pid) => {
+                if let Some(&id) = self.by_pid.get(&pid) {
+                    if self.workers[&id].state.is_active() {
+                        self.retire(id, Reason::Requested, now);
+                    }
+                }
+            }
+        }
+        self.manage(now);
+    }
+
+    /// The worker `id` was forked and exec'd as `pid`.
+    pub fn handle_spawned(&mut self, id: WorkerId, pid: Pid, now: Moment) {
+        let awaits_ready = match self.config.ready {
+            ReadyMode::Notify => true,
+            ReadyMode::Exec => false,
+            ReadyMode::Auto => {
+                let key = self.workers.get(&id).map(|w| w.command_key);
+                key.is_some_and(|key| self.notify_commands.contains(&key))
+            }
+        };
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        self.ever_spawned = true;
+        worker.pid = Some(pid);
+        worker.spawned_at = now;
+        worker.awaits_ready = awaits_ready;
+        self.by_pid.insert(pid, id);
+        match worker.state {
+            WorkerState::Spawning => {
+                worker.state = WorkerState::Booting;
+                if !awaits_ready {
+                    self.mark_ready(id, now);
+                }
+            }
+            WorkerState::Retiring => {
+                // Asked to stop before its pid was known: tell it now.
+                let signal = self.stop_signal();
+                self.send(id, signal, false, Reason::Shutdown);
+            }
+            _ => {}
+        }
+        self.rearm(id);
+        self.manage(now);
+    }
+
+    /// The worker `id` could not be started (fork or exec failed).
+    pub fn handle_spawn_failed(&mut self, id: WorkerId, error: String, now: Moment) {
+        let Some(worker) = self.remove_worker(id) else {
+            return;
+        };
+        self.event(Event::SpawnFailed {
+            slot: worker.slot,
+            error,
+        });
+        if !self.ever_spawned {
+            self.begin_stop(false, Reason::SpawnFailure, 1, now);
+        } else {
+            self.quick_death(worker.slot, now);
+        }
+        self.manage(now);
+    }
+
+    /// A child exited (reaped by the shell).
+    pub fn handle_exit(&mut self, pid: Pid, status: ExitStatus, now: Moment) {
+        if self.exited {
+            return;
+        }
+        if self.reexec_pid == Some(pid) {
+            self.reexec_pid = None;
+            self.event(Event::ReexecExited { pid, status });
+            return;
+        }
+        let Some(&id) = self.by_pid.get(&pid) else {
+            self.event(Event::OrphanReaped { pid, status });
+            return;
+        };
+        let Some(worker) = self.remove_worker(id) else {
+            return;
+        };
+        let expected = !worker.state.is_active();
+        self.event(Event::WorkerExited {
+            id,
+            pid,
+            slot: worker.slot,
+            status,
+            expected,
+        });
+        if !self.is_stopping() && !expected {
+            self.unexpected_exit(&worker, status, now);
+        }
+        self.manage(now);
+    }
+
+    /// The worker (by pid) sent `READY=1`.
+    pub fn handle_ready(&mut self, pid: Pid, now: Moment) {
+        let Some(&id) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let worker = &self.workers[&id];
+        self.notify_commands.insert(worker.command_key);
+        if worker.state == WorkerState::Booting {
+            self.mark_ready(id, now);
+            self.rearm(id);
+            self.manage(now);
+        }
+    }
+
+    /// The worker (by pid) showed a sign of life at `at` (heartbeat file bump or `WATCHDOG=1`).
+    pub fn handle_heartbeat(&mut self, pid: Pid, at: Moment) {
+        let Some(&id) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let worker = self.workers.get_mut(&id).expect("by_pid and workers agree");
+        if !worker.state.is_active() || worker.last_heartbeat.is_some_and(|last| last >= at) {
+            return;
+        }
+        worker.last_heartbeat = Some(at);
+        self.rearm(id);
+    }
+
+    /// The worker (by pid) sent `STATUS=...`.
+    pub fn handle_status(&mut self, pid: Pid, text: String) {
+        if let Some(&id) = self.by_pid.get(&pid) {
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.status = Some(text);
+            }
+        }
+    }
+
+    /// The new master from USR2 was forked as `pid`.
+    pub fn handle_reexec_spawned(&mut self, pid: Pid) {
+        self.reexec_pid = Some(pid);
+    }
+
+    /// The new master from USR2 could not be started; a later USR2 may try again.
+    pub fn handle_reexec_failed(&mut self) {
+        self.reexec_pid = None;
+    }
+
+    /// This master's parent master (it is an upgrade child) exited: promote.
+    pub fn handle_parent_exited(&mut self, _now: Moment) {
+        if self.exited || self.parent.take().is_none() {
+            return;
+        }
+        self.event(Event::Promoted);
+        self.push(Action::PromotePidfile);
+        self.push(Action::Notify(SupervisorNote::MainPid));
+    }
+
+    /// A deadline from [`Arbiter::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Moment) {
+        if self.exited {
+            return;
+        }
+        while let Some(key) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Worker(id) => self.worker_due(id, now),
+                TimerKey::Backoff(slot) => self.slots[slot].backoff_until = None,
+                TimerKey::StopFinal => {
+                    self.finish_exit();
+                    return;
+                }
+            }
+        }
+        self.manage(now);
+    }
+
+    // ----- decisions -----
+
+    fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    fn stop_signal(&self) -> Signal {
+        match self.phase {
+            Phase::Stopping { quick: true } => self.config.quick_signal,
+            _ => Signal::Term,
+        }
+    }
+
+    fn set_target(&mut self, target: usize) {
+        self.target = target;
+        if let Some(gpus) = self.gpus.as_mut() {
+            gpus.set_workers(target);
+        }
+    }
+
+    fn upgrade(&mut self) {
+        if self.reexec_pid.is_some() {
+            self.event(Event::UpgradeRefused {
+                why: "USR2 signal ignored. Child exists.",
+            });
+        } else if self.parent.is_some() {
+            self.event(Event::UpgradeRefused {
+                why: "USR2 signal ignored. Parent exists.",
+            });
+        } else if self.is_stopping() {
+            self.event(Event::UpgradeRefused {
+                why: "USR2 signal ignored. Stopping.",
+            });
+        } else {
+            self.push(Action::ReExec);
+        }
+    }
+
+    fn begin_stop(&mut self, quick: bool, reason: Reason, code: i32, now: Moment) {
+        if let Phase::Stopping { quick: was_quick } = self.phase {
+            if quick && !was_quick {
+                self.phase = Phase::Stopping { quick: true };
+                let retiring: Vec<WorkerId> = self
+                    .workers
+                    .values()
+                    .filter(|w| w.state == WorkerState::Retiring && w.pid.is_some())
+                    .map(|w| w.id)
+                    .collect();
+                for id in retiring {
+                    self.send(id, self.config.quick_signal, false, reason);
+                }
+            }
+            return;
+        }
+        self.phase = Phase::Stopping { quick };
+        self.exit_code = code;
+        self.exit_reason = reason;
+        self.push(Action::Notify(SupervisorNote::Stopping));
+        self.push(Action::CloseListeners {
+            unlink: !self.is_upgrading(),
+        });
+        for slot in &mut self.slots {
+            slot.backoff_until = None;
+        }
+        let slots = self.slots.len();
+        for slot in 0..slots {
+            self.timers.set(TimerKey::Backoff(slot), None);
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let deadline = now + self.config.graceful_timeout;
+        for id in ids {
+            let worker = &self.workers[&id];
+            match worker.state {
+                WorkerState::Spawning | WorkerState::Booting | WorkerState::Ready => {
+                    self.retire(id, reason, now)
+                }
+                WorkerState::Retiring => {
+                    let kill_at = worker.kill_at.map_or(deadline, |at| at.min(deadline));
+                    let worker = self.workers.get_mut(&id).expect("listed");
+                    worker.kill_at = Some(kill_at);
+                    if quick {
+                        self.send(id, self.config.quick_signal, false, reason);
+                    }
+                    self.rearm(id);
+                }
+                WorkerState::Aborted | WorkerState::Killed => {}
+            }
+        }
+        let final_at = deadline + self.config.abort_grace + REAP_GRACE;
+        self.timers.set(TimerKey::StopFinal, Some(final_at));
+    }
+
+    fn unexpected_exit(&mut self, worker: &Worker, status: ExitStatus, now: Moment) {
+        let slot = worker.slot;
+        self.slots[slot].restarts += 1;
+        let boot_error = match status.code() {
+            Some(3) => Some(Reason::BootError),
+            Some(4) => Some(Reason::AppLoadError),
+            _ => None,
+        };
+        if let Some(reason) = boot_error {
+            if self.config.on_boot_error == BootErrorPolicy::Halt {
+                let code = status.code().unwrap_or(1);
+                self.begin_stop(false, reason, code, now);
+                return;
+            }
+        }
+        let lived = now.saturating_since(worker.spawned_at);
+        if boot_error.is_some() || worker.ready_at.is_none() || lived < QUICK_DEATH {
+            self.quick_death(slot, now);
+        } else {
+            self.slots[slot].quick_deaths = 0;
+        }
+    }
+
+    fn quick_death(&mut self, slot: Slot, now: Moment) {
+        let state = &mut self.slots[slot];
+        state.quick_deaths = state.quick_deaths.saturating_add(1);
+        let delay = backoff_delay(state.quick_deaths);
+        if delay.is_zero() {
+            return;
+        }
+        let until = now + delay;
+        state.backoff_until = Some(until);
+        self.timers.set(TimerKey::Backoff(slot), Some(until));
+        self.event(Event::Backoff { slot, delay });
+    }
+
+    fn worker_due(&mut self, id: WorkerId, now: Moment) {
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        match worker.state {
+            WorkerState::Booting | WorkerState::Ready => {
+                let boot_due = self.boot_deadline(worker).is_some_and(|at| at <= now);
+                let heartbeat_due = self.heartbeat_deadline(worker).is_some_and(|at| at <= now);
+                if boot_due {
+                    self.abort(id, Reason::BootTimeout, now);
+                } else if heartbeat_due {
+                    self.abort(id, Reason::HeartbeatTimeout, now);
+                } else {
+                    self.rearm(id);
+                }
+            }
+            WorkerState::Retiring | WorkerState::Aborted => {
+                if worker.kill_at.is_some_and(|at| at <= now) {
+                    let reason = match (worker.state, self.phase) {
+                        (WorkerState::Aborted, _) => Reason::AbortGraceOver,
+                        (_, Phase::Stopping { .. }) => Reason::GraceOver,
+                        _ => Reason::RetireGraceOver,
+                    };
+                    self.send(id, Signal::Kill, true, reason);
+                    let worker = self.workers.get_mut(&id).expect("checked");
+                    worker.state = WorkerState::Killed;
+                    worker.kill_at = None;
+                } else {
+                    self.rearm(id);
+                }
+            }
+            WorkerState::Spawning | WorkerState::Killed => {}
+        }
+    }
+
+    /// Keeps the table at the target: spawns into empty slots, rolls reloads forward,
+    /// retires surplus workers, and finishes a stop once the table is empty.
+    fn manage(&mut self, now: Moment) {
+        if self.exited {
+            return;
+        }
+        if self.is_stopping() {
+            if self.workers.is_empty() {
+                self.finish_exit();
+            }
+            return;
+        }
+        if self.slots.len() < self.target {
+            self.slots.resize_with(self.target, SlotState::default);
+        }
+        // Surplus slots go first, so their capacity is free for spawns below.
+        let surplus: Vec<WorkerId> = self.slots[self.target..]
+            .iter()
+            .flat_map(|slot| slot.members.iter().copied())
+            .filter(|id| self.workers[id].state.is_active())
+            .collect();
+        for id in surplus {
+            let reason = if self.target == 0 {
+                Reason::Winch
+            } else {
+                Reason::Cull
+            };
+            self.retire(id, reason, now);
+        }
+        // Retire old workers whose slot has a ready replacement.
+        for slot in 0..self.target {
+            if let Some(ready) = self.current_ready_in(slot) {
+                let stale: Vec<WorkerId> = self.slots[slot]
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|id| *id != ready && self.workers[id].state.is_active())
+                    .collect();
+                for id in stale {
+                    self.retire(id, Reason::Reload, now);
+                }
+            }
+        }
+        // Spawn: empty slots first (lost capacity), then slots still rolling.
+        let limit = self.target + self.config.max_surge.max(1);
+        for pass in 0..2 {
+            for slot in 0..self.target {
+                if self.workers.len() >= limit {
+                    break;
+                }
+                let state = &self.slots[slot];
+                if state.backoff_until.is_some() {
+                    continue;
+                }
+                let active = state
+                    .members
+                    .iter()
+                    .filter(|id| self.workers[id].state.is_active());
+                let (mut any, mut current) = (false, false);
+                for id in active {
+                    any = true;
+                    current |= self.workers[id].generation == self.generation;
+                }
+                let wanted = if pass == 0 { !any } else { any && !current };
+                if wanted {
+                    let reason = if pass == 1 {
+                        Reason::Reload
+                    } else if !self.announced_ready && !state.used {
+                        Reason::Boot
+                    } else if state.used {
+                        Reason::Respawn
+                    } else {
+                        Reason::ScaleUp
+                    };
+                    self.spawn(slot, reason, now);
+                }
+            }
+        }
+        self.check_ready();
+    }
+
+    /// Announces readiness: once for the first generation, again when a reload finishes.
+    fn check_ready(&mut self) {
+        let all_current_ready = (0..self.target).all(|slot| self.current_ready_in(slot).is_some());
+        if !all_current_ready {
+            return;
+        }
+        let old_active = self.workers.values().any(|w| {
+            w.state.is_active() && (w.generation != self.generation || w.slot >= self.target)
+        });
+        if old_active {
+            return;
+        }
+        if self.phase == Phase::Reloading {
+            self.phase = Phase::Running;
+            self.event(Event::ReloadFinished {
+                generation: self.generation,
+            });
+            self.notify_ready();
+        } else if !self.announced_ready {
+            self.notify_ready();
+        }
+    }
+
+    fn notify_ready(&mut self) {
+        self.announced_ready = true;
+        self.push(Action::Notify(SupervisorNote::Ready));
+        let status = format!("{} workers ready", self.ready_count());
+        self.push(Action::Notify(SupervisorNote::Status(status)));
+    }
+
+    fn finish_exit(&mut self) {
+        if self.exited {
+            return;
+        }
+        self.exited = true;
+        self.push(Action::Exit {
+            code: self.exit_code,
+            reason: self.exit_reason,
+        });
+    }
+
+    // ----- table operations -----
+
+    fn spawn(&mut self, slot: Slot, reason: Reason, now: Moment) {
+        let id = WorkerId(self.next_id);
+        self.next_id += 1;
+        let gpus = match self.gpus.as_mut() {
+            Some(balancer) => balancer.acquire(id.0, slot),
+            None => Vec::new(),
+        };
+        let worker = Worker {
+            id,
+            slot,
+            generation: self.generation,
+            pid: None,
+            state: WorkerState::Spawning,
+            spawned_at: now,
+            ready_at: None,
+            last_heartbeat: None,
+            awaits_ready: false,
+            command_key: self.config.command_key,
+            gpus: gpus.clone(),
+            status: None,
+            kill_at: None,
+            stop_reason: None,
+        };
+        self.workers.insert(id, worker);
+        let state = &mut self.slots[slot];
+        state.members.push(id);
+        state.used = true;
+        self.push(Action::Spawn {
+            id,
+            slot,
+            generation: self.generation,
+            gpus,
+            reason,
+        });
+    }
+
+    fn remove_worker(&mut self, id: WorkerId) -> Option<Worker> {
+        let worker = self.workers.remove(&id)?;
+        if let Some(pid) = worker.pid {
+            self.by_pid.remove(&pid);
+        }
+        self.timers.set(TimerKey::Worker(id), None);
+        if let Some(gpus) = self.gpus.as_mut() {
+            gpus.release(id.0);
+        }
+        if let Some(slot) = self.slots.get_mut(worker.slot) {
+            slot.members.retain(|member| *member != id);
+        }
+        Some(worker)
+    }
+
+    fn mark_ready(&mut self, id: WorkerId, now: Moment) {
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        worker.state = WorkerState::Ready;
+        worker.ready_at = Some(now);
+        let pid = worker.pid.expect("ready workers have a pid");
+        self.event(Event::WorkerReady { id, pid });
+    }
+
+    /// Asks a worker to stop (TERM, or the quick signal during a quick stop), KILL later.
+    fn retire(&mut self, id: WorkerId, reason: Reason, now: Moment) {
+        let signal = match reason {
+            Reason::QuickShutdown => self.config.quick_signal,
+            _ => Signal::Term,
+        };
+        let grace = self.config.graceful_timeout;
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        worker.state = WorkerState::Retiring;
+        worker.kill_at = Some(now + grace);
+        worker.stop_reason = Some(reason);
+        if worker.pid.is_some() {
+            self.send(id, signal, false, reason);
+        }
+        self.rearm(id);
+    }
+
+    /// Sends the abort signal to a hung worker's process group; KILL after the abort grace.
+    fn abort(&mut self, id: WorkerId, reason: Reason, now: Moment) {
+        let grace = self.config.abort_grace;
+        let signal = self.config.abort_signal;
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        worker.state = WorkerState::Aborted;
+        worker.kill_at = Some(now + grace);
+        worker.stop_reason = Some(reason);
+        self.send(id, signal, true, reason);
+        self.rearm(id);
+    }
+
+    fn send(&mut self, id: WorkerId, signal: Signal, group: bool, reason: Reason) {
+        let Some(pid) = self.workers.get(&id).and_then(|w| w.pid) else {
+            return;
+        };
+        self.push(Action::Signal {
+            id,
+            pid,
+            signal,
+            group,
+            reason,
+        });
+    }
+
+    /// Recomputes the one deadline of a worker.
+    fn rearm(&mut self, id: WorkerId) {
+        let deadline = self.workers.get(&id).and_then(|worker| match worker.state {
+            WorkerState::Booting | WorkerState::Ready => {
+                match (self.boot_deadline(worker), self.heartbeat_deadline(worker)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            WorkerState::Retiring | WorkerState::Aborted => worker.kill_at,
+            WorkerState::Spawning | WorkerState::Killed => None,
+        });
+        if self.timers.get(TimerKey::Worker(id)) != deadline {
+            self.timers.set(TimerKey::Worker(id), deadline);
+        }
+    }
+
+    fn boot_deadline(&self, worker: &Worker) -> Option<Moment> {
+        if worker.state != WorkerState::Booting || !worker.awaits_ready {
+            return None;
+        }
+        self.config
+            .boot_timeout
+            .map(|timeout| worker.spawned_at + timeout)
+    }
+
+    fn heartbeat_deadline(&self, worker: &Worker) -> Option<Moment> {
+        let last = worker.last_heartbeat?;
+        self.config.timeout.map(|timeout| last + timeout)
+    }
+
+    fn slot_has_ready(&self, slot: Slot) -> bool {
+        self.slots.get(slot).is_some_and(|state| {
+            state
+                .members
+                .iter()
+                .any(|id| self.workers[id].state == WorkerState::Ready)
+        })
+    }
+
+    fn current_ready_in(&self, slot: Slot) -> Option<WorkerId> {
+        self.slots.get(slot)?.members.iter().copied().find(|id| {
+            let worker = &self.workers[id];
+            worker.state == WorkerState::Ready && worker.generation == self.generation
+        })
+    }
+
+    fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    fn event(&mut self, event: Event) {
+        self.push(Action::Event(event));
+    }
+}
+
+/// The delay before respawning a slot after `quick_deaths` quick deaths in a row: none for
+/// the first, then 0.5 s, 1 s, 2 s, ... up to [`BACKOFF_CAP`].
+pub fn backoff_delay(quick_deaths: u32) -> Duration {
+    if quick_deaths <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (quick_deaths - 1).min(16);
+    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_at_least_a_second_by_the_third_and_caps() {
+        assert_eq!(backoff_delay(1), Duration::ZERO);
+        assert_eq!(backoff_delay(2), Duration::from_millis(500));
+        assert!(backoff_delay(3) >= Duration::from_secs(1));
+        assert_eq!(backoff_delay(40), BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,208 @@
+//! The vocabulary shared by inputs and actions.
+
+use std::fmt;
+use std::time::Duration;
+
+use arbiter_gpu::GpuConfig;
+
+/// A process id as the kernel reports it.
+pub type Pid = i32;
+
+/// A worker's age: assigned in spawn order, monotonic, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A worker's stable position 0..N-1, reused when a worker is replaced.
+pub type Slot = usize;
+
+/// The signals the arbiter receives or sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// SIGHUP: reload.
+    Hup,
+    /// SIGINT: quick stop.
+    Int,
+    /// SIGQUIT: quick stop.
+    Quit,
+    /// SIGTERM: graceful stop.
+    Term,
+    /// SIGKILL: sent only.
+    Kill,
+    /// SIGABRT: the default abort signal for a hung worker.
+    Abrt,
+    /// SIGUSR1: reopen log files.
+    Usr1,
+    /// SIGUSR2: re-exec (upgrade).
+    Usr2,
+    /// SIGTTIN: one more worker.
+    Ttin,
+    /// SIGTTOU: one fewer worker.
+    Ttou,
+    /// SIGWINCH: stop the workers when daemonized.
+    Winch,
+    /// SIGCHLD: a child changed state; the shell reaps and reports exits.
+    Chld,
+}
+
+impl Signal {
+    /// The conventional upper-case name without the `SIG` prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "HUP",
+            Signal::Int => "INT",
+            Signal::Quit => "QUIT",
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+            Signal::Abrt => "ABRT",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+            Signal::Ttin => "TTIN",
+            Signal::Ttou => "TTOU",
+            Signal::Winch => "WINCH",
+            Signal::Chld => "CHLD",
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+/// How a child ended, as `waitpid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called exit with this code.
+    Exited(i32),
+    /// A signal (by number) ended it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// SIGKILL's number on every Linux architecture.
+    pub const SIGKILL: i32 = 9;
+
+    /// The exit code, if it exited.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            ExitStatus::Exited(code) => Some(code),
+            ExitStatus::Signaled { .. } => None,
+        }
+    }
+}
+
+/// When a worker counts as ready (DESIGN.md "Readiness and liveness").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadyMode {
+    /// Only `READY=1` on the notify socket makes a worker ready.
+    Notify,
+    /// A worker is ready as soon as it has been exec'd.
+    Exec,
+    /// `Notify` for a command that has ever sent `READY=1`, `Exec` until then.
+    #[default]
+    Auto,
+}
+
+/// What a worker exiting with code 3 (boot error) or 4 (app load error) does to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootErrorPolicy {
+    /// Stop every worker and exit with the worker's code, as gunicorn does.
+    #[default]
+    Halt,
+    /// Treat it as a crash: respawn with a growing delay.
+    Backoff,
+}
+
+/// How this master came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Started by a user or a service manager.
+    #[default]
+    Fresh,
+    /// Exec'd by an older master's USR2; it promotes itself when that parent exits.
+    UpgradeChild {
+        /// The old master's pid.
+        parent: Pid,
+    },
+}
+
+/// What the core decides with. Durations of `None` disable that timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Target number of workers.
+    pub workers: usize,
+    /// Heartbeat timeout, applied from a worker's first heartbeat on.
+    pub timeout: Option<Duration>,
+    /// How long a worker may take to send `READY=1` when readiness is awaited.
+    pub boot_timeout: Option<Duration>,
+    /// How long stopping workers get before KILL.
+    pub graceful_timeout: Duration,
+    /// Time between the abort signal and KILL for a hung worker.
+    pub abort_grace: Duration,
+    /// The signal sent to a hung worker first.
+    pub abort_signal: Signal,
+    /// The signal sent to workers on a quick stop (INT / QUIT).
+    pub quick_signal: Signal,
+    /// Readiness rule.
+    pub ready: ReadyMode,
+    /// What exit codes 3 and 4 do.
+    pub on_boot_error: BootErrorPolicy,
+    /// Workers allowed above `workers` during a rolling reload (at least 1).
+    pub max_surge: usize,
+    /// Whether the master runs as a daemon (WINCH stops the workers only then).
+    pub daemonized: bool,
+    /// Whether USR1 is forwarded to every worker.
+    pub forward_usr1: bool,
+    /// An identity for the worker command line, so `ReadyMode::Auto` can remember which
+    /// commands speak the notify protocol.
+    pub command_key: u64,
+    /// GPU balancing, if enabled.
+    pub gpus: Option<GpuConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 1,
+            timeout: Some(Duration::from_secs(30)),
+            boot_timeout: Some(Duration::from_secs(60)),
+            graceful_timeout: Duration::from_secs(30),
+            abort_grace: Duration::from_secs(1),
+            abort_signal: Signal::Abrt,
+            quick_signal: Signal::Quit,
+            ready: ReadyMode::Auto,
+            on_boot_error: BootErrorPolicy::Halt,
+            max_surge: 1,
+            daemonized: false,
+            forward_usr1: false,
+            command_key: 0,
+            gpus: None,
+        }
+    }
+}
+
+/// Orders a user or tool can give the master besides signals (the control socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Set the target number of workers (at least 1).
+    Scale(usize),
+    /// Stop gracefully, or quickly.
+    Stop {
+        /// Quick stop (the quick signal instead of TERM).
+        quick: bool,
+    },
+    /// Abort one worker by pid, as if it had timed out; it is replaced.
+    KillWorker(Pid),
+}
