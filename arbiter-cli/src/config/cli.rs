@@ -1,0 +1,172 @@
+//! The command line: clap's definition, turned into a layer of raw values.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::error::Origin;
+use super::raw::{Layer, Raw, Sourced};
+
+/// `arbiter [OPTIONS] [-- COMMAND...]`: every option is also a key of the `--config` file and
+/// an `ARBITER_<KEY>` environment variable; the command line wins over both.
+//
+// Subcommands (`ctl`, `upgrade`) go here as `#[command(subcommand)] action: Option<Action>`, with
+// `args_conflicts_with_subcommands`, and map to new `Invocation` variants. `arbiter worker` is
+// dispatched by main.rs before this parser runs and must not be defined here.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "arbiter",
+    version,
+    about = "A pre-fork process arbiter: binds sockets once and keeps N workers alive.",
+    args_override_self = true
+)]
+pub(crate) struct Cli {
+    /// TOML configuration file [env: ARBITER_CONFIG]
+    #[arg(short = 'c', long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    /// Validate the configuration, print it resolved as TOML, and exit
+    #[arg(long)]
+    pub(crate) check_config: bool,
+    /// Address to listen on: HOST:PORT, [V6]:PORT, unix:PATH, fd://N (repeatable) [default: 127.0.0.1:8000]
+    #[arg(short, long, value_name = "ADDRESS", action = clap::ArgAction::Append)]
+    bind: Vec<String>,
+    /// Number of worker processes [default: 1]
+    #[arg(short, long, value_name = "N")]
+    workers: Option<String>,
+    /// Heartbeat timeout: seconds or 30s, 500ms, 1m; 0 disables [default: 30s]
+    #[arg(short, long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Time a worker has to report READY=1; 0 disables [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    boot_timeout: Option<String>,
+    /// Time workers get to exit on stop before they are killed [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    graceful_timeout: Option<String>,
+    /// Time between the abort signal and KILL for a hung worker [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    abort_grace: Option<String>,
+    /// Write the master's pid to this file
+    #[arg(short, long, value_name = "PATH")]
+    pidfile: Option<String>,
+    /// Name shown in the process title
+    #[arg(short, long, value_name = "NAME")]
+    name: Option<String>,
+    /// Set a variable in the workers' environment (repeatable)
+    #[arg(short, long, value_name = "KEY=VALUE", action = clap::ArgAction::Append)]
+    env: Vec<String>,
+    /// Change to this directory before starting workers
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<String>,
+    /// Set SO_REUSEPORT on the listeners
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    reuse_port: Option<String>,
+    /// Listen backlog, 1..=65535 [default: 2048]
+    #[arg(long, value_name = "N")]
+    backlog: Option<String>,
+    /// File mode creation mask: 0o22, 022 (octal) or 18 [default: 0o022]
+    #[arg(long, value_name = "MASK")]
+    umask: Option<String>,
+    /// Times a failed bind is retried, one second apart [default: 5]
+    #[arg(long, value_name = "N")]
+    bind_retries: Option<String>,
+    /// debug, info, warning, error or critical [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log file; - for stderr [default: -]
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<String>,
+    /// text or json [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Directory for worker heartbeat files [default: the system temp directory]
+    #[arg(long, value_name = "DIR")]
+    worker_tmp_dir: Option<String>,
+    /// On a worker's boot error (exit 3 or 4): halt or backoff [default: halt]
+    #[arg(long, value_name = "POLICY")]
+    on_boot_error: Option<String>,
+    /// When a worker is ready: notify (READY=1), exec, or auto [default: auto]
+    #[arg(long, value_name = "MODE")]
+    ready: Option<String>,
+    /// Signal sent to workers on a quick stop: QUIT, INT, TERM or KILL [default: QUIT]
+    #[arg(long, value_name = "SIGNAL")]
+    quick_signal: Option<String>,
+    /// Forward USR1 to the workers after reopening the logs
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    forward_usr1: Option<String>,
+    /// Workers spawned above N during a rolling reload [default: 1]
+    #[arg(long, value_name = "N")]
+    max_surge: Option<String>,
+    /// GPUs to spread workers over: auto, or ids such as 0,1,2 [env: ARBITER_GPUS, USE_GPUS]
+    #[arg(long, value_name = "auto|IDS")]
+    gpus: Option<String>,
+    /// GPUs given to each worker [default: 1]
+    #[arg(long, value_name = "N")]
+    gpus_per_worker: Option<String>,
+    /// Variable that carries a worker's GPU ids [default: CUDA_VISIBLE_DEVICES]
+    #[arg(long, value_name = "NAME")]
+    gpu_env: Option<String>,
+    /// Detach and run in the background
+    #[arg(short = 'D', long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    daemon: Option<String>,
+    /// The worker command, after --; none runs the built-in worker
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
+    pub(crate) command: Vec<OsString>,
+}
+
+impl Cli {
+    /// The options given on the command line, as raw values tagged with their flag.
+    pub(crate) fn layer(&self) -> Layer {
+        let mut layer = Layer::new();
+        let mut put = |key: &'static str, flag: &'static str, raw: Option<Raw>| {
+            if let Some(raw) = raw {
+                let origin = Origin::Flag(flag);
+                layer.insert(key, Sourced { raw, origin });
+            }
+        };
+        let one = |value: &Option<String>| value.clone().map(Raw::Str);
+        let many = |values: &Vec<String>| {
+            (!values.is_empty()).then(|| Raw::List(values.iter().cloned().map(Raw::Str).collect()))
+        };
+        put("bind", "--bind", many(&self.bind));
+        put("workers", "--workers", one(&self.workers));
+        put("timeout", "--timeout", one(&self.timeout));
+        put("boot_timeout", "--boot-timeout", one(&self.boot_timeout));
+        put(
+            "graceful_timeout",
+            "--graceful-timeout",
+            one(&self.graceful_timeout),
+        );
+        put("abort_grace", "--abort-grace", one(&self.abort_grace));
+        put("pidfile", "--pidfile", one(&self.pidfile));
+        put("name", "--name", one(&self.name));
+        put("env", "--env", many(&self.env));
+        put("chdir", "--chdir", one(&self.chdir));
+        put("reuse_port", "--reuse-port", one(&self.reuse_port));
+        put("backlog", "--backlog", one(&self.backlog));
+        put("umask", "--umask", one(&self.umask));
+        put("bind_retries", "--bind-retries", one(&self.bind_retries));
+        put("log_level", "--log-level", one(&self.log_level));
+        put("log_file", "--log-file", one(&self.log_file));
+        put("log_format", "--log-format", one(&self.log_format));
+        put(
+            "worker_tmp_dir",
+            "--worker-tmp-dir",
+            one(&self.worker_tmp_dir),
+        );
+        put("on_boot_error", "--on-boot-error", one(&self.on_boot_error));
+        put("ready", "--ready", one(&self.ready));
+        put("quick_signal", "--quick-signal", one(&self.quick_signal));
+        put("forward_usr1", "--forward-usr1", one(&self.forward_usr1));
+        put("max_surge", "--max-surge", one(&self.max_surge));
+        put("gpus", "--gpus", one(&self.gpus));
+        put(
+            "gpus_per_worker",
+            "--gpus-per-worker",
+            one(&self.gpus_per_worker),
+        );
+        put("gpu_env", "--gpu-env", one(&self.gpu_env));
+        put("daemon", "--daemon", one(&self.daemon));
+        layer
+    }
+}

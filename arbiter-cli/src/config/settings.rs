@@ -1,0 +1,329 @@
+//! The validated, typed settings of one arbiter run, and their TOML rendering.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the arbiter needs to run, resolved from command line, environment, file and
+/// defaults, and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The configuration file read (`--config`, `ARBITER_CONFIG`), made absolute.
+    pub config_file: Option<PathBuf>,
+    /// Addresses to listen on, as written (parsed later as bind specs); never empty.
+    pub bind: Vec<String>,
+    /// Number of worker processes, at least 1.
+    pub workers: usize,
+    /// Heartbeat timeout; `None` when disabled.
+    pub timeout: Option<Duration>,
+    /// Time a worker has to report `READY=1`; `None` when disabled.
+    pub boot_timeout: Option<Duration>,
+    /// Time workers get to exit after a stop signal before they are killed.
+    pub graceful_timeout: Duration,
+    /// Time between the abort signal and KILL for a hung worker.
+    pub abort_grace: Duration,
+    /// Where to write the master's pid.
+    pub pidfile: Option<PathBuf>,
+    /// Name shown in the process title.
+    pub name: Option<String>,
+    /// Variables set in every worker's environment, in order, keys unique.
+    pub env: Vec<(String, String)>,
+    /// Directory to change to before loading workers.
+    pub chdir: Option<PathBuf>,
+    /// Set `SO_REUSEPORT` on the listeners.
+    pub reuse_port: bool,
+    /// Listen backlog, 1..=65535.
+    pub backlog: i32,
+    /// File mode creation mask of the master and workers, at most 0o777.
+    pub umask: u32,
+    /// How many times a failed bind is retried (one second apart).
+    pub bind_retries: u32,
+    /// Lowest level logged.
+    pub log_level: LogLevel,
+    /// Log file; `None` means stderr.
+    pub log_file: Option<PathBuf>,
+    /// Log record format.
+    pub log_format: LogFormat,
+    /// Directory for heartbeat files; `None` means the system temp directory.
+    pub worker_tmp_dir: Option<PathBuf>,
+    /// What to do when a worker exits with 3 (boot error) or 4 (app load error).
+    pub on_boot_error: BootErrorPolicy,
+    /// When a worker counts as ready.
+    pub ready: ReadyMode,
+    /// Signal sent to workers on a quick stop (INT, QUIT).
+    pub quick_signal: QuickSignal,
+    /// Forward USR1 to workers after reopening the logs.
+    pub forward_usr1: bool,
+    /// Workers spawned above `workers` during a rolling reload, at least 1.
+    pub max_surge: usize,
+    /// GPUs to spread workers over; `None` means no GPU assignment.
+    pub gpus: Option<GpuSelection>,
+    /// GPUs given to each worker, at least 1 (ignored without `gpus`).
+    pub gpus_per_worker: usize,
+    /// Environment variable that carries a worker's GPU ids.
+    pub gpu_env: String,
+    /// Detach from the terminal and run in the background.
+    pub daemon: bool,
+    /// `--check-config`: validate, print, exit.
+    pub check_config: bool,
+    /// The worker command; empty means the built-in worker.
+    pub command: Vec<OsString>,
+}
+
+/// Which GPUs the workers are spread over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Every GPU the machine has, discovered at start.
+    Auto,
+    /// These device ids, in order; non-empty, no duplicates.
+    List(Vec<String>),
+}
+
+/// Defines a closed set of names with parsing and printing.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every accepted name, in order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The configuration name of this value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Parses a name, ignoring ASCII case.
+            pub fn from_name(name: &str) -> Option<Self> {
+                $(if name.eq_ignore_ascii_case($text) {
+                    return Some($name::$variant);
+                })+
+                None
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Lowest severity that is logged.
+    LogLevel {
+        /// Everything, including each decision's details.
+        Debug = "debug",
+        /// Normal operation.
+        Info = "info",
+        /// Something unexpected that the arbiter handled.
+        Warning = "warning",
+        /// Something failed.
+        Error = "error",
+        /// The arbiter cannot go on.
+        Critical = "critical",
+    }
+}
+
+named_enum! {
+    /// How log records are written.
+    LogFormat {
+        /// One human-readable line per record.
+        Text = "text",
+        /// One JSON object per line.
+        Json = "json",
+    }
+}
+
+named_enum! {
+    /// What a worker's boot failure (exit 3 or 4) does to the master.
+    BootErrorPolicy {
+        /// Stop the master with the worker's exit code.
+        Halt = "halt",
+        /// Keep respawning, with the crash-loop delay.
+        Backoff = "backoff",
+    }
+}
+
+named_enum! {
+    /// When a spawned worker counts as ready.
+    ReadyMode {
+        /// When it sends `READY=1`.
+        Notify = "notify",
+        /// As soon as it has been exec'd.
+        Exec = "exec",
+        /// `exec` until a worker of this command has ever sent `READY=1`, then `notify`.
+        Auto = "auto",
+    }
+}
+
+named_enum! {
+    /// The signal sent to workers on a quick stop.
+    QuickSignal {
+        /// SIGQUIT (gunicorn's choice; core-dumps programs without a handler).
+        Quit = "QUIT",
+        /// SIGINT.
+        Int = "INT",
+        /// SIGTERM.
+        Term = "TERM",
+        /// SIGKILL.
+        Kill = "KILL",
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            config_file: None,
+            bind: vec!["127.0.0.1:8000".to_owned()],
+            workers: 1,
+            timeout: Some(Duration::from_secs(30)),
+            boot_timeout: Some(Duration::from_secs(60)),
+            graceful_timeout: Duration::from_secs(30),
+            abort_grace: Duration::from_secs(1),
+            pidfile: None,
+            name: None,
+            env: Vec::new(),
+            chdir: None,
+            reuse_port: false,
+            backlog: 2048,
+            umask: 0o022,
+            bind_retries: 5,
+            log_level: LogLevel::Info,
+            log_file: None,
+            log_format: LogFormat::Text,
+            worker_tmp_dir: None,
+            on_boot_error: BootErrorPolicy::Halt,
+            ready: ReadyMode::Auto,
+            quick_signal: QuickSignal::Quit,
+            forward_usr1: false,
+            max_surge: 1,
+            gpus: None,
+            gpus_per_worker: 1,
+            gpu_env: "CUDA_VISIBLE_DEVICES".to_owned(),
+            daemon: false,
+            check_config: false,
+            command: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// The resolved configuration as a TOML configuration file: every key, one per line; an
+    /// unset optional key is a comment. Read back with `--config`, it gives these settings.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        if let Some(path) = &self.config_file {
+            let _ = writeln!(out, "# resolved with {path:?}");
+        }
+        let mut line = |key: &str, value: Option<String>, unset: &str| {
+            // Writing to a String cannot fail.
+            let _ = match value {
+                Some(value) => writeln!(out, "{key} = {value}"),
+                None => writeln!(out, "# {key} is not set: {unset}"),
+            };
+        };
+        line("bind", Some(list(self.bind.iter().map(String::as_str))), "");
+        line("workers", Some(self.workers.to_string()), "");
+        line("timeout", Some(duration_opt(self.timeout)), "");
+        line("boot_timeout", Some(duration_opt(self.boot_timeout)), "");
+        line(
+            "graceful_timeout",
+            Some(duration(self.graceful_timeout)),
+            "",
+        );
+        line("abort_grace", Some(duration(self.abort_grace)), "");
+        line(
+            "pidfile",
+            self.pidfile.as_deref().map(path_str),
+            "no pidfile",
+        );
+        line(
+            "name",
+            self.name.as_deref().map(quote),
+            "the default process title",
+        );
+        let pairs: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line("env", Some(list(pairs.iter().map(String::as_str))), "");
+        line(
+            "chdir",
+            self.chdir.as_deref().map(path_str),
+            "the current directory",
+        );
+        line("reuse_port", Some(self.reuse_port.to_string()), "");
+        line("backlog", Some(self.backlog.to_string()), "");
+        line("umask", Some(format!("0o{:03o}", self.umask)), "");
+        line("bind_retries", Some(self.bind_retries.to_string()), "");
+        line("log_level", Some(quote(self.log_level.as_str())), "");
+        line(
+            "log_file",
+            self.log_file.as_deref().map(path_str),
+            "logs go to stderr",
+        );
+        line("log_format", Some(quote(self.log_format.as_str())), "");
+        line(
+            "worker_tmp_dir",
+            self.worker_tmp_dir.as_deref().map(path_str),
+            "the system temp directory",
+        );
+        line(
+            "on_boot_error",
+            Some(quote(self.on_boot_error.as_str())),
+            "",
+        );
+        line("ready", Some(quote(self.ready.as_str())), "");
+        line("quick_signal", Some(quote(self.quick_signal.as_str())), "");
+        line("forward_usr1", Some(self.forward_usr1.to_string()), "");
+        line("max_surge", Some(self.max_surge.to_string()), "");
+        let gpus = self.gpus.as_ref().map(|gpus| match gpus {
+            GpuSelection::Auto => quote("auto"),
+            GpuSelection::List(ids) => list(ids.iter().map(String::as_str)),
+        });
+        line("gpus", gpus, "no GPU assignment");
+        line(
+            "gpus_per_worker",
+            Some(self.gpus_per_worker.to_string()),
+            "",
+        );
+        line("gpu_env", Some(quote(&self.gpu_env)), "");
+        line("daemon", Some(self.daemon.to_string()), "");
+        let command: Vec<String> = self
+            .command
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        line(
+            "command",
+            Some(list(command.iter().map(String::as_str))),
+            "",
+        );
+        out
+    }
+}
+
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn path_str(path: &std::path::Path) -> String {
+    quote(&path.to_string_lossy())
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<String> = items.map(quote).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn duration(value: Duration) -> String {
+    if value.is_zero() {
+        "0".to_owned()
+    } else {
+        quote(&humantime::format_duration(value).to_string())
+    }
+}
+
+fn duration_opt(value: Option<Duration>) -> String {
+    value.map_or_else(|| "0".to_owned(), duration)
+}
