@@ -19,7 +19,10 @@ use super::raw::{Layer, Raw, Sourced};
     name = "arbiter",
     version,
     about = "A pre-fork process arbiter: binds sockets once and keeps N workers alive.",
-    args_override_self = true
+    args_override_self = true,
+    after_help = "Every option is also a key of the --config TOML file (workers = 4) and an \
+                  ARBITER_<KEY> variable (ARBITER_WORKERS=4); the command line wins, then the \
+                  environment, then the file.\n\nExample: arbiter -w 4 -b 127.0.0.1:8000 -- uvicorn --fd 3 app:app"
 )]
 pub(crate) struct Cli {
     /// TOML configuration file [env: ARBITER_CONFIG]

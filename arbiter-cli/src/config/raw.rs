@@ -184,7 +184,11 @@ fn known_variables(
         let var = env_var(key);
         let found = match env.get(&var) {
             Some(value) => Some((var.clone(), value)),
-            None if key == "gpus" => env.get(GPU_ALIAS).map(|v| (GPU_ALIAS.to_owned(), v)),
+            // The seed tests `os.environ.get("USE_GPUS")`: empty means unset.
+            None if key == "gpus" => env
+                .get(GPU_ALIAS)
+                .filter(|v| !v.is_empty())
+                .map(|v| (GPU_ALIAS.to_owned(), v)),
             None => None,
         };
         if let Some((source_var, value)) = found {

@@ -333,6 +333,14 @@ fn gpus_forms_and_use_gpus_alias() {
         with_file("gpus = \"auto\"\n", &[], &[]).expect("toml").gpus,
         Some(GpuSelection::Auto)
     );
+    assert_eq!(
+        gpus(&[], &[("USE_GPUS", "")]),
+        None,
+        "the seed treats empty as unset"
+    );
+    assert!(
+        error(&[], &[("ARBITER_GPUS", "")]).starts_with("ARBITER_GPUS=\"\": the GPU list is empty")
+    );
     let message = error(&[], &[("USE_GPUS", "0,0")]);
     assert_eq!(message, "USE_GPUS=\"0,0\": GPU id \"0\" is listed twice");
     // gpus_per_worker without gpus is ignored, not an error.
@@ -692,4 +700,51 @@ fn to_toml_lists_every_key() {
             "{key} missing from:\n{text}"
         );
     }
+}
+
+#[test]
+fn every_file_key_has_a_flag_in_the_help() {
+    let help = run(&["--help"], &[]).expect_err("help").to_string();
+    for key in raw::FILE_KEYS.iter().filter(|key| **key != "command") {
+        let flag = format!("--{}", key.replace('_', "-"));
+        assert!(help.contains(&flag), "{flag} missing from --help");
+        // "!" is a valid value for some keys and invalid for the rest: either way the
+        // variable must have been read.
+        let var = raw::env_var(key);
+        let read = match run(&[], &[(&var, "!")]) {
+            Ok(settings) => settings != Settings::default(),
+            Err(ConfigError::Invalid {
+                origin: Origin::Env(named),
+                ..
+            }) => named == var,
+            Err(_) => false,
+        };
+        assert!(read, "{var} is not read");
+    }
+}
+
+#[test]
+fn to_toml_reads_like_a_config_file() {
+    let text = Settings::default().to_toml();
+    for line in [
+        "bind = [\"127.0.0.1:8000\"]",
+        "workers = 1",
+        "timeout = \"30s\"",
+        "umask = 0o022",
+        "log_level = \"info\"",
+        "quick_signal = \"QUIT\"",
+        "# pidfile is not set: no pidfile",
+        "command = []",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+    let disabled = Settings {
+        timeout: None,
+        ..Settings::default()
+    }
+    .to_toml();
+    assert!(disabled.lines().any(|l| l == "timeout = 0"), "{disabled}");
 }
