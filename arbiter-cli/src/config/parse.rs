@@ -47,12 +47,13 @@ pub(crate) fn boolean(raw: &Raw) -> Parsed<bool> {
 /// A duration: a number of seconds (integer or decimal) or a humantime string (`500ms`, `1m`).
 pub(crate) fn duration(raw: &Raw) -> Parsed<Duration> {
     let seconds = |x: f64| {
-        Duration::try_from_secs_f64(x).map_err(|_| "must be a non-negative duration".to_owned())
+        Duration::try_from_secs_f64(x)
+            .map_err(|_| "not a duration (negative or too large)".to_owned())
     };
     match raw {
         Raw::Int(n) => u64::try_from(*n)
             .map(Duration::from_secs)
-            .map_err(|_| "must be a non-negative duration".to_owned()),
+            .map_err(|_| "not a duration (negative or too large)".to_owned()),
         Raw::Float(x) => seconds(*x),
         Raw::Str(s) => {
             let s = s.trim();

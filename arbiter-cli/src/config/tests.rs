@@ -389,6 +389,10 @@ fn value_errors_name_the_source_and_the_value() {
         "--umask \"0o1000\": must be at most 0o777"
     );
     assert!(error(&["--umask", "089"], &[]).starts_with("--umask \"089\": invalid umask"));
+    assert_eq!(
+        error(&["-t", "1e30"], &[]),
+        "--timeout \"1e30\": not a duration (negative or too large)"
+    );
     assert!(error(&["-t", "soon"], &[]).starts_with("--timeout \"soon\": invalid duration"));
     assert!(error(&["--timeout=-1"], &[]).starts_with("--timeout \"-1\": invalid duration"));
     assert_eq!(
