@@ -1,9 +1,246 @@
-//! The built-in HTTP worker (under construction).
+//! The built-in HTTP worker: what `arbiter worker [SWITCHES]` runs, and the reference
+//! implementation of the worker protocol.
+//!
+//! Model: one thread, one epoll loop ([`server`]). It serves HTTP/1.1 with keep-alive and
+//! pipelining on every inherited listener (fds 3..3+`LISTEN_FDS`, TCP or unix), sends
+//! `READY=1`, `WATCHDOG=1` and `STOPPING=1` to `NOTIFY_SOCKET`, and bumps the ctime of the
+//! `ARBITER_HEARTBEAT_FD` file. Routes: `/` (identity JSON), `/env/NAME`, `/sleep/MS`, `/hang`,
+//! `/crash`, `/exit/N`. Signals: TERM stops gracefully (exit 0 once in-flight responses are
+//! sent), INT and QUIT exit 0 at once, USR1 is ignored.
+//!
+//! Invariants: nothing is bound by the worker itself; it prints nothing but errors (prefixed
+//! `arbiter worker: `) and never logs per request; exit 3 means it could not boot (no or bad
+//! listeners, bad protocol variables), 2 bad switches, 1 a runtime failure.
+//!
+//! Limits: no chunked request bodies (501), heads up to 8 KiB, no TLS; `LISTEN_PID` is honoured
+//! when set but not required.
+
+mod http;
+mod listeners;
+mod protocol;
+mod server;
+mod signals;
+
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mio::{Events, Poll};
+
+use http::{Identity, RootResponses};
+use protocol::{Heartbeat, Notifier, WorkerEnv};
+use server::{Behaviour, Server};
+use signals::{Signals, Stop};
+
+/// Errors of the built-in worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// `LISTEN_FDS` is missing or zero.
+    #[error("no listeners: set LISTEN_FDS")]
+    NoListeners,
+    /// `LISTEN_PID` names another process, so the listeners are not ours.
+    #[error("no listeners: LISTEN_PID is {listen_pid}, not this worker's pid {pid}")]
+    ForeignListeners {
+        /// The value of `LISTEN_PID`.
+        listen_pid: u64,
+        /// This worker's pid.
+        pid: u32,
+    },
+    /// A protocol variable does not hold what it should.
+    #[error("invalid {name}: {value:?}")]
+    BadVariable {
+        /// The variable's name.
+        name: &'static str,
+        /// Its value.
+        value: OsString,
+    },
+    /// An inherited descriptor is not what the protocol says it is.
+    #[error("fd {fd} {reason}")]
+    BadDescriptor {
+        /// The descriptor number.
+        fd: RawFd,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl WorkerError {
+    /// The exit status: 3 (boot error) for a bad environment, 1 for a failing system call.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::Io { .. } => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// The switches of `arbiter worker`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "arbiter worker",
+    version,
+    about = "The built-in HTTP worker: serves on inherited listeners (LISTEN_FDS) and speaks the worker protocol"
+)]
+struct Switches {
+    /// Exit with CODE before becoming ready (3 simulates a boot error, 4 an app load error).
+    #[arg(long, value_name = "CODE")]
+    boot_exit: Option<u8>,
+    /// Sleep this long before serving, like a slow application load.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    boot_delay: Option<Duration>,
+    /// Serve at once, but send READY=1 only after this long.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    ready_delay: Option<Duration>,
+    /// Hang (stop heartbeating and serving) after this long.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    hang_after: Option<Duration>,
+    /// Exit 1 after this long.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    crash_after: Option<Duration>,
+    /// Ignore TERM, so that only the master's KILL ends the worker.
+    #[arg(long)]
+    ignore_term: bool,
+    /// Speak no protocol: no READY=1, no heartbeat, no WATCHDOG=1.
+    #[arg(long)]
+    silent: bool,
+}
+
+/// Parses a duration such as `250ms`, `1s` or `1m 30s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{error} (try 250ms, 1s, 2m)"))
+}
 
 /// Runs the built-in worker with the switches that follow `arbiter worker`.
-pub fn main(_args: Vec<OsString>) -> ExitCode {
-    ExitCode::from(3)
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let argv = std::iter::once(OsString::from("arbiter worker")).chain(args);
+    let switches = match Switches::try_parse_from(argv) {
+        Ok(switches) => switches,
+        Err(error) => {
+            // Help and version go to stdout with status 0; usage errors to stderr with 2.
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(&switches) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("arbiter worker: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// What the worker takes from its environment and inherited descriptors.
+struct Inherited {
+    env: WorkerEnv,
+    listeners: Vec<listeners::Listener>,
+    heartbeat_file: Option<std::os::fd::OwnedFd>,
+}
+
+/// Takes the inherited descriptors. Runs before the worker opens any descriptor of its own, so
+/// a number the protocol names cannot be one the worker created (a closed fd 3 would otherwise
+/// be reused by the epoll instance and then "adopted").
+fn inherit(silent: bool) -> Result<Inherited, WorkerError> {
+    let env = WorkerEnv::parse(|name| std::env::var_os(name), std::process::id())?;
+    let listeners = listeners::take_listeners(env.listen_fds)?;
+    let heartbeat_file = match env.heartbeat_fd {
+        Some(fd) if !silent => Some(listeners::take_heartbeat(fd, env.listen_fds)?),
+        _ => None,
+    };
+    Ok(Inherited {
+        env,
+        listeners,
+        heartbeat_file,
+    })
+}
+
+fn run(switches: &Switches) -> Result<ExitCode, WorkerError> {
+    // Errors of the environment are reported after --boot-delay and --boot-exit, which
+    // simulate an application that fails (or takes its time) whatever its environment.
+    let inherited = inherit(switches.silent);
+    let signals = Signals::block(switches.ignore_term)?;
+    let mut poll = Poll::new().map_err(|source| WorkerError::Io {
+        what: "epoll create",
+        source,
+    })?;
+    server::register_signals(&poll, &signals)?;
+    if let Some(delay) = switches.boot_delay {
+        if boot_wait(&mut poll, &signals, delay)? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if let Some(code) = switches.boot_exit {
+        return Ok(ExitCode::from(code));
+    }
+    let Inherited {
+        env,
+        listeners,
+        heartbeat_file,
+    } = inherited?;
+    let notifier = match &env.notify_socket {
+        Some(target) if !switches.silent => Some(Notifier::new(target)?),
+        _ => None,
+    };
+    let heartbeat = Heartbeat::new(heartbeat_file, env.watchdog && notifier.is_some());
+    let identity = Identity {
+        pid: std::process::id(),
+        id: env.worker_id,
+        slot: env.slot,
+        gpu: env.gpu.clone(),
+    };
+    let behaviour = Behaviour {
+        ready_delay: switches.ready_delay,
+        hang_after: switches.hang_after,
+        crash_after: switches.crash_after,
+    };
+    Server::new(
+        poll,
+        signals,
+        listeners,
+        RootResponses::new(&identity),
+        notifier,
+        heartbeat,
+        env.heartbeat_interval,
+        &behaviour,
+    )?
+    .run()
+}
+
+/// Sleeps `delay` while still answering signals; true when a signal asks to stop.
+fn boot_wait(poll: &mut Poll, signals: &Signals, delay: Duration) -> Result<bool, WorkerError> {
+    let deadline = Instant::now() + delay;
+    let mut events = Events::with_capacity(4);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        match poll.poll(&mut events, Some(deadline - now)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(WorkerError::Io {
+                    what: "epoll wait",
+                    source,
+                })
+            }
+        }
+        if !events.is_empty() && signals.drain()? != Stop::None {
+            return Ok(true);
+        }
+    }
 }
