@@ -3,17 +3,81 @@
 //! `main` maps a `Result` to an exit code and nothing else; `arbiter worker ...` runs the
 //! built-in HTTP worker, which the master execs when no worker command is given.
 
-#[allow(dead_code)] // wired into main as the event loop lands
 mod config;
+mod heartbeat;
+mod log;
+mod notify;
+mod pidfile;
+mod runtime;
+mod setup;
+mod spawn;
 mod worker;
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::process::ExitCode;
 
+use config::Invocation;
+use setup::StartError;
+
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).map(|a| a == "worker").unwrap_or(false) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "worker") {
         return worker::main(args[2..].to_vec());
     }
-    eprintln!("arbiter: the master is under construction");
-    ExitCode::from(1)
+    // SAFETY: no other thread exists yet, so nothing else reads or writes the environment.
+    let inherited = match unsafe { arbiter_sockets::take_inherited() } {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("arbiter: error: inherited sockets: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let master_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let env_snapshot: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let (invocation, sources) = match config::load(args.clone(), &env_snapshot) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            e.print();
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let result = match invocation {
+        Invocation::CheckConfig(settings) => check_config(&settings, &master_env),
+        Invocation::Run(settings) => {
+            let start = runtime::Start {
+                settings: *settings,
+                sources,
+                env_snapshot,
+                inherited,
+                master_env,
+                argv: args,
+            };
+            runtime::Master::start(start).map(|master| master.run())
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("arbiter: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `--check-config`: everything that can be checked without binding or spawning.
+fn check_config(
+    settings: &config::Settings,
+    master_env: &[(OsString, OsString)],
+) -> Result<i32, StartError> {
+    let path_var = master_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
+    setup::bind_specs(settings)?;
+    setup::worker_command(&settings.command, path_var)?;
+    print!("{}", settings.to_toml());
+    Ok(0)
 }

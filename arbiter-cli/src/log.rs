@@ -1,0 +1,185 @@
+//! Logging: slog with a synchronous, mutex-guarded drain (no thread, unlike slog-async),
+//! gunicorn's text layout or one JSON object per line, reopened on USR1.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use slog::{Drain, Key, Level, OwnedKVList, Record, Serializer, KV};
+
+use crate::config::{LogFormat, LogLevel};
+
+/// Where log lines go.
+enum Sink {
+    Stderr,
+    File(File),
+}
+
+struct Inner {
+    sink: Sink,
+    path: Option<PathBuf>,
+}
+
+/// The drain behind the master's logger; cloneable handle for reopening.
+#[derive(Clone)]
+pub struct LogOutput {
+    inner: Arc<Mutex<Inner>>,
+    format: LogFormat,
+    level: Level,
+}
+
+impl LogOutput {
+    /// Opens `path` for appending (None or "-": stderr).
+    pub fn open(path: Option<&Path>, format: LogFormat, level: LogLevel) -> io::Result<LogOutput> {
+        let path = path.filter(|p| *p != Path::new("-")).map(Path::to_path_buf);
+        let sink = match &path {
+            Some(path) => Sink::File(open_append(path)?),
+            None => Sink::Stderr,
+        };
+        Ok(LogOutput {
+            inner: Arc::new(Mutex::new(Inner { sink, path })),
+            format,
+            level: slog_level(level),
+        })
+    }
+
+    /// Reopens the log file (after rotation); stderr needs nothing.
+    pub fn reopen(&self) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = inner.path.clone() {
+            inner.sink = Sink::File(open_append(&path)?);
+        }
+        Ok(())
+    }
+
+    /// The logger writing through this output.
+    pub fn logger(&self) -> slog::Logger {
+        slog::Logger::root(self.clone().fuse(), slog::o!())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn slog_level(level: LogLevel) -> Level {
+    match level {
+        LogLevel::Debug => Level::Debug,
+        LogLevel::Info => Level::Info,
+        LogLevel::Warning => Level::Warning,
+        LogLevel::Error => Level::Error,
+        LogLevel::Critical => Level::Critical,
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Critical => "CRITICAL",
+        Level::Error => "ERROR",
+        Level::Warning => "WARNING",
+        Level::Info => "INFO",
+        Level::Debug | Level::Trace => "DEBUG",
+    }
+}
+
+impl Drain for LogOutput {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        if !record.level().is_at_least(self.level) {
+            return Ok(());
+        }
+        let mut fields = Fields::default();
+        let _ = values.serialize(record, &mut fields);
+        let _ = record.kv().serialize(record, &mut fields);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let pid = std::process::id();
+        let line = match self.format {
+            LogFormat::Text => {
+                // Text lines carry the message only, as gunicorn's do; JSON has every field.
+                let mut line = format!(
+                    "[{}] [{}] [{}] {}",
+                    format_utc(now.as_secs()),
+                    pid,
+                    level_name(record.level()),
+                    record.msg()
+                );
+                line.push('\n');
+                line
+            }
+            LogFormat::Json => {
+                let mut object = serde_json::Map::new();
+                object.insert("ts".into(), serde_json::json!(now.as_secs_f64()));
+                object.insert("pid".into(), serde_json::json!(pid));
+                object.insert(
+                    "level".into(),
+                    serde_json::json!(level_name(record.level())),
+                );
+                object.insert("msg".into(), serde_json::json!(record.msg().to_string()));
+                for (key, value) in fields.pairs {
+                    object.insert(key, serde_json::Value::String(value));
+                }
+                let mut line = serde_json::Value::Object(object).to_string();
+                line.push('\n');
+                line
+            }
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = match &mut inner.sink {
+            Sink::Stderr => io::stderr().write_all(line.as_bytes()),
+            Sink::File(file) => file.write_all(line.as_bytes()),
+        };
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    pairs: Vec<(String, String)>,
+}
+
+impl Serializer for Fields {
+    fn emit_arguments(&mut self, key: Key, value: &std::fmt::Arguments<'_>) -> slog::Result {
+        self.pairs.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS +0000` for a Unix time, as gunicorn prints it (UTC).
+pub fn format_utc(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_match_known_instants() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 +0000");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 +0000");
+        assert_eq!(format_utc(1_795_790_509), "2026-11-27 14:41:49 +0000");
+    }
+}

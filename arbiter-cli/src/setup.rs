@@ -1,0 +1,278 @@
+//! From validated settings to runtime resources: the worker command, the core's config,
+//! the workers' base environment, bind specs and options.
+
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::{CString, OsString};
+use std::hash::{Hash, Hasher};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arbiter_core::{BootErrorPolicy, Config, GpuConfig, ReadyMode, Signal};
+use arbiter_sockets::{BindOptions, BindSpec};
+
+use crate::config::{self, GpuSelection, QuickSignal, Settings};
+use crate::spawn::{cstring, resolve_program};
+
+/// A startup failure, with the exit code it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad usage or configuration (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A runtime failure: a port in use, a live pidfile, ... (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Usage(_) => 2,
+            StartError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Variables of the worker protocol: set by the master per worker, never passed through.
+pub const PROTOCOL_VARS: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "ARBITER_HEARTBEAT_FD",
+    "ARBITER_WORKER_ID",
+    "ARBITER_WORKER_SLOT",
+    "ARBITER_GPU_ENV",
+    "ARBITER_LISTEN_FDS",
+    "ARBITER_MASTER_PID",
+    "SERVER_SOFTWARE",
+];
+
+/// The program every worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The resolved program path.
+    pub program: CString,
+    /// argv, argv[0] included.
+    pub argv: Vec<CString>,
+    /// For logs: `builtin` or the command line.
+    pub display: String,
+    /// Identity for `ready = auto`.
+    pub key: u64,
+}
+
+/// Resolves the worker command: the built-in worker (this binary, `worker`) when empty.
+pub fn worker_command(
+    command: &[OsString],
+    path_var: Option<&std::ffi::OsStr>,
+) -> Result<WorkerCommand, StartError> {
+    let (program, argv, display) = if command.is_empty() {
+        let exe = std::env::current_exe()
+            .map_err(|e| StartError::Runtime(format!("cannot find the arbiter binary: {e}")))?;
+        let argv = vec![exe.clone().into_os_string(), OsString::from("worker")];
+        (exe, argv, "builtin".to_owned())
+    } else {
+        let program = resolve_program(&command[0], path_var).map_err(StartError::Usage)?;
+        let display = command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        (program, command.to_vec(), display)
+    };
+    let nul = |e| StartError::Usage(format!("worker command: {e}"));
+    let program = cstring(program.as_os_str().as_bytes(), "the worker program").map_err(nul)?;
+    let argv = argv
+        .iter()
+        .map(|a| cstring(a.as_bytes(), "a worker argument"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let mut hasher = DefaultHasher::new();
+    display.hash(&mut hasher);
+    Ok(WorkerCommand {
+        program,
+        argv,
+        display,
+        key: hasher.finish(),
+    })
+}
+
+/// Parses the bind strings.
+pub fn bind_specs(settings: &Settings) -> Result<Vec<BindSpec>, StartError> {
+    settings
+        .bind
+        .iter()
+        .map(|b| {
+            b.parse::<BindSpec>()
+                .map_err(|e| StartError::Usage(e.to_string()))
+        })
+        .collect()
+}
+
+/// Socket options from the settings.
+pub fn bind_options(settings: &Settings) -> BindOptions {
+    BindOptions {
+        reuse_port: settings.reuse_port,
+        backlog: settings.backlog,
+        umask: settings.umask,
+        mode: None,
+        retries: settings.bind_retries,
+        retry_delay: Duration::from_secs(1),
+    }
+}
+
+/// The GPU pool: an explicit list, or `auto` (the master's own `CUDA_VISIBLE_DEVICES`, else
+/// `nvidia-smi -L`).
+pub fn gpu_config(
+    settings: &Settings,
+    own_visible: Option<&str>,
+) -> Result<Option<GpuConfig>, StartError> {
+    let devices = match &settings.gpus {
+        None => return Ok(None),
+        Some(GpuSelection::List(list)) => list.clone(),
+        Some(GpuSelection::Auto) => match own_visible.filter(|v| !v.trim().is_empty()) {
+            Some(visible) => GpuConfig::parse_list(visible)
+                .map_err(|e| StartError::Usage(format!("--gpus auto: {e}")))?,
+            None => nvidia_smi_devices()?,
+        },
+    };
+    GpuConfig::new(devices, settings.gpus_per_worker, settings.gpu_env.clone())
+        .map(Some)
+        .map_err(|e| StartError::Usage(format!("--gpus: {e}")))
+}
+
+fn nvidia_smi_devices() -> Result<Vec<String>, StartError> {
+    let output = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .map_err(|e| {
+            StartError::Usage(format!(
+                "--gpus auto: CUDA_VISIBLE_DEVICES is not set and nvidia-smi cannot run ({e})"
+            ))
+        })?;
+    let count = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("GPU "))
+        .count();
+    if !output.status.success() || count == 0 {
+        return Err(StartError::Usage(
+            "--gpus auto: nvidia-smi -L lists no GPU".into(),
+        ));
+    }
+    Ok((0..count).map(|i| i.to_string()).collect())
+}
+
+/// The core's configuration.
+pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig>) -> Config {
+    Config {
+        workers: settings.workers,
+        timeout: settings.timeout,
+        boot_timeout: settings.boot_timeout,
+        graceful_timeout: settings.graceful_timeout,
+        abort_grace: settings.abort_grace,
+        abort_signal: Signal::Abrt,
+        quick_signal: match settings.quick_signal {
+            QuickSignal::Quit => Signal::Quit,
+            QuickSignal::Int => Signal::Int,
+            QuickSignal::Term => Signal::Term,
+            QuickSignal::Kill => Signal::Kill,
+        },
+        ready: match settings.ready {
+            config::ReadyMode::Notify => ReadyMode::Notify,
+            config::ReadyMode::Exec => ReadyMode::Exec,
+            config::ReadyMode::Auto => ReadyMode::Auto,
+        },
+        on_boot_error: match settings.on_boot_error {
+            config::BootErrorPolicy::Halt => BootErrorPolicy::Halt,
+            config::BootErrorPolicy::Backoff => BootErrorPolicy::Backoff,
+        },
+        max_surge: settings.max_surge,
+        daemonized: settings.daemon,
+        forward_usr1: settings.forward_usr1,
+        command_key,
+        gpus,
+    }
+}
+
+/// The workers' environment: the master's, less the protocol variables (and the GPU variable
+/// when balancing), with `--env` applied.
+pub fn worker_base_env(
+    master_env: &[(OsString, OsString)],
+    settings: &Settings,
+    balancing_gpus: bool,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = master_env
+        .iter()
+        .filter(|(key, _)| {
+            let key = key.to_string_lossy();
+            !PROTOCOL_VARS.contains(&key.as_ref())
+                && !(balancing_gpus && key == settings.gpu_env.as_str())
+        })
+        .cloned()
+        .collect();
+    for (key, value) in &settings.env {
+        env.retain(|(k, _)| k.as_bytes() != key.as_bytes());
+        env.push((OsString::from(key), OsString::from(value)));
+    }
+    env
+}
+
+/// `KEY=VALUE` as a C string.
+pub fn env_entry(key: &[u8], value: &[u8]) -> Result<CString, crate::spawn::SpawnError> {
+    let mut bytes = Vec::with_capacity(key.len() + value.len() + 1);
+    bytes.extend_from_slice(key);
+    bytes.push(b'=');
+    bytes.extend_from_slice(value);
+    cstring(&bytes, &String::from_utf8_lossy(key))
+}
+
+/// The runtime directory for the notify socket: `$XDG_RUNTIME_DIR` or the temp dir.
+pub fn runtime_parent(master_env: &[(OsString, OsString)]) -> PathBuf {
+    master_env
+        .iter()
+        .find(|(k, _)| k == "XDG_RUNTIME_DIR")
+        .map(|(_, v)| PathBuf::from(OsString::from_vec(v.as_bytes().to_vec())))
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_env_drops_protocol_variables_and_applies_env_settings() {
+        let master = vec![
+            (OsString::from("PATH"), OsString::from("/bin")),
+            (OsString::from("LISTEN_FDS"), OsString::from("9")),
+            (
+                OsString::from("CUDA_VISIBLE_DEVICES"),
+                OsString::from("0,1"),
+            ),
+            (OsString::from("KEEP"), OsString::from("old")),
+        ];
+        let settings = Settings {
+            env: vec![("KEEP".into(), "new".into())],
+            ..Settings::default()
+        };
+        let env = worker_base_env(&master, &settings, true);
+        let keys: Vec<_> = env
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
+        assert_eq!(keys, ["PATH=/bin", "KEEP=new"]);
+        let env = worker_base_env(&master, &settings, false);
+        assert!(env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"));
+    }
+
+    #[test]
+    fn missing_worker_command_is_a_usage_error() {
+        let err = worker_command(&[OsString::from("no-such-worker-x")], None).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("not found"));
+    }
+}
