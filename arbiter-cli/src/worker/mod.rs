@@ -222,14 +222,18 @@ fn run(switches: &Switches) -> Result<ExitCode, WorkerError> {
 
 /// Sleeps `delay` while still answering signals; true when a signal asks to stop.
 fn boot_wait(poll: &mut Poll, signals: &Signals, delay: Duration) -> Result<bool, WorkerError> {
-    let deadline = Instant::now() + delay;
+    // A delay too long to represent means forever.
+    let deadline = Instant::now().checked_add(delay);
     let mut events = Events::with_capacity(4);
     loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
-        match poll.poll(&mut events, Some(deadline - now)) {
+        let timeout = match deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(false),
+            },
+            None => None,
+        };
+        match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(source) => {
@@ -242,5 +246,68 @@ fn boot_wait(poll: &mut Poll, signals: &Signals, delay: Duration) -> Result<bool
         if !events.is_empty() && signals.drain()? != Stop::None {
             return Ok(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod switch_tests {
+    use super::*;
+
+    fn switches(args: &[&str]) -> Result<Switches, clap::Error> {
+        Switches::try_parse_from(std::iter::once("arbiter worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_use_humantime() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        let error = parse_duration("soon").unwrap_err();
+        assert!(error.contains("try 250ms"), "{error}");
+        assert!(parse_duration("5").is_err(), "a unit is required");
+    }
+
+    #[test]
+    fn switches_parse() {
+        let parsed = switches(&[
+            "--boot-exit",
+            "4",
+            "--boot-delay",
+            "1s",
+            "--ready-delay",
+            "300ms",
+            "--hang-after",
+            "2s",
+            "--crash-after",
+            "3s",
+            "--ignore-term",
+            "--silent",
+        ])
+        .unwrap();
+        assert_eq!(parsed.boot_exit, Some(4));
+        assert_eq!(parsed.boot_delay, Some(Duration::from_secs(1)));
+        assert_eq!(parsed.ready_delay, Some(Duration::from_millis(300)));
+        assert_eq!(parsed.hang_after, Some(Duration::from_secs(2)));
+        assert_eq!(parsed.crash_after, Some(Duration::from_secs(3)));
+        assert!(parsed.ignore_term && parsed.silent);
+        let plain = switches(&[]).unwrap();
+        assert!(plain.boot_exit.is_none() && !plain.silent && !plain.ignore_term);
+        assert!(switches(&["--boot-exit", "300"]).is_err());
+        assert!(switches(&["--ready-delay", "soon"]).is_err());
+        assert_eq!(
+            switches(&["--bogus"]).unwrap_err().exit_code(),
+            2,
+            "usage errors exit 2"
+        );
+    }
+
+    #[test]
+    fn environment_errors_are_boot_errors() {
+        assert_eq!(WorkerError::NoListeners.exit_code(), 3);
+        let io = WorkerError::Io {
+            what: "epoll wait",
+            source: std::io::Error::from_raw_os_error(libc::EBADF),
+        };
+        assert_eq!(io.exit_code(), 1);
     }
 }

@@ -212,28 +212,23 @@ impl Connection {
                     ),
                     None => not_found(&mut self.output, persistence, head_only),
                 },
-                Route::Sleep(millis) => {
-                    let until = now + Duration::from_millis(millis);
-                    self.sleeping = Some(Sleeping {
-                        until,
-                        millis,
-                        keep_alive: head.keep_alive,
-                        http10: head.http10,
-                        head_only,
-                    });
-                    sleep_until = Some(until);
-                }
+                Route::Sleep(millis) => match now.checked_add(Duration::from_millis(millis)) {
+                    Some(until) => {
+                        self.sleeping = Some(Sleeping {
+                            until,
+                            millis,
+                            keep_alive: head.keep_alive,
+                            http10: head.http10,
+                            head_only,
+                        });
+                        sleep_until = Some(until);
+                    }
+                    None => bad_argument(&mut self.output, persistence, head_only),
+                },
                 Route::Hang => return Err(Fatal::Hang),
                 Route::Crash => return Err(Fatal::Exit(1)),
                 Route::Exit(code) => return Err(Fatal::Exit(code)),
-                Route::BadArgument => write_response(
-                    &mut self.output,
-                    Status::BadRequest,
-                    TEXT,
-                    b"bad argument\n",
-                    persistence,
-                    head_only,
-                ),
+                Route::BadArgument => bad_argument(&mut self.output, persistence, head_only),
                 Route::NotFound => not_found(&mut self.output, persistence, head_only),
             }
             self.start += head.len;
@@ -317,6 +312,17 @@ impl Connection {
     }
 }
 
+fn bad_argument(out: &mut Vec<u8>, persistence: Persistence, head_only: bool) {
+    write_response(
+        out,
+        Status::BadRequest,
+        TEXT,
+        b"bad argument\n",
+        persistence,
+        head_only,
+    );
+}
+
 fn not_found(out: &mut Vec<u8>, persistence: Persistence, head_only: bool) {
     write_response(
         out,
@@ -390,9 +396,14 @@ impl Server {
             next_beat: heartbeat.is_active().then_some(now),
             heartbeat,
             heartbeat_interval,
-            ready_at: Some(now + behaviour.ready_delay.unwrap_or_default()),
-            hang_at: behaviour.hang_after.map(|after| now + after),
-            crash_at: behaviour.crash_after.map(|after| now + after),
+            // A delay too long to represent means never.
+            ready_at: now.checked_add(behaviour.ready_delay.unwrap_or_default()),
+            hang_at: behaviour
+                .hang_after
+                .and_then(|after| now.checked_add(after)),
+            crash_at: behaviour
+                .crash_after
+                .and_then(|after| now.checked_add(after)),
             draining: false,
             notify_failed: false,
         })
