@@ -1,0 +1,266 @@
+//! Property tests: random event sequences through the simulated world, with the arbiter's
+//! invariants checked after every step (the world itself panics on a signal to an exited or
+//! unknown pid, on a spawn that overfills the table, and on a hung worker not killed exactly
+//! at the end of its abort grace).
+
+mod sim;
+
+use arbiter_core::{Config, ExitStatus, GpuConfig, Pid, ReadyMode, Role, Signal, REAP_GRACE};
+use proptest::prelude::*;
+use sim::{ms, secs, Behavior, World};
+
+const DEVICES: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Tick(u64),
+    Crash(usize, i32),
+    CrashBySignal(usize),
+    Hang(usize, bool),
+    Ready(usize),
+    Signal(Signal),
+    Orphan(i32),
+    ReexecExit,
+    ParentExit,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u64..5_000).prop_map(Op::Tick),
+        2 => (0usize..16, prop_oneof![Just(0), Just(1), Just(3), Just(4)])
+            .prop_map(|(i, c)| Op::Crash(i, c)),
+        1 => (0usize..16).prop_map(Op::CrashBySignal),
+        1 => (0usize..16, any::<bool>()).prop_map(|(i, s)| Op::Hang(i, s)),
+        1 => (0usize..16).prop_map(Op::Ready),
+        3 => prop_oneof![
+            Just(Signal::Hup),
+            Just(Signal::Ttin),
+            Just(Signal::Ttou),
+            Just(Signal::Usr1),
+            Just(Signal::Usr2),
+            Just(Signal::Winch),
+            Just(Signal::Chld),
+        ]
+        .prop_map(Op::Signal),
+        1 => prop_oneof![Just(0), Just(3), Just(4)].prop_map(Op::Orphan),
+        1 => Just(Op::ReexecExit),
+        1 => Just(Op::ParentExit),
+    ]
+}
+
+fn behavior() -> impl Strategy<Value = Behavior> {
+    prop_oneof![
+        4 => Just(Behavior::good()),
+        1 => Just(Behavior::silent()),
+        1 => (100u64..10_000).prop_map(|t| Behavior::hangs(ms(t))),
+        1 => (100u64..10_000).prop_map(|t| Behavior::stopped(ms(t))),
+        1 => (10u64..5_000).prop_map(|t| Behavior::crashes(ms(t))),
+        1 => prop_oneof![Just(3), Just(4)].prop_map(Behavior::boot_error),
+        1 => (1u64..8_000).prop_map(|t| Behavior::slow_ready(ms(t))),
+        1 => Just(Behavior::ignores_term()),
+    ]
+}
+
+fn config_strategy() -> impl Strategy<Value = Config> {
+    (
+        1usize..8,
+        1usize..3,
+        any::<bool>(),
+        prop_oneof![
+            Just(ReadyMode::Auto),
+            Just(ReadyMode::Notify),
+            Just(ReadyMode::Exec)
+        ],
+        prop_oneof![
+            Just(arbiter_core::BootErrorPolicy::Halt),
+            Just(arbiter_core::BootErrorPolicy::Backoff)
+        ],
+        prop_oneof![Just(None), (500u64..5_000).prop_map(|t| Some(ms(t)))],
+        prop_oneof![Just(None), (500u64..10_000).prop_map(|t| Some(ms(t)))],
+        any::<bool>(),
+    )
+        .prop_map(
+            |(workers, max_surge, gpus, ready, on_boot_error, timeout, boot_timeout, daemon)| {
+                Config {
+                    workers,
+                    max_surge,
+                    ready,
+                    on_boot_error,
+                    timeout,
+                    boot_timeout,
+                    graceful_timeout: secs(3),
+                    abort_grace: ms(700),
+                    daemonized: daemon,
+                    gpus: gpus.then(|| {
+                        GpuConfig::new(
+                            (0..DEVICES).map(|d| d.to_string()).collect(),
+                            1,
+                            "CUDA_VISIBLE_DEVICES",
+                        )
+                        .expect("valid")
+                    }),
+                    ..Config::default()
+                }
+            },
+        )
+}
+
+fn live_worker(world: &World, index: usize) -> Option<Pid> {
+    let pids: Vec<Pid> = world
+        .arbiter
+        .workers()
+        .filter_map(|w| w.pid)
+        .filter(|pid| world.is_alive(*pid))
+        .collect();
+    (!pids.is_empty()).then(|| pids[index % pids.len()])
+}
+
+fn apply(world: &mut World, op: &Op) {
+    match *op {
+        Op::Tick(t) => world.drive(ms(t)),
+        Op::Crash(i, code) => {
+            if let Some(pid) = live_worker(world, i) {
+                world.kill_now(pid, ExitStatus::Exited(code));
+            }
+        }
+        Op::CrashBySignal(i) => {
+            if let Some(pid) = live_worker(world, i) {
+                let status = ExitStatus::Signaled {
+                    signal: 11,
+                    core_dumped: true,
+                };
+                world.kill_now(pid, status);
+            }
+        }
+        Op::Hang(i, stopped) => {
+            if let Some(pid) = live_worker(world, i) {
+                world.hang(pid, stopped);
+            }
+        }
+        Op::Ready(i) => {
+            if let Some(pid) = live_worker(world, i) {
+                world.send_ready(pid);
+            }
+        }
+        Op::Signal(signal) => world.signal(signal),
+        Op::Orphan(code) => world.orphan_exit(1_000_000 + code, ExitStatus::Exited(code)),
+        Op::ReexecExit => {
+            if world.reexec.is_some() {
+                world.reexec_exits(ExitStatus::Exited(0));
+            }
+        }
+        Op::ParentExit => world.parent_exits(),
+    }
+}
+
+/// Checks the invariants that hold after every input.
+fn check(world: &World, config: &Config) {
+    if let Some((_, code, _)) = world.exit {
+        if code == 3 || code == 4 {
+            assert!(
+                world.exit_codes_seen.contains(&code),
+                "exit {code} without a worker that exited {code}"
+            );
+        }
+    }
+    let Some(load) = world.arbiter.gpu_load() else {
+        return;
+    };
+    let target = world.arbiter.target();
+    let surge = config.max_surge.max(1);
+    let cap = target.div_ceil(DEVICES);
+    // The balancer's counters match the table exactly: released on every exit.
+    let held: usize = load.iter().map(|(_, n)| n).sum();
+    assert_eq!(held, world.arbiter.workers().count(), "GPU counters drift");
+    for (device, _) in &load {
+        let active = world
+            .arbiter
+            .workers()
+            .filter(|w| w.state.is_active() && w.gpus.contains(device))
+            .count();
+        assert!(
+            active <= cap + surge,
+            "device {device}: {active} active holders, cap {cap} + surge {surge}"
+        );
+    }
+    if world.is_steady() && target > 0 {
+        let counts: Vec<usize> = load.iter().map(|(_, n)| *n).collect();
+        let (min, max) = (
+            *counts.iter().min().expect("devices"),
+            *counts.iter().max().expect("devices"),
+        );
+        assert!(max - min <= 1, "unbalanced when steady: {counts:?}");
+        assert!(
+            max <= cap,
+            "above the cap when steady: {counts:?} cap {cap}"
+        );
+    }
+}
+
+fn run(config: Config, behaviors: Vec<Behavior>, ops: Vec<Op>, upgrade_child: bool) {
+    let role = if upgrade_child {
+        Role::UpgradeChild { parent: 7 }
+    } else {
+        Role::Fresh
+    };
+    let script = behaviors.clone();
+    let mut world = World::scripted(
+        config.clone(),
+        role,
+        Box::new(move |_, id| script[id.0 as usize % script.len()].clone()),
+    );
+    check(&world, &config);
+    for op in &ops {
+        apply(&mut world, op);
+        check(&world, &config);
+    }
+    // Every stop terminates within its bound.
+    world.signal(Signal::Term);
+    let bound = config.graceful_timeout + config.abort_grace + REAP_GRACE + ms(1);
+    let done = world.drive_until(bound, |w| w.exit.is_some());
+    assert!(done.is_some(), "no exit within {bound:?} of TERM");
+    check(&world, &config);
+    assert!(world.arbiter.has_exited());
+    assert_eq!(world.arbiter.poll_timeout(), None);
+    // Every worker here dies of KILL, so the stop ended with an empty table, not by giving up.
+    assert_eq!(world.arbiter.workers().count(), 0);
+    assert!(world.alive().is_empty(), "a worker outlived its master");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_event_sequences_keep_the_invariants(
+        config in config_strategy(),
+        behaviors in proptest::collection::vec(behavior(), 1..6),
+        ops in proptest::collection::vec(op(), 0..60),
+        upgrade_child in proptest::bool::weighted(0.2),
+    ) {
+        run(config, behaviors, ops, upgrade_child);
+    }
+
+    #[test]
+    fn good_workers_settle_balanced_after_any_scaling(
+        workers in 1usize..10,
+        changes in proptest::collection::vec(prop_oneof![Just(Signal::Ttin), Just(Signal::Ttou), Just(Signal::Hup)], 0..12),
+    ) {
+        let config = Config {
+            workers,
+            gpus: Some(GpuConfig::new((0..DEVICES).map(|d| d.to_string()).collect(), 1, "CUDA_VISIBLE_DEVICES").expect("valid")),
+            ..Config::default()
+        };
+        let mut world = World::new(config.clone(), Behavior::good());
+        for signal in changes {
+            world.signal(signal);
+            world.drive(ms(30));
+            check(&world, &config);
+        }
+        world.settle(secs(120));
+        check(&world, &config);
+        let load: Vec<usize> = world.arbiter.gpu_load().expect("gpus").into_iter().map(|(_, n)| n).collect();
+        let target = world.arbiter.target();
+        prop_assert_eq!(load.iter().sum::<usize>(), target);
+        prop_assert!(load.iter().all(|n| *n <= target.div_ceil(DEVICES)));
+    }
+}
