@@ -1,2 +1,36 @@
-//! Workspace tasks: `cargo xtask integration`, `cargo xtask bench`.
-fn main() {}
+//! Workspace tasks, run as `cargo xtask TASK`:
+//!
+//! - `integration`: arbiter with real servers no one here wrote (uvicorn, gunicorn, node).
+//! - `bench`: benchmarks side by side with gunicorn.
+//!
+//! Tasks install what they need themselves (a Python venv under `target/`), bind only to
+//! loopback, and bound every wait.
+
+mod common;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        eprintln!("usage: cargo xtask <task>; tasks: {}", TASKS.join(", "));
+        return ExitCode::from(2);
+    };
+    let result = match task.as_str() {
+        // Each task module adds its arm here.
+        other => Err(format!(
+            "unknown task {other:?}; tasks: {}",
+            TASKS.join(", ")
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The tasks this binary knows.
+const TASKS: &[&str] = &[];
