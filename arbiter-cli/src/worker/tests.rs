@@ -350,15 +350,16 @@ fn a_sleeping_response_does_not_hold_up_other_connections() {
     assert!(fixture.wait_for("READY=1", PATIENCE).is_some());
     let slow = fixture.connect();
     (&slow)
-        .write_all(b"GET /sleep/400 HTTP/1.1\r\n\r\n")
+        .write_all(b"GET /sleep/1000 HTTP/1.1\r\n\r\n")
         .unwrap();
     let started = Instant::now();
     let fast = fixture.connect();
     assert_eq!(get(&fast, "/").status, 200);
-    assert!(started.elapsed() < Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_millis(800));
     let response = read_response(&mut BufReader::new(&slow));
     assert_eq!(response.status, 200);
-    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(response.body, "{\"slept_ms\":1000}\n");
+    assert!(started.elapsed() >= Duration::from_millis(1000));
 }
 
 #[test]
