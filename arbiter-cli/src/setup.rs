@@ -209,8 +209,9 @@ pub fn worker_base_env(
         .iter()
         .filter(|(key, _)| {
             let key = key.to_string_lossy();
-            !PROTOCOL_VARS.contains(&key.as_ref())
-                && !(balancing_gpus && key == settings.gpu_env.as_str())
+            let protocol = PROTOCOL_VARS.contains(&key.as_ref());
+            let gpu = balancing_gpus && key == settings.gpu_env.as_str();
+            !protocol && !gpu
         })
         .cloned()
         .collect();
