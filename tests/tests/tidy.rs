@@ -1,0 +1,262 @@
+//! Workspace rules as tests (rust-analyzer's tidy style): what the design card promises about
+//! the code's shape is checked here, not left to review.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// Every `.rs` file under `dir`, skipping `target/`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path
+                    .file_name()
+                    .is_some_and(|n| n == "target" || n == ".git")
+                {
+                    continue;
+                }
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The dependency names of one section (`[dependencies]`) of a crate's Cargo.toml.
+fn dependencies(manifest: &str, section: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut inside = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == section;
+            continue;
+        }
+        if inside {
+            if let Some((name, _)) = line.split_once('=') {
+                let name = name.trim().trim_end_matches(".workspace").to_owned();
+                if !name.is_empty() && !name.starts_with('#') {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Lines of code with `//` comments (but not strings) kept, for token searches.
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, l)| (i + 1, l))
+}
+
+const PURE_CRATES: &[&str] = &["arbiter-core", "arbiter-gpu"];
+
+#[test]
+fn pure_crates_depend_on_no_os_crate() {
+    let allowed = ["arbiter-gpu", "thiserror"];
+    for krate in PURE_CRATES {
+        let manifest = read(&root().join(krate).join("Cargo.toml"));
+        for dep in dependencies(&manifest, "[dependencies]") {
+            assert!(
+                allowed.contains(&dep.as_str()),
+                "{krate} depends on {dep}: the pure crates may depend only on {allowed:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pure_crates_forbid_unsafe_and_never_read_a_clock_or_spawn() {
+    let banned = [
+        "Instant::now",
+        "SystemTime",
+        "std::time::Instant",
+        "unsafe ",
+        "std::process",
+        "std::fs",
+        "std::net",
+        "std::env",
+        "std::thread",
+    ];
+    for krate in PURE_CRATES {
+        let lib = read(&root().join(krate).join("src/lib.rs"));
+        assert!(
+            lib.contains("#![forbid(unsafe_code)]"),
+            "{krate}/src/lib.rs must forbid unsafe_code"
+        );
+        for file in rust_files(&root().join(krate).join("src")) {
+            let text = read(&file);
+            for (number, line) in code_lines(&text) {
+                let code = line.split("//").next().unwrap_or("");
+                for token in banned {
+                    assert!(
+                        !code.contains(token),
+                        "{}:{number}: `{token}` in a pure crate (inputs carry the time; no I/O)",
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_unsafe_block_has_a_safety_comment() {
+    let mut missing = Vec::new();
+    for file in rust_files(&root()) {
+        if file.ends_with("tests/tests/tidy.rs") {
+            continue; // this file names the patterns it looks for
+        }
+        let text = read(&file);
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let opens_block = code.contains("unsafe {") || code.trim_end().ends_with("unsafe");
+            if !opens_block || code.contains("unsafe fn") || code.contains("unsafe impl") {
+                continue;
+            }
+            // The comment sits on the line itself or within the few lines above the block's
+            // statement (attributes and the start of a multi-line statement may intervene).
+            let from = index.saturating_sub(6);
+            let documented = lines[from..=index].iter().any(|l| l.contains("SAFETY:"));
+            if !documented {
+                missing.push(format!("{}:{}", file.display(), index + 1));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "unsafe blocks without a `// SAFETY:` comment:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn unsafe_lives_only_in_the_os_crates_and_the_spawn_path() {
+    // Library and binary sources only; tests and test fixtures may use unsafe to set up fds.
+    let allowed = [
+        "arbiter-signals/src/",
+        "arbiter-sockets/src/",
+        "arbiter-cli/src/spawn.rs",
+        "arbiter-cli/src/main.rs", // taking inherited sockets (environment) before any thread
+        "arbiter-cli/src/worker/", // the built-in worker is a separate program after exec
+    ];
+    let mut offenders = Vec::new();
+    for file in rust_files(&root()) {
+        let relative = file
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let is_test = relative.contains("/tests/")
+            || relative.ends_with("tests.rs")
+            || relative.starts_with("tests/")
+            || relative.starts_with("xtask/")
+            || relative.contains("/benches/");
+        if is_test || allowed.iter().any(|a| relative.starts_with(a)) {
+            continue;
+        }
+        let text = read(&file);
+        for (number, line) in code_lines(&text) {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("unsafe {") || code.contains("unsafe fn") {
+                offenders.push(format!("{relative}:{number}"));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "unsafe outside the OS crates and the spawn path:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn no_process_spawning_outside_the_cli() {
+    let mut offenders = Vec::new();
+    for krate in [
+        "arbiter-core",
+        "arbiter-gpu",
+        "arbiter-signals",
+        "arbiter-sockets",
+    ] {
+        for file in rust_files(&root().join(krate).join("src")) {
+            let text = read(&file);
+            for (number, line) in code_lines(&text) {
+                let code = line.split("//").next().unwrap_or("");
+                if code.contains("Command::new")
+                    || code.contains("libc::fork")
+                    || code.contains("execve")
+                {
+                    offenders.push(format!("{}:{number}", file.display()));
+                }
+            }
+        }
+    }
+    // The sockets crate's hand-off probe is a test fixture binary, not library code.
+    offenders.retain(|o| !o.contains("/src/bin/"));
+    assert!(
+        offenders.is_empty(),
+        "process spawning outside arbiter-cli:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn no_stub_macros_anywhere() {
+    let mut offenders = Vec::new();
+    for file in rust_files(&root()) {
+        let text = read(&file);
+        for (number, line) in code_lines(&text) {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains(concat!("todo", "!(")) || code.contains(concat!("unimplemented", "!("))
+            {
+                offenders.push(format!("{}:{number}", file.display()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "stubs left in the code:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_readme_opens_with_the_run_and_test_commands() {
+    let readme = read(&root().join("README.md"));
+    let head: String = readme.lines().take(30).collect::<Vec<_>>().join("\n");
+    assert!(
+        head.contains("cargo run --release -p arbiter-cli"),
+        "README must open with the run command"
+    );
+    assert!(
+        head.contains("cargo test --workspace"),
+        "README must open with the test command"
+    );
+    let ci = read(&root().join(".ci/run"));
+    assert!(
+        ci.contains("cargo test --workspace"),
+        ".ci/run must run the README's test command"
+    );
+}
