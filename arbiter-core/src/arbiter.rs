@@ -1,6 +1,6 @@
 //! The arbiter state machine.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use arbiter_gpu::Balancer;
@@ -67,6 +67,14 @@ struct SlotState {
     restarts: u64,
     /// Whether a worker ever ran in this slot.
     used: bool,
+    /// Queued in `Arbiter::dirty`: its caches below are out of date.
+    dirty: bool,
+    /// Cached: the slot is below the target and has a ready current-generation worker
+    /// (counted in `Arbiter::ready_slots`).
+    counted_ready: bool,
+    /// Cached: its active workers of an old generation, or all of its active workers when the
+    /// slot is at or above the target (counted in `Arbiter::old_active`).
+    old_active: usize,
 }
 
 /// The sans-IO arbiter: everything gunicorn's `Arbiter` decides, without doing any of it.
@@ -91,6 +99,18 @@ pub struct Arbiter {
     workers: BTreeMap<WorkerId, Worker>,
     by_pid: HashMap<Pid, WorkerId>,
     slots: Vec<SlotState>,
+    /// Slots touched since the last `manage`, whose caches and wants must be refreshed.
+    dirty: Vec<Slot>,
+    /// The target or generation changed: every slot must be refreshed.
+    all_dirty: bool,
+    /// Slots below the target with no active worker and no backoff: spawn first.
+    want_empty: BTreeSet<Slot>,
+    /// Slots below the target whose active workers are all of an old generation.
+    want_roll: BTreeSet<Slot>,
+    /// Slots below the target with a ready current-generation worker.
+    ready_slots: usize,
+    /// Active workers of an old generation or in a slot at or above the target.
+    old_active: usize,
     timers: Timers<TimerKey>,
     actions: VecDeque<Action>,
     notify_commands: HashSet<u64>,
@@ -124,6 +144,12 @@ impl Arbiter {
             workers: BTreeMap::new(),
             by_pid: HashMap::new(),
             slots: Vec::new(),
+            dirty: Vec::new(),
+            all_dirty: true,
+            want_empty: BTreeSet::new(),
+            want_roll: BTreeSet::new(),
+            ready_slots: 0,
+            old_active: 0,
             timers: Timers::new(),
             actions: VecDeque::new(),
             notify_commands: HashSet::new(),
@@ -267,6 +293,7 @@ impl Arbiter {
                 if self.config.daemonized {
                     if !self.is_stopping() {
                         self.target = 0;
+                        self.all_dirty = true;
                         if let Some(gpus) = self.gpus.as_mut() {
                             gpus.set_workers(0);
                         }
@@ -299,6 +326,7 @@ impl Arbiter {
         self.target = config.workers;
         self.config = config;
         self.generation += 1;
+        self.all_dirty = true;
         self.phase = Phase::Reloading;
         self.push(Action::Notify(SupervisorNote::Reloading));
         self.event(Event::ReloadStarted {
@@ -497,7 +525,10 @@ impl Arbiter {
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Worker(id) => self.worker_due(id, now),
-                TimerKey::Backoff(slot) => self.slots[slot].backoff_until = None,
+                TimerKey::Backoff(slot) => {
+                    self.slots[slot].backoff_until = None;
+                    self.touch(slot);
+                }
                 TimerKey::StopFinal => {
                     self.finish_exit();
                     return;
@@ -522,6 +553,7 @@ impl Arbiter {
 
     fn set_target(&mut self, target: usize) {
         self.target = target;
+        self.all_dirty = true;
         if let Some(gpus) = self.gpus.as_mut() {
             gpus.set_workers(target);
         }
@@ -631,6 +663,7 @@ impl Arbiter {
         }
         let until = now + delay;
         state.backoff_until = Some(until);
+        self.touch(slot);
         self.timers.set(TimerKey::Backoff(slot), Some(until));
         self.event(Event::Backoff { slot, delay });
     }
@@ -672,6 +705,11 @@ impl Arbiter {
 
     /// Keeps the table at the target: spawns into empty slots, rolls reloads forward,
     /// retires surplus workers, and finishes a stop once the table is empty.
+    ///
+    /// Incremental: only slots touched since the last call (or all of them after a change of
+    /// target or generation) are looked at, so an input costs O(changed slots * log N).
+    /// Every slot change goes through `touch`; the `want_*` sets and counters are exact
+    /// once the dirty slots are refreshed (checked against a full scan in debug builds).
     fn manage(&mut self, now: Moment) {
         if self.exited {
             return;
@@ -685,82 +723,165 @@ impl Arbiter {
         if self.slots.len() < self.target {
             self.slots.resize_with(self.target, SlotState::default);
         }
-        // Surplus slots go first, so their capacity is free for spawns below.
-        let surplus: Vec<WorkerId> = self.slots[self.target..]
-            .iter()
-            .flat_map(|slot| slot.members.iter().copied())
-            .filter(|id| self.workers[id].state.is_active())
-            .collect();
-        for id in surplus {
-            let reason = if self.target == 0 {
-                Reason::Winch
-            } else {
-                Reason::Cull
-            };
-            self.retire(id, reason, now);
+        if self.all_dirty {
+            self.all_dirty = false;
+            // Only a lower target puts active workers at or above it: they go first, so
+            // their capacity is free for spawns below.
+            let surplus: Vec<WorkerId> = self.slots[self.target..]
+                .iter()
+                .flat_map(|slot| slot.members.iter().copied())
+                .filter(|id| self.workers[id].state.is_active())
+                .collect();
+            for id in surplus {
+                let reason = if self.target == 0 {
+                    Reason::Winch
+                } else {
+                    Reason::Cull
+                };
+                self.retire(id, reason, now);
+            }
+            for slot in 0..self.slots.len() {
+                self.touch(slot);
+            }
         }
-        // Retire old workers whose slot has a ready replacement.
-        for slot in 0..self.target {
-            if let Some(ready) = self.current_ready_in(slot) {
-                let stale: Vec<WorkerId> = self.slots[slot]
-                    .members
-                    .iter()
-                    .copied()
-                    .filter(|id| *id != ready && self.workers[id].state.is_active())
-                    .collect();
-                for id in stale {
-                    self.retire(id, Reason::Reload, now);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // Ascending, so old workers are retired in slot order, as a full scan would.
+        dirty.sort_unstable();
+        for &slot in &dirty {
+            // Retire old workers whose slot has a ready replacement.
+            if slot < self.target {
+                if let Some(ready) = self.current_ready_in(slot) {
+                    let mut index = 0;
+                    while let Some(&id) = self.slots[slot].members.get(index) {
+                        if id != ready && self.workers[&id].state.is_active() {
+                            self.retire(id, Reason::Reload, now);
+                        }
+                        index += 1;
+                    }
                 }
             }
+            self.refresh(slot);
+        }
+        if self.dirty.is_empty() {
+            dirty.clear();
+            self.dirty = dirty;
         }
         // Spawn: empty slots first (lost capacity), then slots still rolling.
         let limit = self.target + self.config.max_surge.max(1);
-        for pass in 0..2 {
-            for slot in 0..self.target {
-                if self.workers.len() >= limit {
-                    break;
-                }
-                let state = &self.slots[slot];
-                if state.backoff_until.is_some() {
-                    continue;
-                }
-                let active = state
-                    .members
-                    .iter()
-                    .filter(|id| self.workers[id].state.is_active());
-                let (mut any, mut current) = (false, false);
-                for id in active {
-                    any = true;
-                    current |= self.workers[id].generation == self.generation;
-                }
-                let wanted = if pass == 0 { !any } else { any && !current };
-                if wanted {
-                    let reason = if pass == 1 {
-                        Reason::Reload
-                    } else if !self.announced_ready && !state.used {
-                        Reason::Boot
-                    } else if state.used {
-                        Reason::Respawn
-                    } else {
-                        Reason::ScaleUp
-                    };
-                    self.spawn(slot, reason, now);
-                }
+        while self.workers.len() < limit {
+            let (slot, rolling) = if let Some(slot) = self.want_empty.pop_first() {
+                (slot, false)
+            } else if let Some(slot) = self.want_roll.pop_first() {
+                (slot, true)
+            } else {
+                break;
+            };
+            let state = &self.slots[slot];
+            let reason = if rolling {
+                Reason::Reload
+            } else if !self.announced_ready && !state.used {
+                Reason::Boot
+            } else if state.used {
+                Reason::Respawn
+            } else {
+                Reason::ScaleUp
+            };
+            self.spawn(slot, reason, now);
+        }
+        #[cfg(debug_assertions)]
+        self.check_caches();
+        self.check_ready();
+    }
+
+    /// Queues `slot` for a refresh at the next `manage`.
+    fn touch(&mut self, slot: Slot) {
+        if let Some(state) = self.slots.get_mut(slot) {
+            if !state.dirty {
+                state.dirty = true;
+                self.dirty.push(slot);
             }
         }
-        self.check_ready();
+    }
+
+    /// Recomputes a slot's cached counts and its place in the spawn queues.
+    fn refresh(&mut self, slot: Slot) {
+        let in_range = slot < self.target;
+        let (mut any, mut current, mut current_ready, mut old) = (false, false, false, 0);
+        for id in &self.slots[slot].members {
+            let worker = &self.workers[id];
+            let is_current = worker.generation == self.generation;
+            if worker.state.is_active() {
+                any = true;
+                current |= is_current;
+                if !is_current || !in_range {
+                    old += 1;
+                }
+            }
+            current_ready |= worker.state == WorkerState::Ready && is_current;
+        }
+        let state = &mut self.slots[slot];
+        state.dirty = false;
+        let counted_ready = current_ready && in_range;
+        self.ready_slots =
+            self.ready_slots + usize::from(counted_ready) - usize::from(state.counted_ready);
+        self.old_active = self.old_active + old - state.old_active;
+        state.counted_ready = counted_ready;
+        state.old_active = old;
+        let spawnable = in_range && state.backoff_until.is_none();
+        if spawnable && !any {
+            self.want_empty.insert(slot);
+        } else {
+            self.want_empty.remove(&slot);
+        }
+        if spawnable && any && !current {
+            self.want_roll.insert(slot);
+        } else {
+            self.want_roll.remove(&slot);
+        }
+    }
+
+    /// Debug builds: the incremental caches agree with a full scan.
+    #[cfg(debug_assertions)]
+    fn check_caches(&self) {
+        let ready_slots = (0..self.target)
+            .filter(|&slot| self.current_ready_in(slot).is_some())
+            .count();
+        assert_eq!(self.ready_slots, ready_slots, "ready slot count drifted");
+        let old_active = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.state.is_active() && (w.generation != self.generation || w.slot >= self.target)
+            })
+            .count();
+        assert_eq!(self.old_active, old_active, "old worker count drifted");
+        for (slot, state) in self.slots.iter().enumerate() {
+            let active = state
+                .members
+                .iter()
+                .filter(|id| self.workers[id].state.is_active());
+            let (mut any, mut current) = (false, false);
+            for id in active {
+                any = true;
+                current |= self.workers[id].generation == self.generation;
+            }
+            let spawnable = slot < self.target && state.backoff_until.is_none();
+            assert_eq!(
+                self.want_empty.contains(&slot),
+                spawnable && !any,
+                "slot {slot}"
+            );
+            assert_eq!(
+                self.want_roll.contains(&slot),
+                spawnable && any && !current,
+                "slot {slot}"
+            );
+        }
     }
 
     /// Announces readiness: once for the first generation, again when a reload finishes.
     fn check_ready(&mut self) {
-        let all_current_ready = (0..self.target).all(|slot| self.current_ready_in(slot).is_some());
-        if !all_current_ready {
-            return;
-        }
-        let old_active = self.workers.values().any(|w| {
-            w.state.is_active() && (w.generation != self.generation || w.slot >= self.target)
-        });
-        if old_active {
+        if self.ready_slots < self.target || self.old_active > 0 {
             return;
         }
         if self.phase == Phase::Reloading {
@@ -821,6 +942,7 @@ impl Arbiter {
         let state = &mut self.slots[slot];
         state.members.push(id);
         state.used = true;
+        self.touch(slot);
         self.push(Action::Spawn {
             id,
             slot,
@@ -842,6 +964,7 @@ impl Arbiter {
         if let Some(slot) = self.slots.get_mut(worker.slot) {
             slot.members.retain(|member| *member != id);
         }
+        self.touch(worker.slot);
         Some(worker)
     }
 
@@ -849,7 +972,8 @@ impl Arbiter {
         let worker = self.workers.get_mut(&id).expect("caller checked");
         worker.state = WorkerState::Ready;
         worker.ready_at = Some(now);
-        let pid = worker.pid.expect("ready workers have a pid");
+        let (pid, slot) = (worker.pid.expect("ready workers have a pid"), worker.slot);
+        self.touch(slot);
         self.event(Event::WorkerReady { id, pid });
     }
 
@@ -864,7 +988,9 @@ impl Arbiter {
         worker.state = WorkerState::Retiring;
         worker.kill_at = Some(now + grace);
         worker.stop_reason = Some(reason);
-        if worker.pid.is_some() {
+        let (has_pid, slot) = (worker.pid.is_some(), worker.slot);
+        self.touch(slot);
+        if has_pid {
             self.send(id, signal, false, reason);
         }
         self.rearm(id);
@@ -878,6 +1004,8 @@ impl Arbiter {
         worker.state = WorkerState::Aborted;
         worker.kill_at = Some(now + grace);
         worker.stop_reason = Some(reason);
+        let slot = worker.slot;
+        self.touch(slot);
         self.send(id, signal, true, reason);
         self.rearm(id);
     }

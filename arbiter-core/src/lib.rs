@@ -8,8 +8,9 @@
 //!
 //! Invariants: no syscalls, no clock, no logging, no `unsafe`; every action carries a
 //! [`Reason`]; deadlines are exact (no polling tick); no signal is emitted for a pid whose
-//! exit was reported. Limits: the table is sized for tens of thousands of workers; each
-//! input costs O(target) in the worst case.
+//! exit was reported. Limits: the table is sized for tens of thousands of workers; an input
+//! costs O(log N) per slot it changes (a change of target or generation, a HUP or a stop
+//! costs O(N) once).
 //!
 //! ```
 //! use arbiter_core::{Action, Arbiter, Config, Moment, Role};

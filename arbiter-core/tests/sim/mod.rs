@@ -650,10 +650,8 @@ impl World {
                     self.schedule_exit(pid, at, ExitStatus::Exited(0));
                 }
             }
-            Signal::Quit | Signal::Int => {
-                if !self.is_hung(pid) {
-                    self.schedule_exit(pid, now, ExitStatus::Exited(0));
-                }
+            Signal::Quit | Signal::Int if !self.is_hung(pid) => {
+                self.schedule_exit(pid, now, ExitStatus::Exited(0));
             }
             _ => {}
         }
