@@ -60,6 +60,8 @@ pub struct Master {
     pidfile: Option<PathBuf>,
     exit: Option<i32>,
     pending_signals: Vec<NixSignal>,
+    /// The service manager's watchdog: ping interval and next ping.
+    watchdog: Option<(Duration, Moment)>,
 }
 
 /// What `main` hands over: settings, the sources for HUP, the inherited listeners, and the
@@ -149,6 +151,8 @@ impl Master {
             .iter()
             .find(|(k, _)| k == "NOTIFY_SOCKET")
             .and_then(|(_, v)| Supervisor::new(&v.to_string_lossy()).ok());
+        let watchdog = watchdog_interval(&master_env, inherited_parent(role))
+            .map(|interval| (interval, Moment::ZERO));
         let signals = SignalPipe::install()
             .map_err(|e| StartError::Runtime(format!("signal handlers: {e}")))?;
         if let Role::UpgradeChild { parent } = role {
@@ -190,6 +194,7 @@ impl Master {
             pidfile,
             exit: None,
             pending_signals: Vec::new(),
+            watchdog,
         })
     }
 
@@ -211,10 +216,14 @@ impl Master {
     /// Sleeps until a deadline or an fd, then feeds what happened to the core.
     fn wait_and_feed(&mut self) {
         let now = self.now();
-        let deadline = [self.core.poll_timeout(), self.next_probe()]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            self.core.poll_timeout(),
+            self.next_probe(),
+            self.next_watchdog(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(at) => {
@@ -241,6 +250,9 @@ impl Master {
         }
         self.check_promotion();
         let now = self.now();
+        if self.next_watchdog().is_some_and(|at| at <= now) {
+            self.ping_watchdog(now);
+        }
         if self.next_probe().is_some_and(|at| at <= now) {
             self.probe_heartbeats(now);
         }
@@ -341,6 +353,23 @@ impl Master {
             if nix::unistd::getppid().as_raw() != parent {
                 let now = self.now();
                 self.core.handle_parent_exited(now);
+            }
+        }
+    }
+
+    /// The next `WATCHDOG=1` to the service manager; only the main (promoted) master pings.
+    fn next_watchdog(&self) -> Option<Moment> {
+        let (_, next) = self.watchdog?;
+        self.core.parent_master().is_none().then_some(next)
+    }
+
+    fn ping_watchdog(&mut self, now: Moment) {
+        if let Some((interval, next)) = self.watchdog.as_mut() {
+            *next = now + *interval;
+            if let Some(supervisor) = &self.supervisor {
+                if let Err(e) = supervisor.send("WATCHDOG=1") {
+                    debug!(self.log, "watchdog ping failed: {e}");
+                }
             }
         }
     }
@@ -806,6 +835,38 @@ impl Drop for Master {
         // is closed without unlinking.
         arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), false);
     }
+}
+
+/// The old master's pid for an upgrade child.
+fn inherited_parent(role: Role) -> Option<i32> {
+    match role {
+        Role::Fresh => None,
+        Role::UpgradeChild { parent } => Some(parent),
+    }
+}
+
+/// Half the service manager's watchdog timeout (`WATCHDOG_USEC`), when it is meant for this
+/// process (`WATCHDOG_PID` absent, ours, or, for an upgrade child that will be promoted, the
+/// old master's).
+fn watchdog_interval(master_env: &[(OsString, OsString)], parent: Option<i32>) -> Option<Duration> {
+    let var = |name: &str| {
+        master_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+    };
+    let usec: u64 = var("WATCHDOG_USEC")?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|u| *u > 0)?;
+    if let Some(pid) = var("WATCHDOG_PID") {
+        let pid: i32 = pid.trim().parse().ok()?;
+        if pid != std::process::id() as i32 && Some(pid) != parent {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
 }
 
 fn core_signal(signal: NixSignal) -> Option<Signal> {
