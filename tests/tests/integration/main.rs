@@ -1,0 +1,33 @@
+//! Real-process integration tests of the `arbiter` binary: one test binary, one temp-dir
+//! fixture per test, every process cleaned up by pid (see `arbiter_tests`).
+
+mod liveness;
+mod protocol;
+mod reload;
+mod serve;
+mod startup;
+mod stop;
+
+use std::time::Duration;
+
+use arbiter_tests::{Fixture, Master, SOON};
+
+/// Starts `arbiter -b 127.0.0.1:0 ARGS...`, waits until `workers` children answer on `/`;
+/// the master and its port.
+pub fn serving(fixture: &Fixture, args: &[&str], workers: usize) -> (Master, u16) {
+    let mut full = vec!["-b", "127.0.0.1:0"];
+    full.extend_from_slice(args);
+    let mut master = fixture.start("arbiter", &full);
+    let port = master.port();
+    arbiter_tests::wait_serving(port, SOON).unwrap_or_else(|e| panic!("{e}\n{}", master.stderr()));
+    master.wait_children(workers, SOON);
+    (master, port)
+}
+
+/// The `arbiter` binary as a string, for `-- ARBITER worker ...` command lines.
+pub fn bin() -> &'static str {
+    arbiter_tests::arbiter_bin().to_str().expect("utf-8 path")
+}
+
+/// A bound for a graceful exit of idle workers.
+pub const EXIT: Duration = Duration::from_secs(10);
