@@ -55,7 +55,27 @@ fn main() -> ExitCode {
                 master_env,
                 argv: args,
             };
-            runtime::Master::start(start).map(|master| master.run())
+            if start.settings.daemon {
+                let report = match spawn::daemonize() {
+                    Ok(report) => report,
+                    Err(e) => {
+                        eprintln!("arbiter: error: cannot daemonize: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                match runtime::Master::start(start) {
+                    Ok(master) => {
+                        report.report(0, "");
+                        Ok(master.run())
+                    }
+                    Err(e) => {
+                        report.report(e.exit_code(), &e.to_string());
+                        Err(e)
+                    }
+                }
+            } else {
+                runtime::Master::start(start).map(|master| master.run())
+            }
         }
     };
     match result {
