@@ -1,1 +1,95 @@
-//! stop
+//! Stopping: TERM, INT and QUIT leave nothing behind; graceful stop waits for requests.
+
+use std::time::{Duration, Instant};
+
+use arbiter_tests::{get, get_unix, identities_of, Fixture, SOON};
+
+use crate::{bin, serving, EXIT};
+
+fn stop_leaves_nothing(sig: i32) {
+    let fx = Fixture::new();
+    let sock = fx.join("a.sock");
+    let pidfile = fx.join("arbiter.pid");
+    let unix = format!("unix:{}", sock.display());
+    let (mut master, port) = serving(
+        &fx,
+        &["-b", &unix, "-w", "2", "-p", pidfile.to_str().unwrap()],
+        2,
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        master.pid().to_string()
+    );
+    assert_eq!(get_unix(&sock, "/").unwrap().status, 200);
+    let workers = master.children();
+    assert_eq!(identities_of(port, &workers, SOON).len(), 2);
+    master.signal(sig);
+    assert_eq!(master.exit_code(EXIT), 0, "{}", master.stderr());
+    master.assert_no_process_left();
+    assert!(arbiter_tests::pids_alive(&workers).is_empty());
+    assert!(!pidfile.exists(), "pidfile left behind");
+    assert!(!sock.exists(), "unix socket file left behind");
+    assert!(get(port, "/").is_err(), "still accepting after exit");
+}
+
+#[test]
+fn term_exits_0_leaving_nothing() {
+    stop_leaves_nothing(libc::SIGTERM);
+}
+
+#[test]
+fn int_exits_0_leaving_nothing() {
+    stop_leaves_nothing(libc::SIGINT);
+}
+
+#[test]
+fn quit_exits_0_leaving_nothing() {
+    stop_leaves_nothing(libc::SIGQUIT);
+}
+
+#[test]
+fn graceful_stop_finishes_an_in_flight_request() {
+    let fx = Fixture::new();
+    let (mut master, port) = serving(&fx, &["-w", "1"], 1);
+    let request = std::thread::spawn(move || get(port, "/sleep/700"));
+    // Let the request reach the worker before the stop.
+    std::thread::sleep(Duration::from_millis(250));
+    let stopped = Instant::now();
+    master.signal(libc::SIGTERM);
+    let response = request
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status, 200);
+    assert_eq!(master.exit_code(EXIT), 0, "{}", master.stderr());
+    assert!(stopped.elapsed() >= Duration::from_millis(300));
+    master.assert_no_process_left();
+}
+
+#[test]
+fn graceful_timeout_kills_workers_that_ignore_term() {
+    let fx = Fixture::new();
+    let (mut master, _port) = serving(
+        &fx,
+        &[
+            "-w",
+            "2",
+            "--graceful-timeout",
+            "1",
+            "--",
+            bin(),
+            "worker",
+            "--ignore-term",
+        ],
+        2,
+    );
+    let workers = master.children();
+    let stopped = Instant::now();
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(EXIT), 0, "{}", master.stderr());
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took <= Duration::from_millis(1000 + 1500), "{took:?}");
+    assert!(arbiter_tests::pids_alive(&workers).is_empty());
+    master.assert_no_process_left();
+}
