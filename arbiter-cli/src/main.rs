@@ -11,6 +11,7 @@ mod pidfile;
 mod runtime;
 mod setup;
 mod spawn;
+mod title;
 mod worker;
 
 use std::collections::BTreeMap;

@@ -164,7 +164,11 @@ impl Master {
         let heartbeat_dir = heartbeat::default_dir(settings.worker_tmp_dir.as_deref());
         let pidfile = settings.pidfile.clone();
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&argv[0]));
-        set_title(&settings, &command, false);
+        set_title(
+            &settings,
+            &command,
+            matches!(role, Role::UpgradeChild { .. }),
+        );
         let origin = Instant::now();
         let core = Arbiter::new(
             setup::core_config(&settings, command.key, gpus),
@@ -902,8 +906,9 @@ fn nix_signal(signal: Signal) -> Option<NixSignal> {
     })
 }
 
-/// The process title: `master [NAME]` (the kernel's 15-byte `comm`).
-fn set_title(settings: &Settings, command: &WorkerCommand, _upgrade: bool) {
+/// The process title: `master [NAME]` (`master.2 [NAME]` for a not-yet-promoted upgrade
+/// child); NAME is `--name`, else the worker program's file name.
+fn set_title(settings: &Settings, command: &WorkerCommand, upgrade: bool) {
     let name = settings.name.clone().unwrap_or_else(|| {
         command
             .display
@@ -915,8 +920,6 @@ fn set_title(settings: &Settings, command: &WorkerCommand, _upgrade: bool) {
                     .map_or(p.to_owned(), |n| n.to_string_lossy().into_owned())
             })
     });
-    let title = format!("master [{name}]");
-    if let Ok(title) = CString::new(title.into_bytes()) {
-        let _ = nix::sys::prctl::set_name(&title);
-    }
+    let master = if upgrade { "master.2" } else { "master" };
+    crate::title::set(&format!("{master} [{name}]"));
 }
