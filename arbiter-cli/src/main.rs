@@ -12,6 +12,7 @@ mod runtime;
 mod setup;
 mod spawn;
 mod title;
+mod upgrade;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,9 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "worker") {
         return worker::main(args[2..].to_vec());
+    }
+    if args.get(1).is_some_and(|a| a == "upgrade") {
+        return upgrade::main(args[2..].to_vec());
     }
     // SAFETY: no other thread exists yet, so nothing else reads or writes the environment.
     let inherited = match unsafe { arbiter_sockets::take_inherited() } {

@@ -64,8 +64,11 @@ pub fn is_live_arbiter(pid: i32) -> bool {
                 .as_deref()
                 .and_then(|p| p.file_name())
                 .is_some_and(|name| name.to_string_lossy().contains("arbiter"));
-            // A re-titled master shows "master [NAME]" in argv[0]; a zombie has no cmdline.
-            !cmdline.is_empty() && (named(argv0) || exe_named || argv0.starts_with(b"master ["))
+            // A re-titled master shows "master [NAME]" (or "master.2 [NAME]") in argv[0]; a zombie has no cmdline.
+            !cmdline.is_empty()
+                && (named(argv0)
+                    || exe_named
+                    || (argv0.starts_with(b"master [") || argv0.starts_with(b"master.2 [")))
         }
         Err(_) => false,
     }

@@ -62,6 +62,8 @@ pub struct Master {
     pending_signals: Vec<NixSignal>,
     /// The service manager's watchdog: ping interval and next ping.
     watchdog: Option<(Duration, Moment)>,
+    /// An upgrade child's `PIDFILE.2`, held back until its workers are ready.
+    upgrade_pidfile_pending: bool,
 }
 
 /// What `main` hands over: settings, the sources for HUP, the inherited listeners, and the
@@ -89,9 +91,16 @@ impl Master {
             sources,
             env_snapshot,
             inherited,
-            master_env,
+            mut master_env,
             argv,
         } = start;
+        // What the master that exec'd this one knew; not passed on to anyone.
+        let notify_keys = master_env
+            .iter()
+            .find(|(k, _)| k == setup::NOTIFY_KEYS_VAR)
+            .map(|(_, v)| setup::parse_notify_keys(&v.to_string_lossy()))
+            .unwrap_or_default();
+        master_env.retain(|(k, _)| k != setup::NOTIFY_KEYS_VAR);
         let path_var = master_env
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -170,11 +179,14 @@ impl Master {
             matches!(role, Role::UpgradeChild { .. }),
         );
         let origin = Instant::now();
-        let core = Arbiter::new(
+        let mut core = Arbiter::new(
             setup::core_config(&settings, command.key, gpus),
             role,
             Moment::ZERO,
         );
+        for key in notify_keys {
+            core.learn_notify_command(key);
+        }
         Ok(Master {
             log,
             log_output,
@@ -199,6 +211,7 @@ impl Master {
             exit: None,
             pending_signals: Vec::new(),
             watchdog,
+            upgrade_pidfile_pending: false,
         })
     }
 
@@ -585,7 +598,14 @@ impl Master {
                 let unlink = self.unlink_allowed(unlink);
                 arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), unlink);
             }
-            Action::WritePidfile { upgrade_child } => self.write_pidfile(upgrade_child),
+            // An upgrade child writes PIDFILE.2 only once its workers are ready, so the file's
+            // appearance tells `arbiter upgrade` (and scripts) that the new generation serves.
+            Action::WritePidfile {
+                upgrade_child: true,
+            } => self.upgrade_pidfile_pending = true,
+            Action::WritePidfile {
+                upgrade_child: false,
+            } => self.write_pidfile(false),
             Action::PromotePidfile => self.promote(),
             Action::ReExec => self.reexec(),
             Action::ReopenLogs => {
@@ -593,7 +613,15 @@ impl Master {
                     error!(self.log, "reopening the log file: {e}");
                 }
             }
-            Action::Notify(note) => self.tell_supervisor(note),
+            Action::Notify(note) => {
+                if note == SupervisorNote::Ready && self.upgrade_pidfile_pending {
+                    self.upgrade_pidfile_pending = false;
+                    if self.core.parent_master().is_some() {
+                        self.write_pidfile(true);
+                    }
+                }
+                self.tell_supervisor(note)
+            }
             Action::Event(event) => self.log_event(event),
             Action::Exit { code, reason } => {
                 info!(self.log, "Shutting down: Master");
@@ -698,7 +726,11 @@ impl Master {
 
     fn promote(&mut self) {
         info!(self.log, "Master has been promoted.");
-        if let Some(path) = &self.pidfile {
+        if self.upgrade_pidfile_pending {
+            // Promoted before its workers were ready: there is no PIDFILE.2 to rename.
+            self.upgrade_pidfile_pending = false;
+            self.write_pidfile(false);
+        } else if let Some(path) = &self.pidfile {
             let from = pidfile::upgrade_path(path);
             if let Err(e) = pidfile::rename(&from, path, std::process::id()) {
                 error!(self.log, "renaming the pidfile: {e}");
@@ -735,6 +767,18 @@ impl Master {
             }
             for (key, value) in arbiter_sockets::reexec_env(&self.listeners) {
                 env.push(env_entry(key.as_bytes(), value.as_bytes()).map_err(|e| e.to_string())?);
+            }
+            let keys: Vec<String> = self
+                .core
+                .notify_commands()
+                .map(|k| format!("{k:x}"))
+                .collect();
+            if !keys.is_empty() {
+                let value = keys.join(",");
+                env.push(
+                    env_entry(setup::NOTIFY_KEYS_VAR.as_bytes(), value.as_bytes())
+                        .map_err(|e| e.to_string())?,
+                );
             }
             let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd().as_raw_fd()).collect();
             spawn::spawn_master(MasterSpawn {

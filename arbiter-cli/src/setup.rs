@@ -1,9 +1,7 @@
 //! From validated settings to runtime resources: the worker command, the core's config,
 //! the workers' base environment, bind specs and options.
 
-use std::collections::hash_map::DefaultHasher;
 use std::ffi::{CString, OsString};
-use std::hash::{Hash, Hasher};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +47,7 @@ pub const PROTOCOL_VARS: &[&str] = &[
     "ARBITER_GPU_ENV",
     "ARBITER_LISTEN_FDS",
     "ARBITER_MASTER_PID",
+    NOTIFY_KEYS_VAR,
     "SERVER_SOFTWARE",
 ];
 
@@ -91,14 +90,33 @@ pub fn worker_command(
         .map(|a| cstring(a.as_bytes(), "a worker argument"))
         .collect::<Result<Vec<_>, _>>()
         .map_err(nul)?;
-    let mut hasher = DefaultHasher::new();
-    display.hash(&mut hasher);
+    let key = command_key(&display);
     Ok(WorkerCommand {
         program,
         argv,
         display,
-        key: hasher.finish(),
+        key,
     })
+}
+
+/// A stable identity of a command line (FNV-1a), the same in every arbiter build, so an
+/// upgrade child can recognise the commands its parent knew to speak the notify protocol.
+pub fn command_key(display: &str) -> u64 {
+    display.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The variable through which a master tells the master it re-execs which command keys speak
+/// the notify protocol.
+pub const NOTIFY_KEYS_VAR: &str = "ARBITER_NOTIFY_KEYS";
+
+/// Parses `ARBITER_NOTIFY_KEYS` (comma-separated hexadecimal keys); bad items are skipped.
+pub fn parse_notify_keys(value: &str) -> Vec<u64> {
+    value
+        .split(',')
+        .filter_map(|k| u64::from_str_radix(k.trim(), 16).ok())
+        .collect()
 }
 
 /// Parses the bind strings.
@@ -268,6 +286,20 @@ mod tests {
         assert_eq!(keys, ["PATH=/bin", "KEEP=new"]);
         let env = worker_base_env(&master, &settings, false);
         assert!(env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"));
+    }
+
+    #[test]
+    fn command_keys_are_stable_and_round_trip_through_the_variable() {
+        assert_eq!(command_key(""), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(command_key("a b"), command_key("a  b"));
+        let keys = [command_key("uvicorn --fd 3 app:app"), 7];
+        let value = keys
+            .iter()
+            .map(|k| format!("{k:x}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(parse_notify_keys(&value), keys);
+        assert_eq!(parse_notify_keys("zz,10"), [16]);
     }
 
     #[test]

@@ -249,6 +249,18 @@ impl Arbiter {
         self.gpus.as_ref().map(Balancer::load)
     }
 
+    /// The command keys known to speak the notify protocol (for `ReadyMode::Auto`).
+    pub fn notify_commands(&self) -> impl Iterator<Item = u64> + '_ {
+        self.notify_commands.iter().copied()
+    }
+
+    /// Remembers that the command `key` speaks the notify protocol (an upgrade child learns
+    /// this from the master that started it, so its first workers are readiness-gated too).
+    /// Call it before the first spawn is confirmed.
+    pub fn learn_notify_command(&mut self, key: u64) {
+        self.notify_commands.insert(key);
+    }
+
     /// Whether the arbiter has emitted its exit.
     pub fn has_exited(&self) -> bool {
         self.exited
