@@ -116,6 +116,9 @@ struct Connection {
     sleeping: Option<Sleeping>,
     close_after_flush: bool,
     eof: bool,
+    /// Nothing read yet: the request of a just-accepted connection may still be on its way,
+    /// so a graceful stop must not close it as idle (its client would see a reset).
+    fresh: bool,
 }
 
 impl Connection {
@@ -132,6 +135,7 @@ impl Connection {
             sleeping: None,
             close_after_flush: false,
             eof: false,
+            fresh: true,
         }
     }
 
@@ -285,6 +289,7 @@ impl Connection {
                 }
                 Ok(n) => {
                     self.end += n;
+                    self.fresh = false;
                     return Ok(if n < room { Fill::Drained } else { Fill::Full });
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -586,7 +591,7 @@ impl Server {
                 break false;
             }
             if connection.flushed() && connection.sleeping.is_none() {
-                let idle_while_draining = self.draining && connection.idle();
+                let idle_while_draining = self.draining && connection.idle() && !connection.fresh;
                 if connection.close_after_flush || connection.eof || idle_while_draining {
                     break false;
                 }
@@ -626,7 +631,11 @@ impl Server {
             .connections
             .iter()
             .enumerate()
-            .filter_map(|(index, slot)| slot.as_ref().filter(|c| c.idle()).map(|_| index))
+            .filter_map(|(index, slot)| {
+                slot.as_ref()
+                    .filter(|c| c.idle() && !c.fresh)
+                    .map(|_| index)
+            })
             .collect();
         for index in idle {
             self.close(index);
