@@ -3,9 +3,13 @@
 //! `main` maps a `Result` to an exit code and nothing else; `arbiter worker ...` runs the
 //! built-in HTTP worker, which the master execs when no worker command is given.
 
+mod capture;
 mod config;
+mod control;
+mod ctl;
 mod heartbeat;
 mod log;
+mod metrics;
 mod notify;
 mod pidfile;
 mod runtime;
@@ -26,6 +30,9 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "worker") {
         return worker::main(args[2..].to_vec());
+    }
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        return ctl::main(args[1..].to_vec());
     }
     if args.get(1).is_some_and(|a| a == "upgrade") {
         return upgrade::main(args[2..].to_vec());

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arbiter_core::{
-    Action, Arbiter, Event, ExitStatus, Moment, Reason, Role, Signal, SupervisorNote, WorkerId,
+    Action, Arbiter, Command, Event, ExitStatus, Moment, Reason, Role, Signal, SupervisorNote,
+    WorkerId,
 };
 use arbiter_signals::SignalPipe;
 use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
@@ -21,6 +22,7 @@ use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{self, Settings, Sources};
+use crate::control::{Ops, Order};
 use crate::heartbeat::{self, Heartbeat};
 use crate::log::LogOutput;
 use crate::notify::{NotifySocket, Supervisor};
@@ -60,6 +62,8 @@ pub struct Master {
     pidfile: Option<PathBuf>,
     exit: Option<i32>,
     pending_signals: Vec<NixSignal>,
+    /// Control socket, metrics endpoint, output capture.
+    ops: Ops,
     /// The service manager's watchdog: ping interval and next ping.
     watchdog: Option<(Duration, Moment)>,
     /// An upgrade child's `PIDFILE.2`, held back until its workers are ready.
@@ -178,6 +182,9 @@ impl Master {
             &command,
             matches!(role, Role::UpgradeChild { .. }),
         );
+        let upgrade_child = matches!(role, Role::UpgradeChild { .. });
+        let ops = Ops::open(&settings, &master_env, upgrade_child, &log)
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
         let origin = Instant::now();
         let mut core = Arbiter::new(
             setup::core_config(&settings, command.key, gpus),
@@ -210,6 +217,7 @@ impl Master {
             pidfile,
             exit: None,
             pending_signals: Vec::new(),
+            ops,
             watchdog,
             upgrade_pidfile_pending: false,
         })
@@ -233,10 +241,13 @@ impl Master {
     /// Sleeps until a deadline or an fd, then feeds what happened to the core.
     fn wait_and_feed(&mut self) {
         let now = self.now();
+        // Actions of the last round are carried out: answer the control orders they finished.
+        self.ops.settle(&self.core, now);
         let deadline = [
             self.core.poll_timeout(),
             self.next_probe(),
             self.next_watchdog(),
+            self.ops.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -250,20 +261,33 @@ impl Master {
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let (signals_ready, notify_ready) = {
-            let mut fds = [
+        let (signals_ready, notify_ready, ops_events) = {
+            let mut fds = vec![
                 PollFd::new(self.signals.fd(), PollFlags::POLLIN),
                 PollFd::new(self.notify.fd(), PollFlags::POLLIN),
             ];
+            let interest = self.ops.interest();
+            fds.extend(
+                interest
+                    .into_iter()
+                    .map(|(fd, flags)| PollFd::new(fd, flags)),
+            );
             let _ = poll(&mut fds, timeout);
             let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (readable(&fds[0]), readable(&fds[1]))
+            let ops_events: Vec<PollFlags> = fds[2..]
+                .iter()
+                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            (readable(&fds[0]), readable(&fds[1]), ops_events)
         };
         if signals_ready {
             self.feed_signals();
         }
         if notify_ready {
             self.feed_notify();
+        }
+        if ops_events.iter().any(|r| !r.is_empty()) {
+            self.feed_ops(&ops_events);
         }
         self.check_promotion();
         let now = self.now();
@@ -276,6 +300,23 @@ impl Master {
         if self.core.poll_timeout().is_some_and(|at| at <= now) {
             self.refresh_heartbeats(now);
             self.core.handle_timeout(now);
+        }
+    }
+
+    /// Control clients, metrics scrapes and captured output; carries out the orders.
+    fn feed_ops(&mut self, events: &[PollFlags]) {
+        let now = self.now();
+        let orders = self.ops.handle(events, &self.core, &self.log, now);
+        for order in orders {
+            info!(self.log, "Control: {order:?}");
+            let now = self.now();
+            match order {
+                Order::Reload => self.reload(now),
+                Order::Scale(n) => self.core.handle_command(Command::Scale(n), now),
+                Order::Stop { quick } => self.core.handle_command(Command::Stop { quick }, now),
+                Order::KillWorker(pid) => self.core.handle_command(Command::KillWorker(pid), now),
+            }
+            self.execute_actions();
         }
     }
 
@@ -430,6 +471,7 @@ impl Master {
                     "reload failed, keeping the running configuration: {e}"
                 );
                 eprintln!("arbiter: reload failed, keeping the running configuration: {e}");
+                self.ops.on_reload_failed(&e.to_string(), now);
                 return;
             }
         };
@@ -441,6 +483,7 @@ impl Master {
                     "reload failed, keeping the running configuration: {e}"
                 );
                 eprintln!("arbiter: reload failed, keeping the running configuration: {e}");
+                self.ops.on_reload_failed(&e.to_string(), now);
             }
         }
     }
@@ -589,6 +632,7 @@ impl Master {
                     }
                     _ => debug!(self.log, "Sending {signal} to worker (pid:{pid}): {reason}"),
                 }
+                self.ops.on_signal(pid, reason);
                 let target = if group { -pid } else { pid };
                 if let Some(nix_signal) = nix_signal(signal) {
                     let _ = kill(Pid::from_raw(target), nix_signal);
@@ -622,7 +666,11 @@ impl Master {
                 }
                 self.tell_supervisor(note)
             }
-            Action::Event(event) => self.log_event(event),
+            Action::Event(event) => {
+                let now = self.now();
+                self.ops.on_event(&event, &self.log, now);
+                self.log_event(event)
+            }
             Action::Exit { code, reason } => {
                 info!(self.log, "Shutting down: Master");
                 if code != 0 || !matches!(reason, Reason::Shutdown | Reason::QuickShutdown) {
@@ -632,6 +680,7 @@ impl Master {
                     eprintln!("arbiter: {reason}");
                 }
                 self.remove_pidfile();
+                self.ops.finish(&self.log);
                 self.exit = Some(code);
             }
         }
@@ -675,6 +724,8 @@ impl Master {
             }
             None => None,
         };
+        let pipes = self.ops.worker_pipes().map_err(spawn::SpawnError::Fork)?;
+        let output_fds = pipes.as_ref().map(|p| p.child_fds());
         let pid = spawn::spawn_worker(WorkerSpawn {
             program: &self.command.program,
             argv: &self.command.argv,
@@ -682,7 +733,10 @@ impl Master {
             plan,
             watchdog_pid,
             signals: &self.signals,
+            stdout_fd: output_fds.map(|fds| fds.0),
+            stderr_fd: output_fds.map(|fds| fds.1),
         })?;
+        self.ops.on_spawned(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(
             id,
@@ -797,6 +851,7 @@ impl Master {
             }
             Err(e) => {
                 error!(self.log, "Upgrade failed, keeping this master: {e}");
+                self.ops.on_upgrade_failed();
                 self.core.handle_reexec_failed();
             }
         }

@@ -86,6 +86,10 @@ pub struct WorkerSpawn<'a> {
     pub watchdog_pid: Option<PidEnvSlot>,
     /// The master's signal pipe, reset in the child.
     pub signals: &'a SignalPipe,
+    /// Put on the child's fd 1 (output capture); `None` inherits the master's stdout.
+    pub stdout_fd: Option<RawFd>,
+    /// Put on the child's fd 2 (output capture); `None` inherits the master's stderr.
+    pub stderr_fd: Option<RawFd>,
 }
 
 /// Forks and execs a worker in its own process group, with default signal dispositions, an
@@ -120,6 +124,15 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<i32, SpawnError> {
                 && libc::getppid() == master
         };
         if !setup {
+            report.fail_and_exit();
+        }
+        // SAFETY: dup2 onto 1 and 2 of fds opened before the fork; async-signal-safe. The
+        // copies on 1 and 2 are not close-on-exec; the originals are.
+        let redirected = unsafe {
+            spawn.stdout_fd.is_none_or(|fd| libc::dup2(fd, 1) == 1)
+                && spawn.stderr_fd.is_none_or(|fd| libc::dup2(fd, 2) == 2)
+        };
+        if !redirected {
             report.fail_and_exit();
         }
         if let Some(slot) = spawn.watchdog_pid.as_mut() {

@@ -112,6 +112,15 @@ pub(crate) struct Cli {
     /// Detach and run in the background
     #[arg(short = 'D', long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     daemon: Option<String>,
+    /// Control socket for `arbiter ctl` [default: PIDFILE.ctl, else $XDG_RUNTIME_DIR/arbiter.ctl]
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<String>,
+    /// Serve Prometheus /metrics, /healthz and /readyz over HTTP at this address (HOST:PORT)
+    #[arg(long, value_name = "ADDRESS")]
+    metrics_bind: Option<String>,
+    /// Relay each line workers write to stdout and stderr through the arbiter's log
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    capture_output: Option<String>,
     /// The worker command, after --; none runs the built-in worker
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub(crate) command: Vec<OsString>,
@@ -170,6 +179,17 @@ impl Cli {
         );
         put("gpu_env", "--gpu-env", one(&self.gpu_env));
         put("daemon", "--daemon", one(&self.daemon));
+        put(
+            "control_socket",
+            "--control-socket",
+            one(&self.control_socket),
+        );
+        put("metrics_bind", "--metrics-bind", one(&self.metrics_bind));
+        put(
+            "capture_output",
+            "--capture-output",
+            one(&self.capture_output),
+        );
         layer
     }
 }

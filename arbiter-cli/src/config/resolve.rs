@@ -100,6 +100,16 @@ pub(crate) fn settings(
         gpus_per_worker: layers.value("gpus_per_worker", d.gpus_per_worker, |r| usize_in(r, 1))?,
         gpu_env: layers.value("gpu_env", d.gpu_env, parse::env_name)?,
         daemon: layers.value("daemon", d.daemon, parse::boolean)?,
+        control_socket: layers.value("control_socket", d.control_socket, |r| {
+            parse::path(r).map(Some)
+        })?,
+        metrics_bind: layers.value("metrics_bind", d.metrics_bind, |r| {
+            let text = parse::text(r)?;
+            text.parse().map(Some).map_err(|_| {
+                "expected HOST:PORT with an IP address, such as 127.0.0.1:9100".to_owned()
+            })
+        })?,
+        capture_output: layers.value("capture_output", d.capture_output, parse::boolean)?,
         // A command after `--` is in `base`; the file's applies only when there is none.
         command: match d.command.is_empty() {
             true => layers.value("command", d.command, parse::command)?,

@@ -67,6 +67,12 @@ pub struct Settings {
     pub daemon: bool,
     /// `--check-config`: validate, print, exit.
     pub check_config: bool,
+    /// The control socket for `arbiter ctl`; `None` means the default next to the pidfile.
+    pub control_socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics and the health probes; `None` means not served.
+    pub metrics_bind: Option<std::net::SocketAddr>,
+    /// Relay workers' stdout and stderr lines through the log instead of letting them inherit.
+    pub capture_output: bool,
     /// The worker command; empty means the built-in worker.
     pub command: Vec<OsString>,
 }
@@ -205,6 +211,9 @@ impl Default for Settings {
             gpu_env: "CUDA_VISIBLE_DEVICES".to_owned(),
             daemon: false,
             check_config: false,
+            control_socket: None,
+            metrics_bind: None,
+            capture_output: false,
             command: Vec::new(),
         }
     }
@@ -289,6 +298,17 @@ impl Settings {
         );
         line("gpu_env", Some(quote(&self.gpu_env)), "");
         line("daemon", Some(self.daemon.to_string()), "");
+        line(
+            "control_socket",
+            self.control_socket.as_deref().map(path_str),
+            "PIDFILE.ctl, else $XDG_RUNTIME_DIR/arbiter.ctl",
+        );
+        line(
+            "metrics_bind",
+            self.metrics_bind.map(|addr| quote(&addr.to_string())),
+            "no metrics endpoint",
+        );
+        line("capture_output", Some(self.capture_output.to_string()), "");
         let command: Vec<String> = self
             .command
             .iter()

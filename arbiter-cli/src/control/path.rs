@@ -1,0 +1,176 @@
+//! Where the control socket lives, and binding it safely.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use super::ControlError;
+
+/// The control socket's path and whether the user named it (an explicit path that cannot be
+/// used stops the start; a default one only logs a warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketPath {
+    /// The path.
+    pub path: PathBuf,
+    /// Given with `--control-socket` (or its key or variable).
+    pub explicit: bool,
+}
+
+/// The path for a master: `--control-socket`, else `PIDFILE.ctl`, else
+/// `$XDG_RUNTIME_DIR/arbiter.ctl`, else none.
+pub fn for_master(
+    explicit: Option<&Path>,
+    pidfile: Option<&Path>,
+    env: &[(OsString, OsString)],
+) -> Option<SocketPath> {
+    if let Some(path) = explicit {
+        return Some(SocketPath {
+            path: path.to_path_buf(),
+            explicit: true,
+        });
+    }
+    default_path(pidfile, |key| {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    })
+    .map(|path| SocketPath {
+        path,
+        explicit: false,
+    })
+}
+
+/// The default path, as the master and `arbiter ctl` both compute it.
+pub fn default_path(
+    pidfile: Option<&Path>,
+    var: impl Fn(&str) -> Option<OsString>,
+) -> Option<PathBuf> {
+    if let Some(pidfile) = pidfile {
+        return Some(with_suffix(pidfile, ".ctl"));
+    }
+    var("XDG_RUNTIME_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| PathBuf::from(dir).join("arbiter.ctl"))
+}
+
+/// `path` with `suffix` appended to its last component.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut text = path.as_os_str().to_owned();
+    text.push(suffix);
+    PathBuf::from(text)
+}
+
+/// The identity of a file, to unlink it at exit only if it is still ours.
+pub type Identity = (u64, u64);
+
+/// Binds a listening unix socket at `path` with mode 0600 after the safety checks: the
+/// parent directory is not world-writable without the sticky bit, nothing but a stale socket
+/// is in the way (a live one is refused). Returns the listener and the file's identity.
+pub fn bind(path: &Path) -> Result<(UnixListener, Identity), ControlError> {
+    let refuse = |why: String| ControlError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::metadata(parent)
+        .map_err(|e| refuse(format!("parent directory {}: {e}", parent.display())))?;
+    if dir.mode() & 0o002 != 0 && dir.mode() & 0o1000 == 0 {
+        return Err(refuse(format!(
+            "parent directory {} is world-writable without the sticky bit",
+            parent.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(refuse("a file that is not a socket is in the way".into()));
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(refuse("a live process listens on it".into())),
+            Err(_) => {
+                // Nobody answers: a stale socket from a master that died.
+                std::fs::remove_file(path).map_err(|e| refuse(format!("removing stale: {e}")))?;
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(e.to_string())),
+    }
+    // Single-threaded master: the umask change is seen by nothing else.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((listener, (meta.dev(), meta.ino())))
+}
+
+/// Whether the file at `path` is still the socket with this identity.
+pub fn is_ours(path: &Path, identity: Identity) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn default_path_prefers_the_pidfile_then_the_runtime_dir() {
+        let none = |_: &str| None;
+        let runtime = |k: &str| (k == "XDG_RUNTIME_DIR").then(|| OsString::from("/run/user/1"));
+        assert_eq!(
+            default_path(Some(Path::new("/run/a.pid")), runtime),
+            Some(PathBuf::from("/run/a.pid.ctl"))
+        );
+        assert_eq!(
+            default_path(None, runtime),
+            Some(PathBuf::from("/run/user/1/arbiter.ctl"))
+        );
+        assert_eq!(default_path(None, none), None);
+        let explicit = for_master(Some(Path::new("/x.sock")), None, &[]).unwrap();
+        assert!(explicit.explicit);
+    }
+
+    #[test]
+    fn binds_0600_refuses_live_and_foreign_files_and_replaces_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ctl");
+        let (listener, identity) = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(is_ours(&path, identity));
+        let live = bind(&path).unwrap_err().to_string();
+        assert!(live.contains("live"), "{live}");
+        drop(listener);
+        // The file stays behind with nobody listening: stale, replaced.
+        let (_again, second) = bind(&path).unwrap();
+        assert!(!is_ours(&path, identity) || identity == second);
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x").unwrap();
+        assert!(bind(&plain)
+            .unwrap_err()
+            .to_string()
+            .contains("not a socket"));
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind(&open.join("c.ctl")).unwrap_err().to_string();
+        assert!(err.contains("world-writable"), "{err}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        bind(&open.join("c.ctl")).unwrap();
+    }
+}

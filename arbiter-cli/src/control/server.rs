@@ -1,0 +1,479 @@
+//! The control socket's server side: non-blocking connections driven by the master's poll.
+//!
+//! Each connection sends one request line and gets one answer line. Bounds: a request is at
+//! most [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_DEADLINE`]; at most
+//! [`MAX_CLIENTS`] connections are open (more are answered with an error and closed at once);
+//! an answer is written as the client reads it (POLLOUT), and a client that does not read it
+//! within [`WRITE_DEADLINE`] is dropped. Nothing here ever blocks.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arbiter_core::{Arbiter, Config, Event, Moment, Phase, Slot};
+use nix::poll::PollFlags;
+
+use super::path::{self, Identity};
+use super::protocol::{self, Request, MAX_REQUEST};
+
+/// Most connections open at once.
+pub const MAX_CLIENTS: usize = 64;
+/// Time a client has to send its whole request line.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Time a client has to read its answer.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a request asks the master to do; the master carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// `Command::Scale`.
+    Scale(usize),
+    /// Re-read the configuration and roll (as HUP).
+    Reload,
+    /// `Command::Stop`.
+    Stop {
+        /// Quick stop.
+        quick: bool,
+    },
+    /// `Command::KillWorker`.
+    KillWorker(i32),
+}
+
+/// What an accepted order waits for before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Scale { workers: usize },
+    Reload { generation: Option<u64> },
+    Kill { pid: i32, slot: Slot, exited: bool },
+}
+
+#[derive(Debug)]
+enum State {
+    Reading,
+    Waiting(Pending),
+    /// Writing the answer; then close, or (`hold`) keep open until the master exits.
+    Writing {
+        hold: bool,
+    },
+    Holding,
+    Done,
+}
+
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    state: State,
+    deadline: Option<Moment>,
+}
+
+impl Conn {
+    fn answer(&mut self, line: String, hold: bool, now: Moment) {
+        self.output = line.into_bytes();
+        self.state = State::Writing { hold };
+        self.deadline = Some(now + WRITE_DEADLINE);
+        self.flush(now);
+    }
+
+    /// Writes what the socket takes now.
+    fn flush(&mut self, _now: Moment) {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.state = State::Done;
+                    return;
+                }
+            }
+        }
+        if let State::Writing { hold } = self.state {
+            if hold {
+                self.state = State::Holding;
+                self.deadline = None;
+            } else {
+                self.state = State::Done;
+            }
+        }
+    }
+}
+
+/// The control socket and its connections.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Where it is moved on promotion (an upgrade child binds beside the old master's).
+    final_path: Option<PathBuf>,
+    identity: Identity,
+    conns: Vec<Conn>,
+}
+
+impl ControlServer {
+    /// Serves on a bound listener.
+    pub fn new(
+        listener: UnixListener,
+        path: PathBuf,
+        identity: Identity,
+        final_path: Option<PathBuf>,
+    ) -> ControlServer {
+        ControlServer {
+            listener,
+            path,
+            final_path,
+            identity,
+            conns: Vec::new(),
+        }
+    }
+
+    /// Open connections.
+    pub fn clients(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The fds to poll and for what: the listener, then each connection, in a fixed order
+    /// that [`ControlServer::handle`] relies on.
+    pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut out = vec![(self.listener.as_fd(), PollFlags::POLLIN)];
+        for conn in &self.conns {
+            let flags = match conn.state {
+                State::Reading => PollFlags::POLLIN,
+                State::Writing { .. } => PollFlags::POLLOUT,
+                // Only hang-ups, which poll reports unasked.
+                _ => PollFlags::empty(),
+            };
+            out.push((conn.stream.as_fd(), flags));
+        }
+        out
+    }
+
+    /// Acts on what poll reported (`revents` in the order of [`ControlServer::interest`]);
+    /// answers questions at once and returns the orders for the master to carry out.
+    pub fn handle(
+        &mut self,
+        revents: &[PollFlags],
+        core: &Arbiter,
+        status: impl Fn() -> String,
+        now: Moment,
+    ) -> Vec<Order> {
+        let mut orders = Vec::new();
+        let hangup = PollFlags::POLLHUP | PollFlags::POLLERR;
+        for (conn, &events) in self.conns.iter_mut().zip(revents.iter().skip(1)) {
+            if events.is_empty() {
+                continue;
+            }
+            match conn.state {
+                State::Reading => {
+                    if let Some(order) = read_request(conn, core, &status, now) {
+                        orders.push(order);
+                    }
+                }
+                State::Writing { .. } if events.contains(PollFlags::POLLOUT) => conn.flush(now),
+                _ if events.intersects(hangup) => conn.state = State::Done,
+                _ => {}
+            }
+        }
+        if revents
+            .first()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            self.accept(now);
+        }
+        self.conns.retain(|c| !matches!(c.state, State::Done));
+        orders
+    }
+
+    fn accept(&mut self, now: Moment) {
+        // Bounded per wake-up so a flood cannot keep the loop here.
+        for _ in 0..MAX_CLIENTS {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let mut conn = Conn {
+                stream,
+                input: Vec::new(),
+                output: Vec::new(),
+                state: State::Reading,
+                deadline: Some(now + REQUEST_DEADLINE),
+            };
+            if self.conns.len() >= MAX_CLIENTS {
+                // One try to say why; then the connection is dropped, whatever happened.
+                conn.output = protocol::failure("too many control clients").into_bytes();
+                let _ = conn.stream.write(&conn.output);
+                continue;
+            }
+            self.conns.push(conn);
+        }
+    }
+
+    /// Feeds the core's events to the waiting orders.
+    pub fn on_event(&mut self, event: &Event, now: Moment) {
+        for conn in &mut self.conns {
+            let State::Waiting(pending) = &mut conn.state else {
+                continue;
+            };
+            match (pending, event) {
+                (Pending::Reload { generation }, Event::ReloadStarted { generation: g })
+                    if generation.is_none() =>
+                {
+                    *generation = Some(*g);
+                }
+                (
+                    Pending::Reload {
+                        generation: Some(want),
+                    },
+                    Event::ReloadFinished { generation: g },
+                ) if *g >= *want => {
+                    let line = protocol::success(serde_json::json!({ "generation": *g }));
+                    conn.answer(line, false, now);
+                }
+                (Pending::Kill { pid, exited, .. }, Event::WorkerExited { pid: gone, .. })
+                    if pid == gone =>
+                {
+                    *exited = true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A reload could not start (the configuration is invalid): every reload waiting for its
+    /// start fails with `why`.
+    pub fn reload_failed(&mut self, why: &str, now: Moment) {
+        for conn in &mut self.conns {
+            if let State::Waiting(Pending::Reload { generation: None }) = conn.state {
+                conn.answer(
+                    protocol::failure(&format!("reload failed: {why}")),
+                    false,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// After the master carried out the actions: answers the orders that are done, fails the
+    /// ones past their deadline, and drops connections past theirs.
+    pub fn settle(&mut self, core: &Arbiter, now: Moment) {
+        let stopping = matches!(core.phase(), Phase::Stopping { .. });
+        for conn in &mut self.conns {
+            let late = conn.deadline.is_some_and(|at| at <= now);
+            let answer = match &conn.state {
+                State::Waiting(pending) => settle_one(*pending, core, stopping, late),
+                State::Reading if late => {
+                    Some(protocol::failure("no complete request line in time"))
+                }
+                State::Writing { .. } if late => {
+                    conn.state = State::Done;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(line) = answer {
+                conn.answer(line, false, now);
+            }
+        }
+        self.conns.retain(|c| !matches!(c.state, State::Done));
+    }
+
+    /// The earliest connection or order deadline.
+    pub fn next_deadline(&self) -> Option<Moment> {
+        self.conns.iter().filter_map(|c| c.deadline).min()
+    }
+
+    /// This master was promoted: its socket takes the final path.
+    pub fn promote(&mut self) -> Option<Result<PathBuf, io::Error>> {
+        let to = self.final_path.take()?;
+        Some(std::fs::rename(&self.path, &to).map(|()| {
+            self.path = to.clone();
+            to
+        }))
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if path::is_ours(&self.path, self.identity) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Reads what is there; on a complete line, parses and starts the request.
+fn read_request(
+    conn: &mut Conn,
+    core: &Arbiter,
+    status: &impl Fn() -> String,
+    now: Moment,
+) -> Option<Order> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
+            let line = conn.input[..end].to_vec();
+            return start(conn, &line, core, status, now);
+        }
+        if conn.input.len() >= MAX_REQUEST {
+            let why = format!("request longer than {MAX_REQUEST} bytes");
+            conn.answer(protocol::failure(&why), false, now);
+            return None;
+        }
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => {
+                // EOF: a last line without its newline still counts.
+                if conn.input.is_empty() {
+                    conn.state = State::Done;
+                    return None;
+                }
+                let line = std::mem::take(&mut conn.input);
+                return start(conn, &line, core, status, now);
+            }
+            Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(_) => {
+                conn.state = State::Done;
+                return None;
+            }
+        }
+    }
+}
+
+/// Answers a question, or accepts an order and sets what it waits for.
+fn start(
+    conn: &mut Conn,
+    line: &[u8],
+    core: &Arbiter,
+    status: &impl Fn() -> String,
+    now: Moment,
+) -> Option<Order> {
+    conn.input.clear();
+    let request = match Request::parse(line) {
+        Ok(request) => request,
+        Err(why) => {
+            conn.answer(protocol::failure(&why), false, now);
+            return None;
+        }
+    };
+    let stopping = matches!(core.phase(), Phase::Stopping { .. });
+    let config = core.config();
+    let (order, pending, limit) = match request {
+        Request::Status => {
+            conn.answer(status(), false, now);
+            return None;
+        }
+        Request::Stop { quick } => {
+            let line = protocol::success(serde_json::json!({ "stopping": true }));
+            conn.answer(line, true, now);
+            return Some(Order::Stop { quick });
+        }
+        _ if stopping => {
+            conn.answer(protocol::failure("the arbiter is stopping"), false, now);
+            return None;
+        }
+        Request::Scale { workers: 0 } => {
+            conn.answer(protocol::failure("workers must be at least 1"), false, now);
+            return None;
+        }
+        Request::Scale { workers } => (
+            Order::Scale(workers),
+            Pending::Scale { workers },
+            wait_limit(config, 1),
+        ),
+        Request::Reload => {
+            let batches = config.workers.div_ceil(config.max_surge.max(1));
+            (
+                Order::Reload,
+                Pending::Reload { generation: None },
+                wait_limit(config, batches),
+            )
+        }
+        Request::KillWorker { pid } => {
+            let Some(worker) = core.worker_by_pid(pid).filter(|w| w.state.is_active()) else {
+                let why = format!("no running worker with pid {pid}");
+                conn.answer(protocol::failure(&why), false, now);
+                return None;
+            };
+            let pending = Pending::Kill {
+                pid,
+                slot: worker.slot,
+                exited: false,
+            };
+            (Order::KillWorker(pid), pending, wait_limit(config, 1))
+        }
+    };
+    conn.state = State::Waiting(pending);
+    conn.deadline = Some(now + limit);
+    Some(order)
+}
+
+/// How long an order may take before it is answered with a failure: twice the boot timeout
+/// (60 s when disabled) per batch of spawns, plus the graceful timeout for the exits.
+pub fn wait_limit(config: &Config, batches: usize) -> Duration {
+    let boot = config.boot_timeout.unwrap_or(Duration::from_secs(60));
+    (boot * 2).saturating_mul(batches.max(1) as u32) + config.graceful_timeout
+}
+
+/// The answer to a waiting order, if it is done, failed or late.
+fn settle_one(pending: Pending, core: &Arbiter, stopping: bool, late: bool) -> Option<String> {
+    match pending {
+        Pending::Scale { workers } => {
+            let live = core.workers().count();
+            let ready = core.ready_count();
+            if core.target() != workers.max(1) {
+                let why = format!("target changed to {} meanwhile", core.target());
+                Some(protocol::failure(&why))
+            } else if ready >= workers && live <= workers {
+                Some(protocol::success(
+                    serde_json::json!({ "workers": workers, "ready": ready }),
+                ))
+            } else if stopping {
+                Some(protocol::failure("the arbiter is stopping"))
+            } else if late {
+                let why = format!("timed out with {ready} of {workers} workers ready, {live} live");
+                Some(protocol::failure(&why))
+            } else {
+                None
+            }
+        }
+        Pending::Reload { generation } => {
+            if stopping {
+                Some(protocol::failure("the arbiter is stopping"))
+            } else if generation.is_none() {
+                // The order was carried out and no roll began (nor did it fail).
+                Some(protocol::failure("reload did not start"))
+            } else if late {
+                Some(protocol::failure("roll did not complete in time"))
+            } else {
+                None
+            }
+        }
+        Pending::Kill { pid, slot, exited } => {
+            let replacement = core
+                .workers()
+                .filter(|w| w.slot == slot && w.state.is_active() && w.pid != Some(pid))
+                .find_map(|w| w.pid);
+            if exited && (replacement.is_some() || stopping || slot >= core.target()) {
+                Some(protocol::success(
+                    serde_json::json!({ "pid": pid, "replacement": replacement }),
+                ))
+            } else if late {
+                let why = match exited {
+                    true => format!("worker {pid} exited but was not replaced in time"),
+                    false => format!("worker {pid} did not exit in time"),
+                };
+                Some(protocol::failure(&why))
+            } else {
+                None
+            }
+        }
+    }
+}
