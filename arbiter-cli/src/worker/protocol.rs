@@ -18,8 +18,8 @@ use super::WorkerError;
 /// The default name of the variable that carries the worker's GPUs.
 pub const DEFAULT_GPU_ENV: &str = "CUDA_VISIBLE_DEVICES";
 
-/// The longest interval between two heartbeats.
-pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// The interval between two heartbeats when no `WATCHDOG_USEC` says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the worker protocol tells this worker through its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,8 @@ pub struct WorkerEnv {
     pub notify_socket: Option<OsString>,
     /// Whether to send `WATCHDOG=1` (`WATCHDOG_USEC` set, `WATCHDOG_PID` absent or ours).
     pub watchdog: bool,
-    /// The interval between heartbeats: a quarter of `WATCHDOG_USEC`, at most one second.
+    /// The interval between heartbeats: a quarter of `WATCHDOG_USEC` (so the master, whose
+    /// deadlines are exact, is woken rarely), else one second.
     pub heartbeat_interval: Duration,
     /// The heartbeat file to fchmod (`ARBITER_HEARTBEAT_FD`).
     pub heartbeat_fd: Option<RawFd>,
@@ -79,11 +80,9 @@ impl WorkerEnv {
             })?;
         let watchdog_usec = number("WATCHDOG_USEC")?.filter(|&usec| usec > 0);
         let watchdog_ours = number("WATCHDOG_PID")?.is_none_or(|owner| owner == u64::from(pid));
-        let heartbeat_interval = watchdog_usec
-            .map(|usec| Duration::from_micros(usec / 4).max(Duration::from_millis(1)))
-            .map_or(MAX_HEARTBEAT_INTERVAL, |quarter| {
-                quarter.min(MAX_HEARTBEAT_INTERVAL)
-            });
+        let heartbeat_interval = watchdog_usec.map_or(DEFAULT_HEARTBEAT_INTERVAL, |usec| {
+            Duration::from_micros(usec / 4).max(Duration::from_millis(1))
+        });
         let heartbeat_fd = number("ARBITER_HEARTBEAT_FD")?
             .map(|fd| {
                 RawFd::try_from(fd).map_err(|_| WorkerError::BadVariable {
@@ -247,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_interval_is_a_quarter_of_the_watchdog_at_most_a_second() {
+    fn heartbeat_interval_is_a_quarter_of_the_watchdog_else_a_second() {
         let base = [("LISTEN_FDS", "1")];
         let plain = env(&base, 7).unwrap();
         assert_eq!(plain.heartbeat_interval, Duration::from_secs(1));
@@ -256,7 +255,7 @@ mod tests {
         assert_eq!(fast.heartbeat_interval, Duration::from_millis(100));
         assert!(fast.watchdog);
         let slow = env(&[base[0], ("WATCHDOG_USEC", "30000000")], 7).unwrap();
-        assert_eq!(slow.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(slow.heartbeat_interval, Duration::from_millis(7500));
         let foreign = env(
             &[base[0], ("WATCHDOG_USEC", "400000"), ("WATCHDOG_PID", "1")],
             7,
