@@ -113,9 +113,30 @@ impl Fixture {
 
     /// Like [`Fixture::start`], with extra environment variables.
     pub fn start_with(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Master {
+        self.start_program(name, arbiter_bin(), args, env)
+    }
+
+    /// Copies the `arbiter` binary into the dir (as `name`) and returns the copy's path, so
+    /// that a test can delete or replace "the binary on disk" (an upgrade re-resolves it)
+    /// without touching the shared build output.
+    pub fn copy_arbiter(&self, name: &str) -> PathBuf {
+        let path = self.join(name);
+        fs::copy(arbiter_bin(), &path).expect("copying the arbiter binary");
+        path
+    }
+
+    /// Like [`Fixture::start_with`], running `program` (an `arbiter` binary, e.g. a copy made
+    /// by [`Fixture::copy_arbiter`]) instead of the built one.
+    pub fn start_program(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Master {
         let stdout = self.join(&format!("{name}.stdout"));
         let stderr = self.join(&format!("{name}.stderr"));
-        let mut command = Command::new(arbiter_bin());
+        let mut command = Command::new(program);
         command
             .args(args)
             .current_dir(self.path())
@@ -700,4 +721,21 @@ pub fn run(fixture: &Fixture, name: &str, args: &[&str], bound: Duration) -> (i3
     let code = master.exit_code(bound);
     master.assert_no_process_left();
     (code, master.stdout(), master.stderr())
+}
+
+/// The environment `pid` was exec'd with, from `/proc/PID/environ` (lossily decoded); `None`
+/// if the process is gone or unreadable. A child forked but not yet exec'd shows its
+/// parent's environment.
+pub fn environ(pid: i32) -> Option<BTreeMap<String, String>> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|entry| !entry.is_empty())
+            .filter_map(|entry| {
+                let text = String::from_utf8_lossy(entry);
+                let (key, value) = text.split_once('=')?;
+                Some((key.to_owned(), value.to_owned()))
+            })
+            .collect(),
+    )
 }
