@@ -366,6 +366,9 @@ impl Master {
             let (pid, status) = (status.0.as_raw(), status.1);
             if let Some(worker) = self.core.worker_by_pid(pid) {
                 self.procs.remove(&worker.id);
+                // What the worker started stays in its group and would keep serving on the
+                // inherited listeners (a SIGKILLed gunicorn master's workers do): end it now.
+                let _ = kill(Pid::from_raw(-pid), NixSignal::SIGKILL);
             }
             self.core.handle_exit(pid, status, now);
         }
