@@ -7,6 +7,7 @@
 //! loopback, and bound every wait.
 
 mod common;
+mod integration;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
     };
     let result = match task.as_str() {
         // Each task module adds its arm here.
+        "integration" => integration::run(),
         other => Err(format!(
             "unknown task {other:?}; tasks: {}",
             TASKS.join(", ")
@@ -33,4 +35,4 @@ fn main() -> ExitCode {
 }
 
 /// The tasks this binary knows.
-const TASKS: &[&str] = &[];
+const TASKS: &[&str] = &["integration"];
