@@ -670,8 +670,7 @@ impl Master {
                 self.tell_supervisor(note)
             }
             Action::Event(event) => {
-                let now = self.now();
-                self.ops.on_event(&event, &self.log, now);
+                self.ops.on_event(&event, &self.log);
                 self.log_event(event)
             }
             Action::Exit { code, reason } => {

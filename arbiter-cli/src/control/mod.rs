@@ -180,10 +180,10 @@ impl Ops {
     }
 
     /// The core emitted an event.
-    pub fn on_event(&mut self, event: &Event, log: &Logger, now: Moment) {
+    pub fn on_event(&mut self, event: &Event, log: &Logger) {
         self.counters.on_event(event);
         if let Some(control) = &mut self.control {
-            control.on_event(event, now);
+            control.on_event(event);
             if matches!(event, Event::Promoted) {
                 match control.promote() {
                     Some(Ok(path)) => info!(log, "Control socket: {}", path.display()),

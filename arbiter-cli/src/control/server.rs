@@ -44,9 +44,19 @@ pub enum Order {
 /// What an accepted order waits for before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
-    Scale { workers: usize },
-    Reload { generation: Option<u64> },
-    Kill { pid: i32, slot: Slot, exited: bool },
+    Scale {
+        workers: usize,
+    },
+    /// `finished`: the core reported the roll done; answered once the old workers are gone.
+    Reload {
+        generation: Option<u64>,
+        finished: bool,
+    },
+    Kill {
+        pid: i32,
+        slot: Slot,
+        exited: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -217,13 +227,13 @@ impl ControlServer {
     }
 
     /// Feeds the core's events to the waiting orders.
-    pub fn on_event(&mut self, event: &Event, now: Moment) {
+    pub fn on_event(&mut self, event: &Event) {
         for conn in &mut self.conns {
             let State::Waiting(pending) = &mut conn.state else {
                 continue;
             };
             match (pending, event) {
-                (Pending::Reload { generation }, Event::ReloadStarted { generation: g })
+                (Pending::Reload { generation, .. }, Event::ReloadStarted { generation: g })
                     if generation.is_none() =>
                 {
                     *generation = Some(*g);
@@ -231,12 +241,10 @@ impl ControlServer {
                 (
                     Pending::Reload {
                         generation: Some(want),
+                        finished,
                     },
                     Event::ReloadFinished { generation: g },
-                ) if *g >= *want => {
-                    let line = protocol::success(serde_json::json!({ "generation": *g }));
-                    conn.answer(line, false, now);
-                }
+                ) if *g >= *want => *finished = true,
                 (Pending::Kill { pid, exited, .. }, Event::WorkerExited { pid: gone, .. })
                     if pid == gone =>
                 {
@@ -251,7 +259,10 @@ impl ControlServer {
     /// start fails with `why`.
     pub fn reload_failed(&mut self, why: &str, now: Moment) {
         for conn in &mut self.conns {
-            if let State::Waiting(Pending::Reload { generation: None }) = conn.state {
+            if let State::Waiting(Pending::Reload {
+                generation: None, ..
+            }) = conn.state
+            {
                 conn.answer(
                     protocol::failure(&format!("reload failed: {why}")),
                     false,
@@ -392,7 +403,10 @@ fn start(
             let batches = config.workers.div_ceil(config.max_surge.max(1));
             (
                 Order::Reload,
-                Pending::Reload { generation: None },
+                Pending::Reload {
+                    generation: None,
+                    finished: false,
+                },
                 wait_limit(config, batches),
             )
         }
@@ -444,8 +458,17 @@ fn settle_one(pending: Pending, core: &Arbiter, stopping: bool, late: bool) -> O
                 None
             }
         }
-        Pending::Reload { generation } => {
-            if stopping {
+        Pending::Reload {
+            generation,
+            finished,
+        } => {
+            let old_gone = core.workers().all(|w| Some(w.generation) >= generation);
+            if finished && old_gone {
+                let generation = generation.unwrap_or_default();
+                Some(protocol::success(
+                    serde_json::json!({ "generation": generation }),
+                ))
+            } else if stopping {
                 Some(protocol::failure("the arbiter is stopping"))
             } else if generation.is_none() {
                 // The order was carried out and no roll began (nor did it fail).
