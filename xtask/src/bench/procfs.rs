@@ -1,0 +1,237 @@
+//! What the benchmarks read about other processes from `/proc`, and the few signals and waits
+//! they need. Reads are best-effort: a process that is gone reads as `None`.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the epoch on the wall clock (the clock of file ctimes).
+pub fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The part of `/proc/PID/stat` after the command name: state first, then ppid, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The process state letter (`R`, `S`, `T`, `Z`, ...).
+pub fn state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// Whether the process is gone or a zombie (dead, not yet reaped).
+pub fn is_dead(pid: i32) -> bool {
+    matches!(state(pid), None | Some('Z') | Some('X'))
+}
+
+/// Every live (not zombie) process whose parent is `parent`.
+pub fn children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent)
+                    && !matches!(f.first().map(String::as_str), Some("Z") | Some("X"))
+            })
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// `pid` and all its descendants, parents before children.
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut next = 0;
+    while next < all.len() && all.len() < 10_000 {
+        let kids = children(all[next]);
+        all.extend(kids);
+        next += 1;
+    }
+    all
+}
+
+/// A `Key:` line of `/proc/PID/status`, without the key.
+fn status_line(pid: i32, key: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Resident set size in KiB (`VmRSS`).
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    status_line(pid, "VmRSS:")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether any signal is pending for the process (thread or shared queue).
+pub fn signal_pending(pid: i32) -> bool {
+    ["SigPnd:", "ShdPnd:"].iter().any(|key| {
+        status_line(pid, key).is_some_and(|mask| u64::from_str_radix(&mask, 16).unwrap_or(0) != 0)
+    })
+}
+
+/// CPU time and voluntary context switches (wake-ups) of all threads of `pid`, summed:
+/// nanoseconds on CPU from `schedstat` (precise, unlike the 10 ms ticks of `stat`).
+pub fn cpu_and_wakeups(pid: i32) -> Option<(u64, u64)> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut cpu_ns, mut wakeups) = (0u64, 0u64);
+    for task in tasks.flatten() {
+        let tid = task.file_name();
+        let tid = tid.to_str()?;
+        let sched = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+        cpu_ns += sched.split_whitespace().next()?.parse::<u64>().ok()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+        wakeups += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+    }
+    Some((cpu_ns, wakeups))
+}
+
+/// The wall-clock ctime (seconds) of the worker's heartbeat file: the one unlinked regular
+/// file among its descriptors (gunicorn's `WorkerTmp`, arbiter's `ARBITER_HEARTBEAT_FD`). Both
+/// bump it with a metadata change (`utime`, `fchmod`), which sets the ctime to now.
+pub fn heartbeat_ctime(pid: i32) -> Option<f64> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    for fd in fds.flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if target.starts_with('/') && target.ends_with(" (deleted)") {
+            let meta = fs::metadata(fd.path()).ok()?;
+            if meta.is_file() {
+                return Some(meta.ctime() as f64 + meta.ctime_nsec() as f64 * 1e-9);
+            }
+        }
+    }
+    None
+}
+
+/// Sends `signal` to `pid`; false when there is no such process.
+pub fn kill(pid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// Reaps `pid` (our child) if it has exited; true once it is reaped or is not our child.
+pub fn try_reap(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: `status` is a valid, writable int for the duration of the call.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    r == pid || r == -1
+}
+
+/// Waits (polling every half millisecond) until our child `pid` exits; how long it took.
+pub fn wait_exit(pid: i32, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if try_reap(pid) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    None
+}
+
+/// Reaps every exited child we have (orphans reparented to us as subreaper included).
+pub fn reap_any() {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid, writable int for the duration of the call.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r <= 0 {
+            return;
+        }
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants (a USR2 master whose parent
+/// exits is reparented to us, so it can still be found, killed and reaped by pid).
+pub fn become_subreaper() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Kills `pid` and all its descendants with SIGKILL, each by pid, and reaps what is ours.
+pub fn kill_tree(pid: i32) {
+    let all = tree(pid);
+    for &p in &all {
+        kill(p, libc::SIGKILL);
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && !all.iter().all(|&p| is_dead(p)) {
+        reap_any();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    reap_any();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn sees_a_child_and_its_exit() {
+        let child = Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        assert!(children(me).contains(&pid));
+        assert_eq!(state(pid), Some('S'));
+        assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
+        assert!(!signal_pending(pid));
+        assert!(kill(pid, libc::SIGKILL));
+        assert!(wait_exit(pid, Duration::from_secs(5)).is_some());
+        assert!(is_dead(pid));
+        assert!(!children(me).contains(&pid));
+    }
+
+    #[test]
+    fn a_stopped_process_shows_pending_signals() {
+        let child = Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        kill(pid, libc::SIGSTOP);
+        let start = Instant::now();
+        while state(pid) != Some('T') && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(state(pid), Some('T'));
+        kill(pid, libc::SIGTERM);
+        assert!(signal_pending(pid));
+        kill_tree(pid);
+        assert!(is_dead(pid));
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows() {
+        let me = std::process::id() as i32;
+        let (before, _) = cpu_and_wakeups(me).unwrap();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let (after, _) = cpu_and_wakeups(me).unwrap();
+        assert!(after > before);
+    }
+}
