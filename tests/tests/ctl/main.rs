@@ -413,6 +413,8 @@ fn a_silent_client_is_dropped_at_its_deadline_and_never_delays_supervision() {
     let mut silent = UnixStream::connect(&socket).unwrap();
     let opened = Instant::now();
     let before = master.wait_children(2, SOON);
+    // Past the quick-death window, so the replacement is immediate (no crash-loop backoff).
+    std::thread::sleep(Duration::from_millis(1100));
     arbiter_tests::signal(before[0], SIGKILL).unwrap();
     let replaced = arbiter_tests::wait_until(Duration::from_millis(1500), || {
         let now = master.children();
