@@ -6,6 +6,7 @@
 //! Tasks install what they need themselves (a Python venv under `target/`), bind only to
 //! loopback, and bound every wait.
 
+mod bench;
 mod common;
 mod integration;
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     };
     let result = match task.as_str() {
         // Each task module adds its arm here.
+        "bench" => bench::run(&args[1..]),
         "integration" => integration::run(),
         other => Err(format!(
             "unknown task {other:?}; tasks: {}",
@@ -35,4 +37,4 @@ fn main() -> ExitCode {
 }
 
 /// The tasks this binary knows.
-const TASKS: &[&str] = &["integration"];
+const TASKS: &[&str] = &["bench", "integration"];
