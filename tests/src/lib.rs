@@ -259,7 +259,7 @@ impl Master {
                     "{needle:?} x{count} not in the log after {bound:?}:\n{log}"
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -329,7 +329,7 @@ impl Master {
             }
             // Keep collecting worker pids while it winds down.
             self.track_tree();
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -625,7 +625,7 @@ fn descendants_in(table: &BTreeMap<i32, ProcStat>, pid: i32) -> Vec<i32> {
     out
 }
 
-/// Polls `condition` every 10 ms until it holds or `bound` passes; whether it held.
+/// Polls `condition` every 20 ms until it holds or `bound` passes; whether it held.
 pub fn wait_until(bound: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + bound;
     loop {
@@ -635,7 +635,7 @@ pub fn wait_until(bound: Duration, mut condition: impl FnMut() -> bool) -> bool 
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
