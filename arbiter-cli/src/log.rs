@@ -101,7 +101,7 @@ impl Drain for LogOutput {
         let pid = std::process::id();
         let line = match self.format {
             LogFormat::Text => {
-                // Text lines carry the message only, as gunicorn's do; JSON has every field.
+                // gunicorn's layout, then the record's non-empty fields as key=value.
                 let mut line = format!(
                     "[{}] [{}] [{}] {}",
                     format_utc(now.as_secs()),
@@ -109,6 +109,9 @@ impl Drain for LogOutput {
                     level_name(record.level()),
                     record.msg()
                 );
+                for (key, value) in fields.pairs.iter().filter(|(_, v)| !v.is_empty()) {
+                    line.push_str(&format!(" {key}={value}"));
+                }
                 line.push('\n');
                 line
             }
