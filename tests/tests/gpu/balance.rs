@@ -97,8 +97,6 @@ fn booted_from_json_log(log: &str) -> BTreeMap<i32, (usize, String)> {
 }
 
 #[test]
-#[ignore = "bug: the text log's 'Booting worker' line drops the slot and gpus key-values \
-            (only --log-format json shows the assignment)"]
 fn the_text_log_shows_each_workers_gpus() {
     let fx = Fixture::new();
     let (mut master, _) = start(&fx, &["-w", "3", "--gpus", "0,1,2"], &[]);
