@@ -101,13 +101,22 @@ fn output(program: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&text).trim().to_owned()
         })
         .unwrap_or_else(|e| format!("({program}: {e})"))
 }
 
-fn machine_facts(arbiter: &std::path::Path, venv: &std::path::Path, quick: bool, secs: f64) -> String {
+fn machine_facts(
+    arbiter: &std::path::Path,
+    venv: &std::path::Path,
+    quick: bool,
+    secs: f64,
+) -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -131,7 +140,10 @@ fn machine_facts(arbiter: &std::path::Path, venv: &std::path::Path, quick: bool,
         format!("- CPU: {cpu}; nproc: {}", output("nproc", &[])),
         format!("- memory: {memory}"),
         format!("- kernel: {}", output("uname", &["-sr"])),
-        format!("- arbiter: {} (release build)", output(&arbiter, &["--version"])),
+        format!(
+            "- arbiter: {} (release build)",
+            output(&arbiter, &["--version"])
+        ),
         format!(
             "- gunicorn: {} (sync worker), {}",
             output(&gunicorn.to_string_lossy(), &["--version"]),

@@ -125,7 +125,8 @@ fn client(port: u16, stop: &AtomicBool, pids: &Mutex<HashSet<u32>>) -> LoadRepor
 fn request(port: u16, connection: &mut Option<TcpStream>) -> Outcome {
     let reused = connection.is_some();
     if connection.is_none() {
-        let Ok(stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), REQUEST_TIMEOUT)
+        let Ok(stream) =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), REQUEST_TIMEOUT)
         else {
             return Outcome::Failed;
         };

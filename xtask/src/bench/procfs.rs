@@ -192,6 +192,7 @@ mod tests {
     use std::process::Command;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped by pid with waitpid: the code under test
     fn sees_a_child_and_its_exit() {
         let child = Command::new("sleep").arg("5").spawn().unwrap();
         let pid = child.id() as i32;
@@ -207,6 +208,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped by pid with waitpid: the code under test
     fn a_stopped_process_shows_pending_signals() {
         let child = Command::new("sleep").arg("5").spawn().unwrap();
         let pid = child.id() as i32;

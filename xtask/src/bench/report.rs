@@ -90,7 +90,7 @@ pub fn median(samples: &[f64]) -> Option<f64> {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 0 {
+    Some(if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
@@ -120,7 +120,13 @@ fn summary(samples: &[f64]) -> String {
     if samples.len() == 1 {
         format!("{} (n=1)", number(m))
     } else {
-        format!("{} ({}–{}, n={})", number(m), number(min), number(max), samples.len())
+        format!(
+            "{} ({}–{}, n={})",
+            number(m),
+            number(min),
+            number(max),
+            samples.len()
+        )
     }
 }
 
@@ -256,7 +262,12 @@ mod tests {
             figures: vec![figure(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0], Better::Lower)],
         };
         let md = markdown(&[section]);
-        assert!(md.contains("| boot, N = 2 | ms (lower is better) | 2 (1–3, n=3) | 20 (10–30, n=3) | 0.10 |"), "{md}");
+        assert!(
+            md.contains(
+                "| boot, N = 2 | ms (lower is better) | 2 (1–3, n=3) | 20 (10–30, n=3) | 0.10 |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -17,13 +17,7 @@ pub struct Workers {
 fn reuseport_listener(port: u16) -> Result<OwnedFd, String> {
     let os_error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     // SAFETY: socket(2) takes plain integers; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(os_error("socket"));
     }

@@ -108,7 +108,10 @@ pub fn footprint(bench: &Bench, plan: &Plan) -> Result<Section, String> {
             Better::Lower,
         );
         let mut wakeups = Figure::new(
-            format!("master wake-ups over {}s idle, {n} workers", plan.idle.as_secs()),
+            format!(
+                "master wake-ups over {}s idle, {n} workers",
+                plan.idle.as_secs()
+            ),
             "count",
             Better::Lower,
         );
@@ -159,17 +162,25 @@ pub fn footprint(bench: &Bench, plan: &Plan) -> Result<Section, String> {
 
 /// Hung worker (SIGSTOP) and crash (SIGKILL) with one worker and `--timeout 2`.
 pub fn hung_and_crash(bench: &Bench, plan: &Plan) -> Result<Section, String> {
-    let mut signalled = Figure::new("hung: first signal, past the 2 s timeout", "ms", Better::Lower)
-        .charted();
-    let mut killed = Figure::new("hung: worker dead, past the 2 s timeout", "ms", Better::Lower);
+    let mut signalled = Figure::new(
+        "hung: first signal, past the 2 s timeout",
+        "ms",
+        Better::Lower,
+    )
+    .charted();
+    let mut killed = Figure::new(
+        "hung: worker dead, past the 2 s timeout",
+        "ms",
+        Better::Lower,
+    );
     let mut replaced = Figure::new(
         "hung: replacement serves, past the 2 s timeout",
         "ms",
         Better::Lower,
     )
     .charted();
-    let mut respawn = Figure::new("crash: SIGKILL to replacement serving", "ms", Better::Lower)
-        .charted();
+    let mut respawn =
+        Figure::new("crash: SIGKILL to replacement serving", "ms", Better::Lower).charted();
     let spec = Spec {
         workers: 1,
         timeout_s: 2,
@@ -244,8 +255,12 @@ fn hang(master: &Master, worker: u32) -> Result<(f64, f64, f64), String> {
 
 /// TTIN burst: 20 TTIN about 0.5 ms apart to a master with 2 workers.
 pub fn ttin(bench: &Bench, plan: &Plan) -> Result<Section, String> {
-    let mut added = Figure::new("TTIN burst: workers added by 20 signals", "workers", Better::Higher)
-        .charted();
+    let mut added = Figure::new(
+        "TTIN burst: workers added by 20 signals",
+        "workers",
+        Better::Higher,
+    )
+    .charted();
     for _ in 0..plan.reps {
         for system in System::BOTH {
             let master = bench.start(system, Spec::workers(2))?;
@@ -311,9 +326,18 @@ pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     };
     let mut figures = Vec::new();
     for kind in ["HUP", "USR2"] {
-        let mut served = Figure::new(format!("{kind}: requests served in 6 s"), "requests", Better::Higher);
-        let mut errors = Figure::new(format!("{kind}: failed requests"), "requests", Better::Lower);
-        let mut worst = Figure::new(format!("{kind}: worst latency"), "ms", Better::Lower).charted();
+        let mut served = Figure::new(
+            format!("{kind}: requests served in 6 s"),
+            "requests",
+            Better::Higher,
+        );
+        let mut errors = Figure::new(
+            format!("{kind}: failed requests"),
+            "requests",
+            Better::Lower,
+        );
+        let mut worst =
+            Figure::new(format!("{kind}: worst latency"), "ms", Better::Lower).charted();
         let mut retries = Figure::new(
             format!("{kind}: retried after idle keep-alive close"),
             "requests",
@@ -424,12 +448,16 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     for _ in 0..plan.reps {
         let master = bench.start(System::Arbiter, Spec::workers(n))?;
         master.wait_distinct(n, WAIT)?;
-        throughput.a.push(measure_throughput(master.port, plan.overhead_secs, wrk)?);
+        throughput
+            .a
+            .push(measure_throughput(master.port, plan.overhead_secs, wrk)?);
         drop(master);
         let port = crate::common::free_port();
         let baseline = super::reuseport::Workers::start(&bench.arbiter, port, n)?;
         crate::common::wait_for_http(port, Duration::from_secs(10))?;
-        throughput.b.push(measure_throughput(port, plan.overhead_secs, wrk)?);
+        throughput
+            .b
+            .push(measure_throughput(port, plan.overhead_secs, wrk)?);
         drop(baseline);
     }
     let generator = if wrk {

@@ -101,7 +101,9 @@ impl Bench {
                     .args(["--log-level", "warning", "--pidfile"])
                     .arg(&pidfile);
                 if spec.slow_boot {
-                    c.arg("--").arg(&self.arbiter).args(["worker", "--boot-delay", "1s"]);
+                    c.arg("--")
+                        .arg(&self.arbiter)
+                        .args(["worker", "--boot-delay", "1s"]);
                 }
                 c
             }
