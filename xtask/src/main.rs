@@ -2,12 +2,15 @@
 //!
 //! - `integration`: arbiter with real servers no one here wrote (uvicorn, gunicorn, node).
 //! - `bench`: benchmarks side by side with gunicorn.
+//! - `gpu-check`: on a machine with NVIDIA GPUs, workers that initialise CUDA each see exactly
+//!   their own GPU (not part of CI; without `nvidia-smi` it says so and succeeds).
 //!
 //! Tasks install what they need themselves (a Python venv under `target/`), bind only to
 //! loopback, and bound every wait.
 
 mod bench;
 mod common;
+mod gpu_check;
 mod integration;
 
 use std::process::ExitCode;
@@ -21,6 +24,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         // Each task module adds its arm here.
         "bench" => bench::run(&args[1..]),
+        "gpu-check" => gpu_check::run(),
         "integration" => integration::run(),
         other => Err(format!(
             "unknown task {other:?}; tasks: {}",
@@ -37,4 +41,4 @@ fn main() -> ExitCode {
 }
 
 /// The tasks this binary knows.
-const TASKS: &[&str] = &["bench", "integration"];
+const TASKS: &[&str] = &["bench", "gpu-check", "integration"];

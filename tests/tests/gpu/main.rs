@@ -6,6 +6,7 @@
 
 mod balance;
 mod options;
+mod probe;
 mod reload;
 
 use std::collections::{BTreeMap, BTreeSet};
