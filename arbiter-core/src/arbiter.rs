@@ -75,6 +75,9 @@ struct SlotState {
     /// Cached: its active workers of an old generation, or all of its active workers when the
     /// slot is at or above the target (counted in `Arbiter::old_active`).
     old_active: usize,
+    /// Cached: active workers beyond the first (a reload's surge; counted in
+    /// `Arbiter::surge_active`).
+    surge_active: usize,
 }
 
 /// The sans-IO arbiter: everything gunicorn's `Arbiter` decides, without doing any of it.
@@ -111,6 +114,8 @@ pub struct Arbiter {
     ready_slots: usize,
     /// Active workers of an old generation or in a slot at or above the target.
     old_active: usize,
+    /// Active workers beyond the first in their slot (the reload surge).
+    surge_active: usize,
     timers: Timers<TimerKey>,
     actions: VecDeque<Action>,
     notify_commands: HashSet<u64>,
@@ -150,6 +155,7 @@ impl Arbiter {
             want_roll: BTreeSet::new(),
             ready_slots: 0,
             old_active: 0,
+            surge_active: 0,
             timers: Timers::new(),
             actions: VecDeque::new(),
             notify_commands: HashSet::new(),
@@ -779,11 +785,19 @@ impl Arbiter {
             self.dirty = dirty;
         }
         // Spawn: empty slots first (lost capacity), then slots still rolling.
-        let limit = self.target + self.config.max_surge.max(1);
+        // The table holds at most target + max_surge processes, and at most max_surge slots
+        // run a second active worker at once (so no GPU carries more than its cap plus the
+        // surge, even while other slots are empty in a crash backoff).
+        let max_surge = self.config.max_surge.max(1);
+        let limit = self.target + max_surge;
+        let mut surge = self.surge_active;
         while self.workers.len() < limit {
             let (slot, rolling) = if let Some(slot) = self.want_empty.pop_first() {
                 (slot, false)
+            } else if surge >= max_surge {
+                break;
             } else if let Some(slot) = self.want_roll.pop_first() {
+                surge += 1;
                 (slot, true)
             } else {
                 break;
@@ -799,6 +813,10 @@ impl Arbiter {
                 Reason::ScaleUp
             };
             self.spawn(slot, reason, now);
+        }
+        // The spawns changed their slots: bring those caches up to date now.
+        while let Some(slot) = self.dirty.pop() {
+            self.refresh(slot);
         }
         #[cfg(debug_assertions)]
         self.check_caches();
@@ -819,11 +837,15 @@ impl Arbiter {
     fn refresh(&mut self, slot: Slot) {
         let in_range = slot < self.target;
         let (mut any, mut current, mut current_ready, mut old) = (false, false, false, 0);
+        let mut active: usize = 0;
+        let mut hung = false;
         for id in &self.slots[slot].members {
             let worker = &self.workers[id];
             let is_current = worker.generation == self.generation;
+            hung |= is_hung(worker);
             if worker.state.is_active() {
                 any = true;
+                active += 1;
                 current |= is_current;
                 if !is_current || !in_range {
                     old += 1;
@@ -837,9 +859,15 @@ impl Arbiter {
         self.ready_slots =
             self.ready_slots + usize::from(counted_ready) - usize::from(state.counted_ready);
         self.old_active = self.old_active + old - state.old_active;
+        let surge = active.saturating_sub(1);
+        self.surge_active = self.surge_active + surge - state.surge_active;
+        state.surge_active = surge;
         state.counted_ready = counted_ready;
         state.old_active = old;
-        let spawnable = in_range && state.backoff_until.is_none();
+        // With GPUs, a hung worker being killed still holds the slot's device memory: its
+        // replacement waits for the reap (at most the abort grace) instead of sharing it.
+        let gpu_held = hung && self.gpus.is_some();
+        let spawnable = in_range && state.backoff_until.is_none() && !gpu_held;
         if spawnable && !any {
             self.want_empty.insert(slot);
         } else {
@@ -867,6 +895,18 @@ impl Arbiter {
             })
             .count();
         assert_eq!(self.old_active, old_active, "old worker count drifted");
+        let surge_active: usize = self
+            .slots
+            .iter()
+            .map(|state| {
+                let active = state
+                    .members
+                    .iter()
+                    .filter(|id| self.workers[id].state.is_active());
+                active.count().saturating_sub(1)
+            })
+            .sum();
+        assert_eq!(self.surge_active, surge_active, "surge count drifted");
         for (slot, state) in self.slots.iter().enumerate() {
             let active = state
                 .members
@@ -877,7 +917,9 @@ impl Arbiter {
                 any = true;
                 current |= self.workers[id].generation == self.generation;
             }
-            let spawnable = slot < self.target && state.backoff_until.is_none();
+            let hung = state.members.iter().any(|id| is_hung(&self.workers[id]));
+            let gpu_held = hung && self.gpus.is_some();
+            let spawnable = slot < self.target && state.backoff_until.is_none() && !gpu_held;
             assert_eq!(
                 self.want_empty.contains(&slot),
                 spawnable && !any,
@@ -1088,6 +1130,18 @@ impl Arbiter {
 
     fn event(&mut self, event: Event) {
         self.push(Action::Event(event));
+    }
+}
+
+/// A worker aborted for a timeout (then perhaps killed) and not reaped yet.
+fn is_hung(worker: &Worker) -> bool {
+    match worker.state {
+        WorkerState::Aborted => true,
+        WorkerState::Killed => matches!(
+            worker.stop_reason,
+            Some(Reason::HeartbeatTimeout | Reason::BootTimeout)
+        ),
+        _ => false,
     }
 }
 

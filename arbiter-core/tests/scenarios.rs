@@ -830,3 +830,37 @@ fn a_signal_is_never_sent_after_the_exit_was_reported() {
         vec![(at_ms(5000), Signal::Abrt, true)]
     );
 }
+
+#[test]
+fn with_gpus_a_hung_workers_replacement_waits_for_its_reap() {
+    // The same hang as above, with GPU balancing: the replacement is spawned only once the
+    // hung worker (still holding the slot's device memory) is reaped after its KILL at 6 s.
+    let gpus = GpuConfig::new(vec!["0".into()], 1, "CUDA_VISIBLE_DEVICES").expect("valid");
+    let mut world = World::scripted(
+        Config {
+            gpus: Some(gpus),
+            ..config(1)
+        },
+        Role::Fresh,
+        Box::new(|_, id| {
+            if id.0 == 1 {
+                Behavior::stopped(ms(3500))
+            } else {
+                Behavior::good()
+            }
+        }),
+    );
+    let pid = world.pid_in(0);
+    world.drive(secs(10));
+    assert_eq!(
+        signals(&world, pid),
+        vec![
+            (at_ms(5000), Signal::Abrt, true),
+            (at_ms(6000), Signal::Kill, true)
+        ]
+    );
+    let spawns = world.spawns();
+    assert_eq!(spawns.len(), 2);
+    assert!(spawns[1].0 >= at_ms(6000), "respawned at {:?}", spawns[1].0);
+    assert_eq!(spawns[1].3, Reason::Respawn);
+}
