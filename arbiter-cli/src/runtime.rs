@@ -110,7 +110,14 @@ impl Master {
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_os_str());
         let command = setup::worker_command(&settings.command, path_var)?;
-        let specs = setup::bind_specs(&settings)?;
+        // Socket-activated with no bind configured: serve on what systemd passed.
+        let systemd_only =
+            inherited.origin == Some(arbiter_sockets::Origin::Systemd) && !settings.bind_explicit;
+        let specs = if systemd_only {
+            Vec::new()
+        } else {
+            setup::bind_specs(&settings)?
+        };
         let own_visible = master_env
             .iter()
             .find(|(k, _)| k.as_bytes() == settings.gpu_env.as_bytes())

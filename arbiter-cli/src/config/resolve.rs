@@ -58,6 +58,7 @@ pub(crate) fn settings(
     let d = base;
     let settings = Settings {
         bind: layers.value("bind", d.bind, parse::binds)?,
+        bind_explicit: layers.find("bind").is_some(),
         workers: layers.value("workers", d.workers, |r| usize_in(r, 1))?,
         timeout: layers.value("timeout", d.timeout, parse::duration_or_off)?,
         boot_timeout: layers.value("boot_timeout", d.boot_timeout, parse::duration_or_off)?,

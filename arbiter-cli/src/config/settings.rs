@@ -13,6 +13,9 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Addresses to listen on, as written (parsed later as bind specs); never empty.
     pub bind: Vec<String>,
+    /// Whether a layer (command line, environment, file) set `bind`. When none did and the
+    /// arbiter was socket-activated, it serves on the sockets systemd passed instead.
+    pub bind_explicit: bool,
     /// Number of worker processes, at least 1.
     pub workers: usize,
     /// Heartbeat timeout; `None` when disabled.
@@ -184,6 +187,7 @@ impl Default for Settings {
         Settings {
             config_file: None,
             bind: vec!["127.0.0.1:8000".to_owned()],
+            bind_explicit: false,
             workers: 1,
             timeout: Some(Duration::from_secs(30)),
             boot_timeout: Some(Duration::from_secs(60)),
@@ -234,7 +238,13 @@ impl Settings {
                 None => writeln!(out, "# {key} is not set: {unset}"),
             };
         };
-        line("bind", Some(list(self.bind.iter().map(String::as_str))), "");
+        let bind = list(self.bind.iter().map(String::as_str));
+        if self.bind_explicit {
+            line("bind", Some(bind), "");
+        } else {
+            let unset = format!("{bind}, or the sockets systemd passed when socket-activated");
+            line("bind", None, &unset);
+        }
         line("workers", Some(self.workers.to_string()), "");
         line("timeout", Some(duration_opt(self.timeout)), "");
         line("boot_timeout", Some(duration_opt(self.boot_timeout)), "");

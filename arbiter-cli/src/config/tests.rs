@@ -731,7 +731,7 @@ fn every_file_key_has_a_flag_in_the_help() {
 fn to_toml_reads_like_a_config_file() {
     let text = Settings::default().to_toml();
     for line in [
-        "bind = [\"127.0.0.1:8000\"]",
+        "# bind is not set: [\"127.0.0.1:8000\"], or the sockets systemd passed when socket-activated",
         "workers = 1",
         "timeout = \"30s\"",
         "umask = 0o022",
@@ -751,4 +751,13 @@ fn to_toml_reads_like_a_config_file() {
     }
     .to_toml();
     assert!(disabled.lines().any(|l| l == "timeout = 0"), "{disabled}");
+    let bound = Settings {
+        bind_explicit: true,
+        ..Settings::default()
+    }
+    .to_toml();
+    assert!(
+        bound.lines().any(|l| l == "bind = [\"127.0.0.1:8000\"]"),
+        "{bound}"
+    );
 }
