@@ -8,7 +8,9 @@
 mod bind;
 mod hup;
 mod load;
+mod notify;
 mod soak;
+mod systemd;
 mod upgrade;
 
 use std::io::Write;

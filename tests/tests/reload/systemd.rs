@@ -1,0 +1,78 @@
+//! Scenario 7: socket activation by `systemd-socket-activate` (skipped, with a message, where
+//! it is not installed): the inherited TCP socket serves; a named unix socket is not unlinked
+//! at stop, because it belongs to the service manager.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arbiter_tests::{Fixture, SOON};
+
+use crate::{bin, free_port, s};
+
+fn socket_activate() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join("systemd-socket-activate"))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        eprintln!("skipped: systemd-socket-activate not installed");
+    }
+    found
+}
+
+#[test]
+fn socket_activated_tcp_listener_serves() {
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // systemd-socket-activate execs the arbiter in place: the guard's pid is the master's.
+    let args = ["-l", listen.as_str(), bin(), "-w", "2"];
+    let mut master = fx.start_program("activate", &activate, &args, &[]);
+    arbiter_tests::wait_serving(port, SOON).unwrap_or_else(|e| panic!("{e}\n{}", master.stderr()));
+    let workers = master.wait_children(2, SOON);
+    let answered = arbiter_tests::identities_of(port, &workers, SOON);
+    assert_eq!(answered.len(), 2, "both workers serve the inherited socket");
+    master.signal(libc::SIGTERM);
+    assert_eq!(
+        master.exit_code(Duration::from_secs(15)),
+        0,
+        "{}",
+        master.stderr()
+    );
+    master.assert_no_process_left();
+}
+
+#[test]
+fn socket_activated_unix_socket_is_not_unlinked_at_stop() {
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let path = fx.join("app.sock");
+    let args = ["-l", s(&path), "--fdname", "web", bin(), "-w", "2"];
+    let mut master = fx.start_program("activate", &activate, &args, &[]);
+    let mut last = None;
+    let ok = arbiter_tests::wait_until(SOON, || {
+        last = Some(arbiter_tests::get_unix(&path, "/"));
+        matches!(&last, Some(Ok(r)) if r.status == 200)
+    });
+    assert!(ok, "{last:?}\n{}", master.stderr());
+    master.wait_children(2, SOON);
+    master.signal(libc::SIGTERM);
+    assert_eq!(
+        master.exit_code(Duration::from_secs(15)),
+        0,
+        "{}",
+        master.stderr()
+    );
+    master.assert_no_process_left();
+    assert!(
+        path.exists(),
+        "the service manager's socket {} was unlinked\n{}",
+        path.display(),
+        master.stderr()
+    );
+}
