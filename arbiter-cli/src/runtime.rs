@@ -17,7 +17,7 @@ use arbiter_signals::SignalPipe;
 use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal as NixSignal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
@@ -357,27 +357,41 @@ impl Master {
     }
 
     fn reap(&mut self, now: Moment) {
+        let exit_of = |status| match status {
+            WaitStatus::Exited(pid, code) => Some((pid, ExitStatus::Exited(code))),
+            WaitStatus::Signaled(pid, signal, core_dumped) => Some((
+                pid,
+                ExitStatus::Signaled {
+                    signal: signal as i32,
+                    core_dumped,
+                },
+            )),
+            _ => None,
+        };
         loop {
-            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
-                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
-                    pid,
-                    ExitStatus::Signaled {
-                        signal: signal as i32,
-                        core_dumped,
-                    },
-                ),
+            // Look before reaping: while the exited worker is a zombie its pid, which is also
+            // its process group id, cannot be reused, so killing the group is race-free.
+            let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let pid = match waitid(Id::All, peek) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
+                Ok(status) => match exit_of(status) {
+                    Some((pid, _)) => pid,
+                    None => continue,
+                },
             };
-            let (pid, status) = (status.0.as_raw(), status.1);
-            if let Some(worker) = self.core.worker_by_pid(pid) {
+            if let Some(worker) = self.core.worker_by_pid(pid.as_raw()) {
                 self.procs.remove(&worker.id);
                 // What the worker started stays in its group and would keep serving on the
                 // inherited listeners (a SIGKILLed gunicorn master's workers do): end it now.
-                let _ = kill(Pid::from_raw(-pid), NixSignal::SIGKILL);
+                let _ = kill(Pid::from_raw(-pid.as_raw()), NixSignal::SIGKILL);
             }
-            self.core.handle_exit(pid, status, now);
+            let Some((pid, status)) = waitpid(pid, Some(WaitPidFlag::WNOHANG))
+                .ok()
+                .and_then(exit_of)
+            else {
+                continue;
+            };
+            self.core.handle_exit(pid.as_raw(), status, now);
         }
     }
 
