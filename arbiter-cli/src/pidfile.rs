@@ -122,8 +122,9 @@ fn write_atomically(path: &Path, pid: u32) -> io::Result<()> {
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)?;
+        // No fsync: the rename makes the content appear atomically, and a pid means nothing
+        // after a crash of the machine; an fsync would stall the master's loop on a busy disk.
         writeln!(file, "{pid}")?;
-        file.sync_all()?;
         // rename replaces a symlink at `path` itself, never the file it points to.
         fs::rename(&temp, path)
     })();

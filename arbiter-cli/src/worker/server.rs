@@ -35,6 +35,9 @@ pub const SIGNALS: Token = Token(usize::MAX);
 const CONNECTIONS: usize = 1 << 16;
 /// Stop answering a connection's pipelined requests while this much output waits for the peer.
 const HIGH_WATER: usize = 256 * 1024;
+/// After TERM, how long idle keep-alive connections stay open: a client that sends its next
+/// request meanwhile gets an answer (with `Connection: close`) instead of a closed socket.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
 /// The scripted behaviour of the worker once it serves.
 #[derive(Debug, Clone, Default)]
@@ -358,6 +361,8 @@ pub struct Server {
     hang_at: Option<Instant>,
     crash_at: Option<Instant>,
     draining: bool,
+    /// While draining: idle keep-alive connections are kept until then.
+    idle_grace_until: Option<Instant>,
     notify_failed: bool,
 }
 
@@ -410,6 +415,7 @@ impl Server {
                 .crash_after
                 .and_then(|after| now.checked_add(after)),
             draining: false,
+            idle_grace_until: None,
             notify_failed: false,
         })
     }
@@ -456,6 +462,7 @@ impl Server {
             self.hang_at,
             self.crash_at,
             self.sleepers.peek().map(|Reverse((until, _, _))| *until),
+            self.idle_grace_until,
         ]
         .into_iter()
         .flatten()
@@ -468,6 +475,10 @@ impl Server {
         }
         if self.hang_at.is_some_and(|at| at <= now) {
             hang(&self.signals);
+        }
+        if self.idle_grace_until.is_some_and(|at| at <= now) {
+            self.idle_grace_until = None;
+            self.close_idle();
         }
         if self.ready_at.is_some_and(|at| at <= now) {
             self.ready_at = None;
@@ -591,7 +602,10 @@ impl Server {
                 break false;
             }
             if connection.flushed() && connection.sleeping.is_none() {
-                let idle_while_draining = self.draining && connection.idle() && !connection.fresh;
+                let idle_while_draining = self.draining
+                    && self.idle_grace_until.is_none()
+                    && connection.idle()
+                    && !connection.fresh;
                 if connection.close_after_flush || connection.eof || idle_while_draining {
                     break false;
                 }
@@ -611,8 +625,9 @@ impl Server {
         }
     }
 
-    /// TERM: stop accepting, say `STOPPING=1`, close idle connections; busy ones close after
-    /// their response, and the loop exits once none is left.
+    /// TERM: stop accepting, say `STOPPING=1`; idle connections close after
+    /// [`DRAIN_IDLE_GRACE`] (a request arriving meanwhile is answered with `Connection: close`),
+    /// busy ones after their response, and the loop exits once none is left.
     fn begin_drain(&mut self) {
         if self.draining {
             return;
@@ -627,6 +642,12 @@ impl Server {
         }
         self.ready_at = None;
         self.notify("STOPPING=1");
+        self.idle_grace_until = Some(Instant::now() + DRAIN_IDLE_GRACE);
+    }
+
+    /// Closes the idle connections (all but the just-accepted ones whose request may still be
+    /// on its way).
+    fn close_idle(&mut self) {
         let idle: Vec<usize> = self
             .connections
             .iter()

@@ -369,6 +369,8 @@ fn term_finishes_requests_in_flight_then_exits_0() {
     assert!(fixture.wait_for("READY=1", PATIENCE).is_some());
     let idle = fixture.connect();
     assert_eq!(get(&idle, "/").status, 200);
+    let talker = fixture.connect();
+    assert_eq!(get(&talker, "/").status, 200);
     let busy = fixture.connect();
     (&busy)
         .write_all(b"GET /sleep/300 HTTP/1.1\r\n\r\n")
@@ -376,9 +378,20 @@ fn term_finishes_requests_in_flight_then_exits_0() {
     std::thread::sleep(Duration::from_millis(50));
     worker.signal(Signal::SIGTERM);
     assert!(fixture.wait_for("STOPPING=1", PATIENCE).is_some());
+    let stopping = Instant::now();
+    // A keep-alive client that sends its next request during the idle grace is answered
+    // (and told to close) rather than finding its connection closed under it.
+    let late = get(&talker, "/");
+    assert_eq!(late.status, 200);
+    assert_eq!(late.header("connection"), Some("close"));
     assert!(
         at_eof(&idle),
-        "an idle keep-alive connection closes at once"
+        "an idle keep-alive connection closes after the grace"
+    );
+    let waited = stopping.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "idle connection closed {waited:?} after STOPPING=1"
     );
     let response = read_response(&mut BufReader::new(&busy));
     assert_eq!(response.status, 200);
