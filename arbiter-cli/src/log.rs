@@ -101,7 +101,7 @@ impl Drain for LogOutput {
         let pid = std::process::id();
         let line = match self.format {
             LogFormat::Text => {
-                // gunicorn's layout, then the record's non-empty fields as key=value.
+                // gunicorn's layout: the message only; JSON lines carry every field.
                 let mut line = format!(
                     "[{}] [{}] [{}] {}",
                     format_utc(now.as_secs()),
@@ -109,9 +109,6 @@ impl Drain for LogOutput {
                     level_name(record.level()),
                     record.msg()
                 );
-                for (key, value) in fields.pairs.iter().filter(|(_, v)| !v.is_empty()) {
-                    line.push_str(&format!(" {key}={value}"));
-                }
                 line.push('\n');
                 line
             }

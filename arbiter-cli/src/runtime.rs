@@ -487,27 +487,19 @@ impl Master {
     }
 
     fn reload(&mut self, now: Moment) {
-        let new = match config::reload(&self.sources, &self.env_snapshot) {
-            Ok(new) => new,
-            Err(e) => {
-                error!(
-                    self.log,
-                    "reload failed, keeping the running configuration: {e}"
-                );
-                eprintln!("arbiter: reload failed, keeping the running configuration: {e}");
-                self.ops.on_reload_failed(&e.to_string(), now);
-                return;
-            }
-        };
-        match self.apply_settings(new) {
+        let applied = config::reload(&self.sources, &self.env_snapshot)
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.apply_settings(new).map_err(|e| e.to_string()));
+        match applied {
             Ok(config) => self.core.handle_reload(config, now),
-            Err(e) => {
+            Err(why) => {
+                // The master never exits over a bad reload: it says so and keeps its config.
                 error!(
                     self.log,
-                    "reload failed, keeping the running configuration: {e}"
+                    "reload failed, keeping the running configuration: {why}"
                 );
-                eprintln!("arbiter: reload failed, keeping the running configuration: {e}");
-                self.ops.on_reload_failed(&e.to_string(), now);
+                eprintln!("arbiter: reload failed, keeping the running configuration: {why}");
+                self.ops.on_reload_failed(&why, now);
             }
         }
     }
@@ -627,7 +619,13 @@ impl Master {
                 let now = self.now();
                 match self.spawn_worker(id, slot, &gpus) {
                     Ok(pid) => {
-                        info!(self.log, "Booting worker with pid: {pid}";
+                        // gunicorn's words, plus the assignment when GPUs are balanced.
+                        let placement = if gpus.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (slot {slot}, gpus: {})", gpus.join(","))
+                        };
+                        info!(self.log, "Booting worker with pid: {pid}{placement}";
                             "slot" => slot, "id" => id.0, "generation" => generation,
                             "gpus" => gpus.join(","), "reason" => reason.to_string());
                         self.core.handle_spawned(id, pid, now);

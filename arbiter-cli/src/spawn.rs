@@ -107,48 +107,27 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<i32, SpawnError> {
     };
     // SAFETY: getpid cannot fail; read before the fork so the child can compare getppid.
     let master = unsafe { libc::getpid() };
-    let report = ExecReport::new()?;
-    // SAFETY: the master is single-threaded when it forks (DESIGN: no thread in the master),
-    // so the child may run the async-signal-safe code below until exec.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(SpawnError::Fork(io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // Child: async-signal-safe calls only, on memory prepared above.
+    fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
-        // SAFETY: plain syscalls on this process; failure is reported via the pipe below.
+        // SAFETY: plain syscalls on this process; dup2 onto 1 and 2 of fds opened before the
+        // fork (the copies are not close-on-exec; the originals are).
         let setup = unsafe {
             libc::setpgid(0, 0) == 0
                 && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == 0
                 && libc::getppid() == master
-        };
-        if !setup {
-            report.fail_and_exit();
-        }
-        // SAFETY: dup2 onto 1 and 2 of fds opened before the fork; async-signal-safe. The
-        // copies on 1 and 2 are not close-on-exec; the originals are.
-        let redirected = unsafe {
-            spawn.stdout_fd.is_none_or(|fd| libc::dup2(fd, 1) == 1)
+                && spawn.stdout_fd.is_none_or(|fd| libc::dup2(fd, 1) == 1)
                 && spawn.stderr_fd.is_none_or(|fd| libc::dup2(fd, 2) == 2)
         };
-        if !redirected {
-            report.fail_and_exit();
+        if !setup {
+            return false;
         }
         if let Some(slot) = spawn.watchdog_pid.as_mut() {
             // SAFETY: getpid is async-signal-safe.
             slot.fill(unsafe { libc::getpid() } as u32);
         }
         // SAFETY: we are the forked child, and exec or _exit follows.
-        if unsafe { spawn.plan.apply_in_child() }.is_err() {
-            report.fail_and_exit();
-        }
-        // SAFETY: program, argv and envp are NUL-terminated arrays of C strings that live
-        // until exec replaces this image.
-        unsafe { libc::execve(spawn.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        report.fail_and_exit();
-    }
-    report.wait(pid, spawn.program)
+        unsafe { spawn.plan.apply_in_child() }.is_ok()
+    })
 }
 
 /// What a re-exec'd master is started with; built before the fork.
@@ -169,23 +148,38 @@ pub struct MasterSpawn<'a> {
 pub fn spawn_master(spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
+    fork_exec(spawn.program, &argv, &envp, || {
+        spawn.signals.child_reset();
+        // SAFETY: we are the forked child; only fcntl on fd numbers.
+        unsafe { arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds) }.is_ok()
+    })
+}
+
+/// Forks; the child runs `prepare` (async-signal-safe and allocation-free: it runs between
+/// fork and exec), then execs `program`. Returns the child's pid once the exec succeeded, or
+/// the child's errno if `prepare` or the exec failed.
+fn fork_exec(
+    program: &CString,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+    prepare: impl FnOnce() -> bool,
+) -> Result<i32, SpawnError> {
     let report = ExecReport::new()?;
-    // SAFETY: single-threaded master (see spawn_worker).
+    // SAFETY: the master is single-threaded when it forks (DESIGN: no thread in the master),
+    // so the child may run async-signal-safe code until exec.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(SpawnError::Fork(io::Error::last_os_error()));
     }
     if pid == 0 {
-        spawn.signals.child_reset();
-        // SAFETY: we are the forked child; only fcntl on fd numbers.
-        if unsafe { arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds) }.is_err() {
-            report.fail_and_exit();
+        if prepare() {
+            // SAFETY: program, argv and envp are NUL-terminated arrays of C strings prepared
+            // before the fork; they live until exec replaces this image.
+            unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         }
-        // SAFETY: NUL-terminated arrays prepared before the fork.
-        unsafe { libc::execve(spawn.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         report.fail_and_exit();
     }
-    report.wait(pid, spawn.program)
+    report.wait(pid, program)
 }
 
 /// The daemon's end of the pipe back to the process the user started: it reports whether the

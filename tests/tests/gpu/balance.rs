@@ -88,6 +88,8 @@ fn booted_from_json_log(log: &str) -> BTreeMap<i32, (usize, String)> {
             let msg = record["msg"].as_str()?;
             let pid = msg
                 .strip_prefix("Booting worker with pid: ")?
+                .split_whitespace()
+                .next()?
                 .parse()
                 .ok()?;
             let slot = record["slot"].as_str()?.parse().ok()?;
