@@ -461,17 +461,21 @@ impl Master {
     }
 
     /// Looks at the heartbeat files of workers that have not heartbeated yet.
+    /// One wake-up looks at every file still unseen, not only the due ones, so probes of
+    /// workers spawned together are batched.
     fn probe_heartbeats(&mut self, now: Moment) {
         let period = self.settings.timeout.unwrap_or(Duration::from_secs(1));
         for proc in self.procs.values_mut() {
-            if proc.probe_at.is_some_and(|at| at <= now) {
-                match proc.heartbeat.check(now) {
-                    Some(at) => {
-                        proc.probe_at = None;
-                        self.core.handle_heartbeat(proc.pid, at);
-                    }
-                    None => proc.probe_at = Some(now + period),
+            let Some(probe_at) = proc.probe_at else {
+                continue;
+            };
+            match proc.heartbeat.check(now) {
+                Some(at) => {
+                    proc.probe_at = None;
+                    self.core.handle_heartbeat(proc.pid, at);
                 }
+                None if probe_at <= now => proc.probe_at = Some(now + period),
+                None => {}
             }
         }
     }

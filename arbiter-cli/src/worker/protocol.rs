@@ -170,7 +170,9 @@ impl Heartbeat {
     }
 
     /// One beat: fchmod the file to mode 0 or 1 in turn (gunicorn's `WorkerTmp.notify`), which
-    /// changes its ctime, and send `WATCHDOG=1`.
+    /// changes its ctime; without a heartbeat file, send `WATCHDOG=1` instead. The file is the
+    /// cheaper channel: the master reads it only when a deadline is due, while every
+    /// `WATCHDOG=1` wakes it, so with hundreds of workers the file keeps an idle master asleep.
     pub fn beat(&mut self, notifier: Option<&Notifier>) -> Result<(), WorkerError> {
         if let Some(file) = &self.file {
             self.spinner = !self.spinner;
@@ -184,7 +186,7 @@ impl Heartbeat {
                 source: errno.into(),
             })?;
         }
-        if self.watchdog {
+        if self.watchdog && self.file.is_none() {
             if let Some(notifier) = notifier {
                 // The master may be busy or gone; a lost WATCHDOG=1 is made up by the next one.
                 let _ = notifier.send("WATCHDOG=1");

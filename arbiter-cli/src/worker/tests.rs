@@ -494,12 +494,17 @@ fn hang_stops_heartbeats_and_watchdog() {
     let fixture = Fixture::new();
     let _worker = fixture.spawn(&[]);
     assert!(fixture.wait_for("READY=1", PATIENCE).is_some());
-    // WATCHDOG_USEC=200000: a beat every 50 ms.
+    // WATCHDOG_USEC=200000: a beat every 50 ms, on the heartbeat file only (it does not wake
+    // the master, as WATCHDOG=1 would).
     let before = fixture.heartbeat_ctime();
-    assert!(fixture.wait_for("WATCHDOG=1", PATIENCE).is_some());
     std::thread::sleep(Duration::from_millis(150));
     let beating = fixture.heartbeat_ctime();
     assert_ne!(before, beating, "the heartbeat file's ctime moves");
+    assert_eq!(
+        fixture.wait_for("WATCHDOG=1", Duration::from_millis(200)),
+        None,
+        "no WATCHDOG=1 while the heartbeat file is there"
+    );
 
     let stream = fixture.connect();
     (&stream).write_all(b"GET /hang HTTP/1.1\r\n\r\n").unwrap();
@@ -523,6 +528,26 @@ fn hang_stops_heartbeats_and_watchdog() {
     assert!(
         (&other).read(&mut byte).is_err(),
         "a hung worker serves nothing"
+    );
+}
+
+#[test]
+fn without_a_heartbeat_file_the_worker_sends_watchdog_until_it_hangs() {
+    let fixture = Fixture::new();
+    let mut command = fixture.command(&[]);
+    command.env_remove("ARBITER_HEARTBEAT_FD");
+    let _worker = Worker::spawn(command);
+    assert!(fixture.wait_for("READY=1", PATIENCE).is_some());
+    assert!(fixture.wait_for("WATCHDOG=1", PATIENCE).is_some());
+    assert!(fixture.wait_for("WATCHDOG=1", PATIENCE).is_some());
+    let stream = fixture.connect();
+    (&stream).write_all(b"GET /hang HTTP/1.1\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::iter::from_fn(|| fixture.message(Duration::from_millis(1))).for_each(drop);
+    assert_eq!(
+        fixture.wait_for("WATCHDOG=1", Duration::from_millis(400)),
+        None,
+        "no WATCHDOG=1 after /hang"
     );
 }
 
