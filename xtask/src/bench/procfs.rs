@@ -198,6 +198,11 @@ mod tests {
         let pid = child.id() as i32;
         let me = std::process::id() as i32;
         assert!(children(me).contains(&pid));
+        // Right after the spawn it may still be running towards its sleep.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while state(pid) != Some('S') && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(state(pid), Some('S'));
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
         assert!(!signal_pending(pid));
