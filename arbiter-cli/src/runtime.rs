@@ -36,6 +36,8 @@ struct WorkerProc {
     heartbeat: Heartbeat,
     /// While the worker has shown no heartbeat yet: when to look at its file next.
     probe_at: Option<Moment>,
+    /// Tells, once it exited, whether its exec failed.
+    exec: spawn::ExecWatch,
 }
 
 /// Everything the master owns while it runs.
@@ -380,7 +382,15 @@ impl Master {
                 },
             };
             if let Some(worker) = self.core.worker_by_pid(pid.as_raw()) {
-                self.procs.remove(&worker.id);
+                if let Some(proc) = self.procs.remove(&worker.id) {
+                    if let Some(error) = proc.exec.failure() {
+                        error!(
+                            self.log,
+                            "cannot execute {}: {error}",
+                            self.command.program.to_string_lossy()
+                        );
+                    }
+                }
                 // What the worker started stays in its group and would keep serving on the
                 // inherited listeners (a SIGKILLed gunicorn master's workers do): end it now.
                 let _ = kill(Pid::from_raw(-pid.as_raw()), NixSignal::SIGKILL);
@@ -751,7 +761,7 @@ impl Master {
         };
         let pipes = self.ops.worker_pipes().map_err(spawn::SpawnError::Fork)?;
         let output_fds = pipes.as_ref().map(|p| p.child_fds());
-        let pid = spawn::spawn_worker(WorkerSpawn {
+        let (pid, exec) = spawn::spawn_worker(WorkerSpawn {
             program: &self.command.program,
             argv: &self.command.argv,
             env,
@@ -769,6 +779,7 @@ impl Master {
                 pid,
                 heartbeat,
                 probe_at,
+                exec,
             },
         );
         Ok(pid)

@@ -208,6 +208,7 @@ pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig
             config::BootErrorPolicy::Halt => BootErrorPolicy::Halt,
             config::BootErrorPolicy::Backoff => BootErrorPolicy::Backoff,
         },
+        ready_after: settings.ready_after,
         max_surge: settings.max_surge,
         daemonized: settings.daemon,
         forward_usr1: settings.forward_usr1,

@@ -93,8 +93,10 @@ pub struct WorkerSpawn<'a> {
 }
 
 /// Forks and execs a worker in its own process group, with default signal dispositions, an
-/// empty mask, a parent-death signal, and only fds 0-2 plus the plan's. Returns its pid.
-pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<i32, SpawnError> {
+/// empty mask, a parent-death signal, and only fds 0-2 plus the plan's. Returns its pid at
+/// once, without waiting for the exec (so the master stays free to take signals), and the
+/// watch that tells, once the worker has exited, whether its exec failed.
+pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = {
         let mut entries: Vec<*const c_char> = spawn.env.iter().map(|e| e.as_ptr()).collect();
@@ -107,7 +109,7 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<i32, SpawnError> {
     };
     // SAFETY: getpid cannot fail; read before the fork so the child can compare getppid.
     let master = unsafe { libc::getpid() };
-    fork_exec(spawn.program, &argv, &envp, || {
+    let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
         // SAFETY: plain syscalls on this process; dup2 onto 1 and 2 of fds opened before the
         // fork (the copies are not close-on-exec; the originals are).
@@ -127,7 +129,12 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<i32, SpawnError> {
         }
         // SAFETY: we are the forked child, and exec or _exit follows.
         unsafe { spawn.plan.apply_in_child() }.is_ok()
-    })
+    })?;
+    // The child makes itself a group leader too; doing it here as well means the group exists
+    // as soon as fork returns, whichever runs first (EACCES once it has exec'd is fine).
+    // SAFETY: setpgid on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    Ok((pid, report.into_watch()))
 }
 
 /// What a re-exec'd master is started with; built before the fork.
@@ -148,28 +155,35 @@ pub struct MasterSpawn<'a> {
 pub fn spawn_master(spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
-    fork_exec(spawn.program, &argv, &envp, || {
+    let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
         // SAFETY: we are the forked child; only fcntl on fd numbers.
         unsafe { arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds) }.is_ok()
-    })
+    })?;
+    report.wait(pid, spawn.program)
 }
 
 /// Forks; the child runs `prepare` (async-signal-safe and allocation-free: it runs between
-/// fork and exec), then execs `program`. Returns the child's pid once the exec succeeded, or
-/// the child's errno if `prepare` or the exec failed.
+/// fork and exec), then execs `program`. Returns the child's pid and the pipe on which it
+/// reports a failed `prepare` or exec.
 fn fork_exec(
     program: &CString,
     argv: &[*const c_char],
     envp: &[*const c_char],
     prepare: impl FnOnce() -> bool,
-) -> Result<i32, SpawnError> {
+) -> Result<(i32, ExecReport), SpawnError> {
     let report = ExecReport::new()?;
     // SAFETY: the master is single-threaded when it forks (DESIGN: no thread in the master),
     // so the child may run async-signal-safe code until exec.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(SpawnError::Fork(io::Error::last_os_error()));
+        let error = io::Error::last_os_error();
+        // SAFETY: closing both ends of the pipe we created; no child holds them.
+        unsafe {
+            libc::close(report.read);
+            libc::close(report.write);
+        }
+        return Err(SpawnError::Fork(error));
     }
     if pid == 0 {
         if prepare() {
@@ -179,7 +193,7 @@ fn fork_exec(
         }
         report.fail_and_exit();
     }
-    report.wait(pid, program)
+    Ok((pid, report))
 }
 
 /// The daemon's end of the pipe back to the process the user started: it reports whether the
@@ -276,6 +290,28 @@ fn pointers<'a>(items: impl Iterator<Item = *const c_char> + 'a) -> Vec<*const c
     out
 }
 
+/// The parent's end of a worker's exec report, kept until the worker exits.
+pub struct ExecWatch {
+    read: std::os::fd::OwnedFd,
+}
+
+impl ExecWatch {
+    /// After the worker exited: the errno it reported if its setup or exec failed (an exec
+    /// that succeeded closed the pipe without a word).
+    pub fn failure(&self) -> Option<io::Error> {
+        let mut bytes = [0u8; 4];
+        // SAFETY: a non-blocking read into a stack buffer from a pipe we own.
+        let n = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.read),
+                bytes.as_mut_ptr().cast(),
+                bytes.len(),
+            )
+        };
+        (n == 4).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)))
+    }
+}
+
 /// The close-on-exec pipe through which a child reports a failed exec.
 struct ExecReport {
     read: RawFd,
@@ -304,6 +340,19 @@ impl ExecReport {
             let bytes = errno.to_ne_bytes();
             libc::write(self.write, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(127)
+        }
+    }
+
+    /// In the parent, without waiting: keeps the read end (non-blocking) for later.
+    fn into_watch(self) -> ExecWatch {
+        // SAFETY: closing our copy of the write end (only the child's remains), making the
+        // read end non-blocking, and taking ownership of it.
+        unsafe {
+            libc::close(self.write);
+            libc::fcntl(self.read, libc::F_SETFL, libc::O_NONBLOCK);
+            ExecWatch {
+                read: std::os::fd::FromRawFd::from_raw_fd(self.read),
+            }
         }
     }
 

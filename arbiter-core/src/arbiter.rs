@@ -416,7 +416,7 @@ impl Arbiter {
         match worker.state {
             WorkerState::Spawning => {
                 worker.state = WorkerState::Booting;
-                if !awaits_ready {
+                if !awaits_ready && self.config.ready_after.is_zero() {
                     self.mark_ready(id, now);
                 }
             }
@@ -694,7 +694,11 @@ impl Arbiter {
             WorkerState::Booting | WorkerState::Ready => {
                 let boot_due = self.boot_deadline(worker).is_some_and(|at| at <= now);
                 let heartbeat_due = self.heartbeat_deadline(worker).is_some_and(|at| at <= now);
-                if boot_due {
+                let ready_due = self.exec_ready_deadline(worker).is_some_and(|at| at <= now);
+                if ready_due && !heartbeat_due {
+                    self.mark_ready(id, now);
+                    self.rearm(id);
+                } else if boot_due {
                     self.abort(id, Reason::BootTimeout, now);
                 } else if heartbeat_due {
                     self.abort(id, Reason::HeartbeatTimeout, now);
@@ -1080,12 +1084,14 @@ impl Arbiter {
     /// Recomputes the one deadline of a worker.
     fn rearm(&mut self, id: WorkerId) {
         let deadline = self.workers.get(&id).and_then(|worker| match worker.state {
-            WorkerState::Booting | WorkerState::Ready => {
-                match (self.boot_deadline(worker), self.heartbeat_deadline(worker)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
+            WorkerState::Booting | WorkerState::Ready => [
+                self.boot_deadline(worker),
+                self.heartbeat_deadline(worker),
+                self.exec_ready_deadline(worker),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             WorkerState::Retiring | WorkerState::Aborted => worker.kill_at,
             WorkerState::Spawning | WorkerState::Killed => None,
         });
@@ -1101,6 +1107,14 @@ impl Arbiter {
         self.config
             .boot_timeout
             .map(|timeout| worker.spawned_at + timeout)
+    }
+
+    /// When a worker whose `READY=1` is not awaited counts as ready (`ready_after`).
+    fn exec_ready_deadline(&self, worker: &Worker) -> Option<Moment> {
+        let delayed = worker.state == WorkerState::Booting
+            && !worker.awaits_ready
+            && !self.config.ready_after.is_zero();
+        delayed.then(|| worker.spawned_at + self.config.ready_after)
     }
 
     fn heartbeat_deadline(&self, worker: &Worker) -> Option<Moment> {

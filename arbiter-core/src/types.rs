@@ -157,6 +157,9 @@ pub struct Config {
     pub quick_signal: Signal,
     /// Readiness rule.
     pub ready: ReadyMode,
+    /// For a worker whose `READY=1` is not awaited: how long after its exec it counts as
+    /// ready (zero: at once).
+    pub ready_after: Duration,
     /// What exit codes 3 and 4 do.
     pub on_boot_error: BootErrorPolicy,
     /// Workers allowed above `workers` during a rolling reload (at least 1).
@@ -183,6 +186,7 @@ impl Default for Config {
             abort_signal: Signal::Abrt,
             quick_signal: Signal::Quit,
             ready: ReadyMode::Auto,
+            ready_after: Duration::ZERO,
             on_boot_error: BootErrorPolicy::Halt,
             max_surge: 1,
             daemonized: false,

@@ -864,3 +864,30 @@ fn with_gpus_a_hung_workers_replacement_waits_for_its_reap() {
     assert!(spawns[1].0 >= at_ms(6000), "respawned at {:?}", spawns[1].0);
     assert_eq!(spawns[1].3, Reason::Respawn);
 }
+
+#[test]
+fn ready_after_delays_the_readiness_of_workers_that_never_send_ready() {
+    // Plain workers (no READY=1) with ready_after 2 s: a HUP retires each old worker only
+    // 2 s after its replacement was exec'd.
+    let mut world = World::new(
+        Config {
+            ready: ReadyMode::Exec,
+            ready_after: secs(2),
+            timeout: None,
+            ..config(2)
+        },
+        Behavior::silent(),
+    );
+    world.settle(secs(10));
+    assert_eq!(world.arbiter.ready_count(), 2);
+    let old: Vec<i32> = world.alive();
+    let hup = world.now;
+    world.signal(Signal::Hup);
+    world.drive(secs(20));
+    for pid in &old {
+        let term = signals(&world, *pid)[0];
+        assert_eq!(term.1, Signal::Term);
+        assert!(term.0 >= hup + secs(2), "retired at {:?}", term.0);
+    }
+    assert_eq!(world.arbiter.phase(), Phase::Running);
+}

@@ -91,6 +91,9 @@ pub(crate) struct Cli {
     /// When a worker is ready: notify (READY=1), exec, or auto [default: auto]
     #[arg(long, value_name = "MODE")]
     ready: Option<String>,
+    /// For workers that do not send READY=1: count them ready this long after exec [default: 0]
+    #[arg(long, value_name = "DURATION")]
+    ready_after: Option<String>,
     /// Signal sent to workers on a quick stop: QUIT, INT, TERM or KILL [default: QUIT]
     #[arg(long, value_name = "SIGNAL")]
     quick_signal: Option<String>,
@@ -168,6 +171,7 @@ impl Cli {
         );
         put("on_boot_error", "--on-boot-error", one(&self.on_boot_error));
         put("ready", "--ready", one(&self.ready));
+        put("ready_after", "--ready-after", one(&self.ready_after));
         put("quick_signal", "--quick-signal", one(&self.quick_signal));
         put("forward_usr1", "--forward-usr1", one(&self.forward_usr1));
         put("max_surge", "--max-surge", one(&self.max_surge));

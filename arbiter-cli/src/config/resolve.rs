@@ -92,6 +92,7 @@ pub(crate) fn settings(
         ready: layers.value("ready", d.ready, |r| {
             parse::name_of(r, ReadyMode::NAMES, ReadyMode::from_name)
         })?,
+        ready_after: layers.value("ready_after", d.ready_after, parse::duration)?,
         quick_signal: layers.value("quick_signal", d.quick_signal, |r| {
             parse::signal_name(r, QuickSignal::NAMES, QuickSignal::from_name)
         })?,

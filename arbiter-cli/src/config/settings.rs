@@ -54,6 +54,8 @@ pub struct Settings {
     pub on_boot_error: BootErrorPolicy,
     /// When a worker counts as ready.
     pub ready: ReadyMode,
+    /// For workers whose `READY=1` is not awaited: how long after exec they count as ready.
+    pub ready_after: Duration,
     /// Signal sent to workers on a quick stop (INT, QUIT).
     pub quick_signal: QuickSignal,
     /// Forward USR1 to workers after reopening the logs.
@@ -207,6 +209,7 @@ impl Default for Settings {
             worker_tmp_dir: None,
             on_boot_error: BootErrorPolicy::Halt,
             ready: ReadyMode::Auto,
+            ready_after: Duration::ZERO,
             quick_signal: QuickSignal::Quit,
             forward_usr1: false,
             max_surge: 1,
@@ -293,6 +296,7 @@ impl Settings {
             "",
         );
         line("ready", Some(quote(self.ready.as_str())), "");
+        line("ready_after", Some(duration(self.ready_after)), "");
         line("quick_signal", Some(quote(self.quick_signal.as_str())), "");
         line("forward_usr1", Some(self.forward_usr1.to_string()), "");
         line("max_surge", Some(self.max_surge.to_string()), "");
