@@ -15,6 +15,7 @@ mod pidfile;
 mod runtime;
 mod setup;
 mod spawn;
+mod statsd;
 mod title;
 mod upgrade;
 mod worker;

@@ -87,12 +87,14 @@ impl Counters {
         self.upgrades_failed += 1;
     }
 
-    /// Follows the core's events.
-    pub fn on_event(&mut self, event: &Event) {
+    /// Follows the core's events; returns the cause of a worker's exit.
+    pub fn on_event(&mut self, event: &Event) -> Option<&'static str> {
         match event {
             Event::WorkerExited { pid, status, .. } => {
                 let reason = self.stop_reasons.remove(pid);
-                *self.exits.entry(exit_cause(reason, *status)).or_default() += 1;
+                let cause = exit_cause(reason, *status);
+                *self.exits.entry(cause).or_default() += 1;
+                return Some(cause);
             }
             Event::ReloadFinished { .. } => self.reloads_ok += 1,
             Event::Promoted => self.upgrades_ok += 1,
@@ -100,6 +102,7 @@ impl Counters {
             Event::SpawnFailed { .. } => self.spawn_failures += 1,
             _ => {}
         }
+        None
     }
 
     /// The Prometheus text exposition (0.0.4) of these counters and the core's gauges.

@@ -121,6 +121,12 @@ pub(crate) struct Cli {
     /// Serve Prometheus /metrics, /healthz and /readyz over HTTP at this address (HOST:PORT)
     #[arg(long, value_name = "ADDRESS")]
     metrics_bind: Option<String>,
+    /// Send metrics to this statsd daemon over UDP (HOST:PORT)
+    #[arg(long, value_name = "ADDRESS")]
+    statsd_host: Option<String>,
+    /// Prefix of the statsd metric names [default: arbiter]
+    #[arg(long, value_name = "PREFIX")]
+    statsd_prefix: Option<String>,
     /// Relay each line workers write to stdout and stderr through the arbiter's log
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     capture_output: Option<String>,
@@ -189,6 +195,8 @@ impl Cli {
             one(&self.control_socket),
         );
         put("metrics_bind", "--metrics-bind", one(&self.metrics_bind));
+        put("statsd_host", "--statsd-host", one(&self.statsd_host));
+        put("statsd_prefix", "--statsd-prefix", one(&self.statsd_prefix));
         put(
             "capture_output",
             "--capture-output",

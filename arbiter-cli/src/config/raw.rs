@@ -81,7 +81,8 @@ file_options! {
     bind, workers, timeout, boot_timeout, graceful_timeout, abort_grace, pidfile, name, env,
     chdir, reuse_port, backlog, umask, bind_retries, log_level, log_file, log_format,
     worker_tmp_dir, on_boot_error, ready, ready_after, quick_signal, forward_usr1, max_surge, gpus,
-    gpus_per_worker, gpu_env, daemon, command, control_socket, metrics_bind, capture_output,
+    gpus_per_worker, gpu_env, daemon, command, control_socket, metrics_bind, statsd_host, statsd_prefix,
+    capture_output,
 }
 
 /// Keys that have no environment variable: a command line cannot be written as one.

@@ -111,6 +111,16 @@ pub(crate) fn settings(
                 "expected HOST:PORT with an IP address, such as 127.0.0.1:9100".to_owned()
             })
         })?,
+        statsd_host: layers.value("statsd_host", d.statsd_host, |r| {
+            let text = parse::text(r)?;
+            match text.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(Some(text))
+                }
+                _ => Err("expected HOST:PORT, such as 127.0.0.1:8125".to_owned()),
+            }
+        })?,
+        statsd_prefix: layers.value("statsd_prefix", d.statsd_prefix, parse::text)?,
         capture_output: layers.value("capture_output", d.capture_output, parse::boolean)?,
         // A command after `--` is in `base`; the file's applies only when there is none.
         command: match d.command.is_empty() {

@@ -76,6 +76,10 @@ pub struct Settings {
     pub control_socket: Option<PathBuf>,
     /// Where to serve Prometheus metrics and the health probes; `None` means not served.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// The statsd daemon (`HOST:PORT`) to push metrics to; `None` means none.
+    pub statsd_host: Option<String>,
+    /// The prefix of statsd metric names.
+    pub statsd_prefix: String,
     /// Relay workers' stdout and stderr lines through the log instead of letting them inherit.
     pub capture_output: bool,
     /// The worker command; empty means the built-in worker.
@@ -220,6 +224,8 @@ impl Default for Settings {
             check_config: false,
             control_socket: None,
             metrics_bind: None,
+            statsd_host: None,
+            statsd_prefix: "arbiter".to_owned(),
             capture_output: false,
             command: Vec::new(),
         }
@@ -322,6 +328,12 @@ impl Settings {
             self.metrics_bind.map(|addr| quote(&addr.to_string())),
             "no metrics endpoint",
         );
+        line(
+            "statsd_host",
+            self.statsd_host.as_deref().map(quote),
+            "no statsd",
+        );
+        line("statsd_prefix", Some(quote(&self.statsd_prefix)), "");
         line("capture_output", Some(self.capture_output.to_string()), "");
         let command: Vec<String> = self
             .command

@@ -24,6 +24,7 @@ use slog::{info, warn, Logger};
 use crate::capture::{Capture, WorkerPipes};
 use crate::config::Settings;
 use crate::metrics::{self, Counters, MetricsServer};
+use crate::statsd::Statsd;
 use server::ControlServer;
 pub use server::Order;
 
@@ -46,6 +47,14 @@ pub enum ControlError {
         /// The error.
         source: std::io::Error,
     },
+    /// The statsd host cannot be resolved or connected to.
+    #[error("--statsd-host {host}: {source}")]
+    Statsd {
+        /// The host as given.
+        host: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Binding the metrics address failed.
     #[error("--metrics-bind {addr}: {source}")]
     Metrics {
@@ -62,6 +71,7 @@ pub struct Ops {
     metrics: Option<MetricsServer>,
     counters: Counters,
     capture: Option<Capture>,
+    statsd: Option<Statsd>,
 }
 
 impl Ops {
@@ -111,9 +121,23 @@ impl Ops {
                 Some(server)
             }
         };
+        let statsd = match &settings.statsd_host {
+            None => None,
+            Some(host) => {
+                let statsd = Statsd::connect(host, &settings.statsd_prefix).map_err(|source| {
+                    ControlError::Statsd {
+                        host: host.clone(),
+                        source,
+                    }
+                })?;
+                info!(log, "Metrics to statsd at {host}");
+                Some(statsd)
+            }
+        };
         Ok(Ops {
             control,
             metrics,
+            statsd,
             counters: Counters::default(),
             capture: settings.capture_output.then(Capture::default),
         })
@@ -170,6 +194,20 @@ impl Ops {
         if let Some(metrics) = &mut self.metrics {
             metrics.settle(now);
         }
+        if let Some(statsd) = &mut self.statsd {
+            let live = core.workers().filter(|w| w.state.is_active()).count();
+            statsd.gauge("workers.live", live as i64);
+            statsd.gauge("workers.target", core.target() as i64);
+            statsd.gauge("workers.ready", core.ready_count() as i64);
+            for (device, holders) in core.gpu_load().unwrap_or_default() {
+                // A device id may hold characters statsd reads as separators.
+                let id: String = device
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                statsd.gauge(&format!("gpu.{id}.workers"), holders as i64);
+            }
+        }
     }
 
     /// The earliest deadline of a connection or an order.
@@ -181,7 +219,18 @@ impl Ops {
 
     /// The core emitted an event.
     pub fn on_event(&mut self, event: &Event, log: &Logger) {
-        self.counters.on_event(event);
+        let cause = self.counters.on_event(event);
+        if let Some(statsd) = &self.statsd {
+            match (event, cause) {
+                (_, Some(cause)) => statsd.count(&format!("exits.{cause}"), 1),
+                (Event::ReloadFinished { .. }, _) => statsd.count("reloads.ok", 1),
+                (Event::Promoted, _) => statsd.count("upgrades.ok", 1),
+                (Event::ReexecExited { .. } | Event::UpgradeRefused { .. }, _) => {
+                    statsd.count("upgrades.failed", 1)
+                }
+                _ => {}
+            }
+        }
         if let Some(control) = &mut self.control {
             control.on_event(event);
             if matches!(event, Event::Promoted) {
@@ -202,6 +251,9 @@ impl Ops {
     /// A reload was refused (invalid configuration): counted, and waiting clients told why.
     pub fn on_reload_failed(&mut self, why: &str, now: Moment) {
         self.counters.on_reload_failed();
+        if let Some(statsd) = &self.statsd {
+            statsd.count("reloads.failed", 1);
+        }
         if let Some(control) = &mut self.control {
             control.reload_failed(why, now);
         }
@@ -210,6 +262,9 @@ impl Ops {
     /// An upgrade could not start its new master.
     pub fn on_upgrade_failed(&mut self) {
         self.counters.on_upgrade_failed();
+        if let Some(statsd) = &self.statsd {
+            statsd.count("upgrades.failed", 1);
+        }
     }
 
     /// Pipes for the next worker's stdout and stderr, when capturing.
@@ -223,6 +278,9 @@ impl Ops {
     /// A worker was spawned (with `pipes`, when capturing).
     pub fn on_spawned(&mut self, pid: Pid, slot: usize, pipes: Option<WorkerPipes>) {
         self.counters.on_spawned();
+        if let Some(statsd) = &self.statsd {
+            statsd.count("spawns", 1);
+        }
         if let (Some(capture), Some(pipes)) = (&mut self.capture, pipes) {
             capture.add(pid, slot, pipes);
         }

@@ -553,3 +553,49 @@ fn captured_output_is_relayed_whole_even_when_the_worker_dies() {
     master.signal(15);
     assert_eq!(master.exit_code(SOON), 0);
 }
+
+#[test]
+fn statsd_receives_spawns_exits_and_worker_gauges() {
+    let daemon = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    daemon
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let host = daemon.local_addr().unwrap().to_string();
+    let fixture = Fixture::new();
+    let (mut master, socket) = start(
+        &fixture,
+        &["-w", "2", "--statsd-host", &host, "--statsd-prefix", "web"],
+        2,
+    );
+    let pids = worker_pids(&request(&socket, r#"{"cmd":"status"}"#));
+    arbiter_tests::signal(pids[0] as i32, SIGKILL).unwrap();
+    wait_ready(&mut master, &socket, 2);
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + SOON;
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok(n) = daemon.recv(&mut buf) {
+            lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let spawns = lines.iter().filter(|l| *l == "web.spawns:1|c").count();
+        if spawns >= 3 && lines.iter().any(|l| l.starts_with("web.exits.")) {
+            break;
+        }
+    }
+    let spawns = lines.iter().filter(|l| *l == "web.spawns:1|c").count();
+    assert_eq!(spawns, 3, "two boots and one replacement: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "web.exits.signal:1|c"),
+        "the SIGKILLed worker's exit: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "web.workers.target:2|g"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "web.workers.ready:2|g"),
+        "{lines:?}"
+    );
+    master.signal(15);
+    assert_eq!(master.exit_code(SOON), 0);
+}
