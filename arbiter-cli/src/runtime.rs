@@ -315,6 +315,10 @@ impl Master {
     /// Control clients, metrics scrapes and captured output; carries out the orders.
     fn feed_ops(&mut self, events: &[PollFlags]) {
         let now = self.now();
+        if self.ops.reads_state(events) {
+            // Heartbeat files are otherwise read only when a deadline is due.
+            self.refresh_heartbeats(now);
+        }
         let orders = self.ops.handle(events, &self.core, &self.log, now);
         for order in orders {
             info!(self.log, "Control: {order:?}");

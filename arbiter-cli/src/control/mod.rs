@@ -158,6 +158,15 @@ impl Ops {
         out
     }
 
+    /// Whether `revents` include a control client or a metrics scrape: they read the workers'
+    /// state, so the caller brings heartbeats up to date first.
+    pub fn reads_state(&self, revents: &[PollFlags]) -> bool {
+        let control = self.control.as_ref().map_or(0, |c| c.clients() + 1);
+        let metrics = self.metrics.as_ref().map_or(0, |m| m.interest().len());
+        let n = (control + metrics).min(revents.len());
+        revents[..n].iter().any(|r| !r.is_empty())
+    }
+
     /// Acts on what poll reported; returns the orders for the master to carry out.
     pub fn handle(
         &mut self,
