@@ -11,7 +11,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,7 +19,6 @@ use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::http::{
     parse, route, write_response, Parsed, Persistence, RootResponses, Route, Status, JSON,
@@ -349,8 +347,6 @@ pub struct Server {
     poll: Poll,
     signals: Signals,
     listeners: Vec<Listener>,
-    /// The poll's epoll instance, for the listeners' exclusive, level-triggered registration.
-    listener_epoll: Epoll,
     connections: Vec<Option<Connection>>,
     free: Vec<usize>,
     live: usize,
@@ -376,39 +372,23 @@ impl Server {
     pub fn new(
         poll: Poll,
         signals: Signals,
-        listeners: Vec<Listener>,
+        mut listeners: Vec<Listener>,
         root: RootResponses,
         notifier: Option<Notifier>,
         heartbeat: Heartbeat,
         heartbeat_interval: Duration,
         behaviour: &Behaviour,
     ) -> Result<Server, WorkerError> {
-        // Sibling workers share each listener. Registered through mio, every worker would be
-        // woken by every connection and the fastest would take them all (one worker with 14 of
-        // 16 keep-alive connections, the other nearly idle). Registered level-triggered with
-        // EPOLLEXCLUSIVE, a connection wakes one waiting worker, and each wake-up accepts one
-        // connection, so the idle workers share them.
-        // SAFETY: the poll's epoll fd is open for as long as `poll` lives; the dup is ours.
-        let poll_fd = unsafe { BorrowedFd::borrow_raw(poll.as_raw_fd()) };
-        let listener_epoll =
-            Epoll(
-                poll_fd
-                    .try_clone_to_owned()
-                    .map_err(|source| WorkerError::Io {
-                        what: "dup epoll fd",
-                        source,
-                    })?,
-            );
-        for (index, listener) in listeners.iter().enumerate() {
-            let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
-            listener_epoll
-                .add(
-                    listener_fd(listener),
-                    EpollEvent::new(interest, index as u64),
-                )
-                .map_err(|errno| WorkerError::Io {
+        for (index, listener) in listeners.iter_mut().enumerate() {
+            let source: &mut dyn Source = match listener {
+                Listener::Tcp(listener) => listener,
+                Listener::Unix(listener) => listener,
+            };
+            poll.registry()
+                .register(source, Token(index), Interest::READABLE)
+                .map_err(|source| WorkerError::Io {
                     what: "epoll register",
-                    source: errno.into(),
+                    source,
                 })?;
         }
         let now = Instant::now();
@@ -416,7 +396,6 @@ impl Server {
             poll,
             signals,
             listeners,
-            listener_epoll,
             connections: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -554,9 +533,7 @@ impl Server {
                 }
             };
             match accepted {
-                // One per wake-up: the listener is level-triggered, so more pending
-                // connections wake this worker (or an idle sibling) again at once.
-                Ok(stream) => return self.insert(stream),
+                Ok(stream) => self.insert(stream)?,
                 // Another worker took it, or the queue is empty.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 // The peer gave up before we accepted, or a signal interrupted us: go on.
@@ -656,8 +633,12 @@ impl Server {
             return;
         }
         self.draining = true;
-        for listener in self.listeners.drain(..) {
-            let _ = self.listener_epoll.delete(listener_fd(&listener));
+        for mut listener in self.listeners.drain(..) {
+            let source: &mut dyn Source = match &mut listener {
+                Listener::Tcp(listener) => listener,
+                Listener::Unix(listener) => listener,
+            };
+            let _ = self.poll.registry().deregister(source);
         }
         self.ready_at = None;
         self.notify("STOPPING=1");
@@ -680,13 +661,6 @@ impl Server {
         for index in idle {
             self.close(index);
         }
-    }
-}
-
-fn listener_fd(listener: &Listener) -> BorrowedFd<'_> {
-    match listener {
-        Listener::Tcp(listener) => listener.as_fd(),
-        Listener::Unix(listener) => listener.as_fd(),
     }
 }
 
