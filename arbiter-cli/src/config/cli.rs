@@ -22,7 +22,12 @@ use super::raw::{Layer, Raw, Sourced};
     args_override_self = true,
     after_help = "Every option is also a key of the --config TOML file (workers = 4) and an \
                   ARBITER_<KEY> variable (ARBITER_WORKERS=4); the command line wins, then the \
-                  environment, then the file.\n\nExample: arbiter -w 4 -b 127.0.0.1:8000 -- uvicorn --fd 3 app:app"
+                  environment, then the file.\n\nExample: arbiter -w 4 -b 127.0.0.1:8000 -- uvicorn --fd 3 app:app\n\n\
+                  Other commands:\n  \
+                  arbiter ctl [-p PIDFILE] status|scale N|reload|stop|kill-worker PID   \
+                  talk to a running arbiter\n  \
+                  arbiter upgrade -p PIDFILE   replace a running arbiter by the binary on disk\n  \
+                  arbiter worker [SWITCHES]    the built-in HTTP worker (the default worker)"
 )]
 pub(crate) struct Cli {
     /// TOML configuration file [env: ARBITER_CONFIG]
