@@ -5,6 +5,7 @@ mod liveness;
 mod protocol;
 mod reload;
 mod serve;
+mod signals;
 mod startup;
 mod stop;
 

@@ -1,0 +1,186 @@
+//! Signals not covered elsewhere: USR1 (log reopening), WINCH (daemonized or not), and
+//! orphan reaping when the master runs as PID 1.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use arbiter_tests::{alive, descendants, signal, wait_gone, wait_until, Fixture, SOON};
+
+use crate::{bin, serving};
+
+#[test]
+fn usr1_reopens_the_log_file_after_rotation() {
+    let fx = Fixture::new();
+    let log = fx.join("arbiter.log");
+    let log_arg = log.to_str().unwrap();
+    // The log goes to the file, so `serving` (which reads the port from stderr) is not used.
+    let mut master = fx.start(
+        "arbiter",
+        &["-b", "127.0.0.1:0", "-w", "1", "--log-file", log_arg],
+    );
+    master.wait_children(1, SOON);
+    assert!(wait_until(SOON, || read(&log).contains("Booting worker")));
+    // Rotate as logrotate does: rename, then USR1.
+    let rotated = fx.join("arbiter.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    master.signal(libc::SIGUSR1);
+    // The "Handling signal: usr1" line still goes to the old file; the reopen follows it.
+    assert!(
+        wait_until(SOON, || log.exists()),
+        "no new log file after USR1; rotated one:\n{}",
+        read(&rotated)
+    );
+    assert!(read(&rotated).contains("Handling signal: usr1"));
+    master.signal(libc::SIGTTIN);
+    assert!(wait_until(SOON, || read(&log).contains("Booting worker")));
+    assert!(
+        !read(&rotated).contains("Handling signal: ttin"),
+        "written to the old file"
+    );
+    // Without --forward-usr1 the worker was not signalled: it is still the same one.
+    assert_eq!(master.wait_children(2, SOON).len(), 2);
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+}
+
+#[test]
+fn winch_is_ignored_unless_daemonized() {
+    let fx = Fixture::new();
+    let (mut master, _) = serving(&fx, &["-w", "2"], 2);
+    let before = master.children();
+    master.signal(libc::SIGWINCH);
+    master
+        .wait_log("SIGWINCH ignored. Not daemonized", SOON)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut after = master.children();
+    after.sort_unstable();
+    let mut before = before;
+    before.sort_unstable();
+    assert_eq!(before, after, "workers untouched");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+}
+
+/// Kills a daemonized master and everything under it by pid, whatever the test did.
+struct Daemon {
+    pid: i32,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if alive(self.pid) {
+            let tree = descendants(self.pid);
+            let _ = signal(self.pid, libc::SIGKILL);
+            for pid in tree {
+                let _ = signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn winch_stops_the_workers_of_a_daemon_and_ttin_brings_one_back() {
+    let fx = Fixture::new();
+    let pidfile = fx.join("d.pid");
+    let log = fx.join("d.log");
+    let status = Command::new(bin())
+        .args(["-D", "-w", "2", "-b", "127.0.0.1:0"])
+        .args(["--pidfile", pidfile.to_str().unwrap()])
+        .args(["--log-file", log.to_str().unwrap()])
+        .current_dir(fx.path())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the starting process exits 0 once the daemon runs"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let daemon = Daemon { pid };
+    assert!(
+        wait_until(SOON, || arbiter_tests::children_of(pid).len() == 2),
+        "{}",
+        read(&log)
+    );
+    let workers = arbiter_tests::children_of(pid);
+    signal(pid, libc::SIGWINCH).unwrap();
+    for worker in &workers {
+        assert!(
+            wait_gone(*worker, SOON).is_some(),
+            "worker {worker} still there"
+        );
+    }
+    assert!(alive(pid), "the master stays");
+    assert!(read(&log).contains("Handling signal: winch"));
+    signal(pid, libc::SIGTTIN).unwrap();
+    assert!(
+        wait_until(SOON, || arbiter_tests::children_of(pid).len() == 1),
+        "{}",
+        read(&log)
+    );
+    signal(pid, libc::SIGTERM).unwrap();
+    assert!(wait_gone(pid, SOON).is_some());
+    assert!(!pidfile.exists(), "pidfile removed at exit");
+    drop(daemon);
+}
+
+#[test]
+fn as_pid_1_the_master_reaps_orphans() {
+    // A PID namespace makes the master PID 1, so orphans are reparented to it.
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare --pid --fork --mount-proc is not available here");
+        return;
+    }
+    let fx = Fixture::new();
+    // Each worker leaves behind a short-lived orphan, then becomes the built-in worker.
+    let worker = format!("(sleep 0.3 &); exec {} worker", bin());
+    let args = [
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        bin(),
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+        "--",
+        "/bin/sh",
+        "-c",
+        &worker,
+    ];
+    let mut master = fx.start_program("unshare", Path::new("unshare"), &args, &[]);
+    master.wait_log_count("Reaped orphan", 2, SOON).unwrap();
+    let zombies: Vec<i32> = master
+        .track_tree()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rfind(')')
+                        .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}");
+    // unshare waits for its child, the arbiter (PID 1 inside), and exits with its status.
+    let arbiter = master.children();
+    assert_eq!(arbiter.len(), 1, "{arbiter:?}");
+    signal(arbiter[0], libc::SIGTERM).unwrap();
+    assert_eq!(master.exit_code(SOON), 0);
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
