@@ -1,0 +1,410 @@
+//! Carrying out the core's actions: spawning, signalling, pidfiles, re-exec, notes to the
+//! service manager, and the log lines of its events.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use arbiter_core::{Action, Event, ExitStatus, Reason, Signal, SupervisorNote, WorkerId};
+use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::unistd::Pid;
+use slog::{debug, error, info, warn};
+
+use crate::config::Settings;
+use crate::heartbeat::Heartbeat;
+use crate::pidfile;
+use crate::setup::{self, env_entry, WorkerCommand};
+use crate::spawn::{self, MasterSpawn, WorkerSpawn};
+
+use super::{Master, WorkerProc};
+
+impl Master {
+    pub(super) fn execute_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            self.execute(action);
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Spawn {
+                id,
+                slot,
+                generation,
+                gpus,
+                reason,
+            } => {
+                let now = self.now();
+                match self.spawn_worker(id, slot, &gpus) {
+                    Ok(pid) => {
+                        // gunicorn's words, plus the assignment when GPUs are balanced.
+                        let placement = if gpus.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (slot {slot}, gpus: {})", gpus.join(","))
+                        };
+                        info!(self.log, "Booting worker with pid: {pid}{placement}";
+                            "slot" => slot, "id" => id.0, "generation" => generation,
+                            "gpus" => gpus.join(","), "reason" => reason.to_string());
+                        self.core.handle_spawned(id, pid, now);
+                    }
+                    Err(e) => {
+                        self.procs.remove(&id);
+                        self.core.handle_spawn_failed(id, e.to_string(), now);
+                    }
+                }
+            }
+            Action::Signal {
+                pid,
+                signal,
+                group,
+                reason,
+                ..
+            } => {
+                match reason {
+                    Reason::HeartbeatTimeout => error!(self.log, "WORKER TIMEOUT (pid:{pid})"),
+                    Reason::BootTimeout => error!(self.log, "WORKER BOOT TIMEOUT (pid:{pid})"),
+                    _ if signal == Signal::Kill => {
+                        warn!(
+                            self.log,
+                            "Killing worker (pid:{pid}) with SIGKILL: {reason}"
+                        )
+                    }
+                    _ => debug!(self.log, "Sending {signal} to worker (pid:{pid}): {reason}"),
+                }
+                self.ops.on_signal(pid, reason);
+                let target = if group { -pid } else { pid };
+                if let Some(nix_signal) = nix_signal(signal) {
+                    let _ = kill(Pid::from_raw(target), nix_signal);
+                }
+            }
+            Action::CloseListeners { unlink } => {
+                let unlink = self.unlink_allowed(unlink);
+                arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), unlink);
+            }
+            // An upgrade child writes PIDFILE.2 only once its workers are ready, so the file's
+            // appearance tells `arbiter upgrade` (and scripts) that the new generation serves.
+            Action::WritePidfile {
+                upgrade_child: true,
+            } => self.upgrade_pidfile_pending = true,
+            Action::WritePidfile {
+                upgrade_child: false,
+            } => self.write_pidfile(false),
+            Action::PromotePidfile => self.promote(),
+            Action::ReExec => self.reexec(),
+            Action::ReopenLogs => {
+                if let Err(e) = self.log_output.reopen() {
+                    error!(self.log, "reopening the log file: {e}");
+                }
+            }
+            Action::Notify(note) => {
+                if note == SupervisorNote::Ready && self.upgrade_pidfile_pending {
+                    self.upgrade_pidfile_pending = false;
+                    if self.core.parent_master().is_some() {
+                        self.write_pidfile(true);
+                    }
+                }
+                self.tell_supervisor(note)
+            }
+            Action::Event(event) => {
+                self.ops.on_event(&event, &self.log);
+                self.log_event(event)
+            }
+            Action::Exit { code, reason } => {
+                info!(self.log, "Shutting down: Master");
+                if code != 0 || !matches!(reason, Reason::Shutdown | Reason::QuickShutdown) {
+                    info!(self.log, "Reason: {reason}");
+                }
+                if code != 0 {
+                    eprintln!("arbiter: {reason}");
+                }
+                self.remove_pidfile();
+                self.ops.finish(&self.log);
+                self.exit = Some(code);
+            }
+        }
+    }
+
+    fn spawn_worker(
+        &mut self,
+        id: WorkerId,
+        slot: usize,
+        gpus: &[String],
+    ) -> Result<i32, spawn::SpawnError> {
+        let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(spawn::SpawnError::Fork)?;
+        let listeners: Vec<&Listener> = self.listeners.iter().collect();
+        let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_raw_fd()])
+            .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
+        let heartbeat_fd = plan.extra_fd_targets().start;
+        let mut env = Vec::with_capacity(self.worker_env.len() + 10);
+        for (key, value) in &self.worker_env {
+            env.push(env_entry(key.as_bytes(), value.as_bytes())?);
+        }
+        let mut add = |key: &str, value: &str| -> Result<(), spawn::SpawnError> {
+            env.push(env_entry(key.as_bytes(), value.as_bytes())?);
+            Ok(())
+        };
+        add("NOTIFY_SOCKET", &self.notify.path().to_string_lossy())?;
+        add("ARBITER_HEARTBEAT_FD", &heartbeat_fd.to_string())?;
+        add("ARBITER_WORKER_ID", &id.0.to_string())?;
+        add("ARBITER_WORKER_SLOT", &slot.to_string())?;
+        add(
+            "SERVER_SOFTWARE",
+            concat!("arbiter/", env!("CARGO_PKG_VERSION")),
+        )?;
+        if self.settings.gpus.is_some() {
+            add(&self.settings.gpu_env, &gpus.join(","))?;
+            add("ARBITER_GPU_ENV", &self.settings.gpu_env)?;
+        }
+        let watchdog_pid = match self.settings.timeout {
+            Some(timeout) => {
+                add("WATCHDOG_USEC", &timeout.as_micros().to_string())?;
+                Some(PidEnvSlot::new("WATCHDOG_PID"))
+            }
+            None => None,
+        };
+        let pipes = self.ops.worker_pipes().map_err(spawn::SpawnError::Fork)?;
+        let output_fds = pipes.as_ref().map(|p| p.child_fds());
+        let (pid, exec) = spawn::spawn_worker(WorkerSpawn {
+            program: &self.command.program,
+            argv: &self.command.argv,
+            env,
+            plan,
+            watchdog_pid,
+            signals: &self.signals,
+            stdout_fd: output_fds.map(|fds| fds.0),
+            stderr_fd: output_fds.map(|fds| fds.1),
+        })?;
+        self.ops.on_spawned(pid, slot, pipes);
+        let probe_at = self.settings.timeout.map(|t| self.now() + t);
+        self.procs.insert(
+            id,
+            WorkerProc {
+                pid,
+                heartbeat,
+                probe_at,
+                exec,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn write_pidfile(&mut self, upgrade_child: bool) {
+        let Some(path) = self.pidfile.clone() else {
+            return;
+        };
+        let path = if upgrade_child {
+            pidfile::upgrade_path(&path)
+        } else {
+            path
+        };
+        match pidfile::create(&path, std::process::id()) {
+            Ok(pidfile::Previous::Stale(old)) => {
+                warn!(
+                    self.log,
+                    "Replacing stale pidfile {} (held {old:?})",
+                    path.display()
+                )
+            }
+            Ok(pidfile::Previous::None) => {}
+            Err(e) => {
+                error!(self.log, "{e}");
+                eprintln!("arbiter: error: {e}");
+                // Without its pidfile the master cannot be found: stop cleanly.
+                let now = self.now();
+                self.pidfile = None;
+                self.core.handle_signal(Signal::Term, now);
+            }
+        }
+    }
+
+    fn promote(&mut self) {
+        info!(self.log, "Master has been promoted.");
+        if self.upgrade_pidfile_pending {
+            // Promoted before its workers were ready: there is no PIDFILE.2 to rename.
+            self.upgrade_pidfile_pending = false;
+            self.write_pidfile(false);
+        } else if let Some(path) = &self.pidfile {
+            let from = pidfile::upgrade_path(path);
+            if let Err(e) = pidfile::rename(&from, path, std::process::id()) {
+                error!(self.log, "renaming the pidfile: {e}");
+            }
+        }
+        set_title(&self.settings, &self.command, false);
+    }
+
+    fn remove_pidfile(&self) {
+        let Some(path) = &self.pidfile else {
+            return;
+        };
+        let ours = std::process::id();
+        if !pidfile::remove_if_ours(path, ours) {
+            pidfile::remove_if_ours(&pidfile::upgrade_path(path), ours);
+        }
+    }
+
+    fn reexec(&mut self) {
+        let result = (|| -> Result<i32, String> {
+            // Re-resolve the binary so a replaced file on disk is picked up.
+            let exe =
+                std::fs::canonicalize(self.exe.to_string_lossy().trim_end_matches(" (deleted)"))
+                    .map_err(|e| format!("{}: {e}", self.exe.display()))?;
+            let program = CString::new(exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+            let argv = self
+                .argv
+                .iter()
+                .map(|a| CString::new(a.as_bytes()).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut env = Vec::new();
+            for (key, value) in &self.master_env {
+                env.push(env_entry(key.as_bytes(), value.as_bytes()).map_err(|e| e.to_string())?);
+            }
+            for (key, value) in arbiter_sockets::reexec_env(&self.listeners) {
+                env.push(env_entry(key.as_bytes(), value.as_bytes()).map_err(|e| e.to_string())?);
+            }
+            let keys: Vec<String> = self
+                .core
+                .notify_commands()
+                .map(|k| format!("{k:x}"))
+                .collect();
+            if !keys.is_empty() {
+                let value = keys.join(",");
+                env.push(
+                    env_entry(setup::NOTIFY_KEYS_VAR.as_bytes(), value.as_bytes())
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd().as_raw_fd()).collect();
+            spawn::spawn_master(MasterSpawn {
+                program: &program,
+                argv: &argv,
+                env: &env,
+                listener_fds: &fds,
+                signals: &self.signals,
+            })
+            .map_err(|e| e.to_string())
+        })();
+        match result {
+            Ok(pid) => {
+                info!(self.log, "Upgrading: started new master (pid:{pid})");
+                self.core.handle_reexec_spawned(pid);
+            }
+            Err(e) => {
+                error!(self.log, "Upgrade failed, keeping this master: {e}");
+                self.ops.on_upgrade_failed();
+                self.core.handle_reexec_failed();
+            }
+        }
+    }
+
+    fn tell_supervisor(&self, note: SupervisorNote) {
+        let Some(supervisor) = &self.supervisor else {
+            return;
+        };
+        let message = match note {
+            SupervisorNote::Ready => "READY=1".to_owned(),
+            SupervisorNote::Reloading => {
+                let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+                    .unwrap_or(0);
+                format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+            }
+            SupervisorNote::Stopping => "STOPPING=1".to_owned(),
+            SupervisorNote::Status(text) => format!("STATUS={text}"),
+            SupervisorNote::MainPid => format!("MAINPID={}", std::process::id()),
+        };
+        if let Err(e) = supervisor.send(&message) {
+            debug!(self.log, "notify to the service manager failed: {e}");
+        }
+    }
+
+    fn log_event(&self, event: Event) {
+        let log = &self.log;
+        match event {
+            Event::WorkerExited {
+                pid,
+                status,
+                expected,
+                slot,
+                ..
+            } => match status {
+                ExitStatus::Exited(0) => info!(log, "Worker exiting (pid: {pid})"; "slot" => slot),
+                ExitStatus::Exited(code) => {
+                    error!(log, "Worker (pid:{pid}) exited with code {code}"; "slot" => slot)
+                }
+                ExitStatus::Signaled { signal, .. }
+                    if signal == ExitStatus::SIGKILL && !expected =>
+                {
+                    error!(log, "Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?"; "slot" => slot)
+                }
+                ExitStatus::Signaled { signal, .. } => {
+                    let name = NixSignal::try_from(signal)
+                        .map(|s| s.as_str())
+                        .unwrap_or("?");
+                    if expected {
+                        info!(log, "Worker (pid:{pid}) was sent {name}"; "slot" => slot)
+                    } else {
+                        error!(log, "Worker (pid:{pid}) was sent {name}!"; "slot" => slot)
+                    }
+                }
+            },
+            Event::WorkerReady { pid, .. } => debug!(log, "Worker (pid:{pid}) is ready"),
+            Event::Backoff { slot, delay } => warn!(
+                log,
+                "Worker slot {slot} is crash-looping: next start in {:.1} s",
+                delay.as_secs_f64()
+            ),
+            Event::OrphanReaped { pid, .. } => debug!(log, "Reaped orphan (pid:{pid})"),
+            Event::ReloadStarted { generation } => info!(log, "Reloading: generation {generation}"),
+            Event::ReloadFinished { generation } => {
+                info!(log, "Reload finished: generation {generation} serving")
+            }
+            Event::ReexecExited { pid, status } => {
+                warn!(log, "New master (pid:{pid}) exited: {status:?}")
+            }
+            Event::UpgradeRefused { why } => warn!(log, "{why}"),
+            Event::Promoted => {}
+            Event::SignalIgnored { why, .. } => info!(log, "{why}"),
+            Event::SpawnFailed { slot, error } => {
+                error!(log, "Cannot start worker in slot {slot}: {error}")
+            }
+        }
+    }
+}
+
+fn nix_signal(signal: Signal) -> Option<NixSignal> {
+    Some(match signal {
+        Signal::Hup => NixSignal::SIGHUP,
+        Signal::Int => NixSignal::SIGINT,
+        Signal::Quit => NixSignal::SIGQUIT,
+        Signal::Term => NixSignal::SIGTERM,
+        Signal::Kill => NixSignal::SIGKILL,
+        Signal::Abrt => NixSignal::SIGABRT,
+        Signal::Usr1 => NixSignal::SIGUSR1,
+        Signal::Usr2 => NixSignal::SIGUSR2,
+        Signal::Ttin => NixSignal::SIGTTIN,
+        Signal::Ttou => NixSignal::SIGTTOU,
+        Signal::Winch => NixSignal::SIGWINCH,
+        Signal::Chld => return None,
+    })
+}
+
+/// The process title: `master [NAME]` (`master.2 [NAME]` for a not-yet-promoted upgrade
+/// child); NAME is `--name`, else the worker program's file name.
+pub(super) fn set_title(settings: &Settings, command: &WorkerCommand, upgrade: bool) {
+    let name = settings.name.clone().unwrap_or_else(|| {
+        command
+            .display
+            .split_whitespace()
+            .next()
+            .map_or("arbiter".into(), |p| {
+                Path::new(p)
+                    .file_name()
+                    .map_or(p.to_owned(), |n| n.to_string_lossy().into_owned())
+            })
+    });
+    let master = if upgrade { "master.2" } else { "master" };
+    crate::title::set(&format!("{master} [{name}]"));
+}

@@ -1,0 +1,563 @@
+//! The master's single-threaded event loop: it feeds the core (signals, exits, notify
+//! messages, heartbeats, deadlines) and carries out its actions (spawn, signal, pidfile,
+//! re-exec, exit). It sleeps exactly until the core's next deadline or an fd is readable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arbiter_core::{Arbiter, Command, ExitStatus, Moment, Role, Signal, WorkerId};
+use arbiter_signals::SignalPipe;
+use arbiter_sockets::Listener;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use slog::{debug, error, info, Logger};
+
+use crate::config::{Settings, Sources};
+use crate::control::{Ops, Order};
+use crate::heartbeat::{self, Heartbeat};
+use crate::log::LogOutput;
+use crate::notify::{NotifySocket, Supervisor};
+use crate::pidfile;
+use crate::setup::{self, StartError, WorkerCommand};
+use crate::spawn;
+
+mod actions;
+mod reload;
+
+use actions::set_title;
+
+/// The shell's view of one worker process.
+struct WorkerProc {
+    pid: i32,
+    heartbeat: Heartbeat,
+    /// While the worker has shown no heartbeat yet: when to look at its file next.
+    probe_at: Option<Moment>,
+    /// Tells, once it exited, whether its exec failed.
+    exec: spawn::ExecWatch,
+}
+
+/// Everything the master owns while it runs.
+pub struct Master {
+    log: Logger,
+    log_output: LogOutput,
+    settings: Settings,
+    sources: Sources,
+    env_snapshot: BTreeMap<String, String>,
+    core: Arbiter,
+    origin: Instant,
+    listeners: Vec<Listener>,
+    signals: SignalPipe,
+    notify: NotifySocket,
+    supervisor: Option<Supervisor>,
+    _runtime_dir: tempfile::TempDir,
+    heartbeat_dir: PathBuf,
+    procs: HashMap<WorkerId, WorkerProc>,
+    command: WorkerCommand,
+    master_env: Vec<(OsString, OsString)>,
+    worker_env: Vec<(OsString, OsString)>,
+    exe: PathBuf,
+    argv: Vec<OsString>,
+    pidfile: Option<PathBuf>,
+    exit: Option<i32>,
+    pending_signals: Vec<NixSignal>,
+    /// Control socket, metrics endpoint, output capture.
+    ops: Ops,
+    /// The service manager's watchdog: ping interval and next ping.
+    watchdog: Option<(Duration, Moment)>,
+    /// An upgrade child's `PIDFILE.2`, held back until its workers are ready.
+    upgrade_pidfile_pending: bool,
+}
+
+/// What `main` hands over: settings, the sources for HUP, the inherited listeners, and the
+/// process facts captured before anything changed them.
+pub struct Start {
+    /// Resolved settings.
+    pub settings: Settings,
+    /// For HUP.
+    pub sources: Sources,
+    /// The environment as a map (for config reloads).
+    pub env_snapshot: BTreeMap<String, String>,
+    /// Listeners inherited from a re-exec or systemd.
+    pub inherited: arbiter_sockets::Inherited,
+    /// The master's environment (inheritance variables already removed).
+    pub master_env: Vec<(OsString, OsString)>,
+    /// The original argv.
+    pub argv: Vec<OsString>,
+}
+
+impl Master {
+    /// Binds, writes the pidfile, installs signal handlers, and boots the workers' core.
+    pub fn start(start: Start) -> Result<Master, StartError> {
+        let Start {
+            settings,
+            sources,
+            env_snapshot,
+            inherited,
+            mut master_env,
+            argv,
+        } = start;
+        // What the master that exec'd this one knew; not passed on to anyone.
+        let notify_keys = master_env
+            .iter()
+            .find(|(k, _)| k == setup::NOTIFY_KEYS_VAR)
+            .map(|(_, v)| setup::parse_notify_keys(&v.to_string_lossy()))
+            .unwrap_or_default();
+        master_env.retain(|(k, _)| k != setup::NOTIFY_KEYS_VAR);
+        let path_var = master_env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        let command = setup::worker_command(&settings.command, path_var)?;
+        // Socket-activated with no bind configured: serve on what systemd passed.
+        let systemd_only =
+            inherited.origin == Some(arbiter_sockets::Origin::Systemd) && !settings.bind_explicit;
+        let specs = if systemd_only {
+            Vec::new()
+        } else {
+            setup::bind_specs(&settings)?
+        };
+        let own_visible = master_env
+            .iter()
+            .find(|(k, _)| k.as_bytes() == settings.gpu_env.as_bytes())
+            .map(|(_, v)| v.to_string_lossy().into_owned());
+        let gpus = setup::gpu_config(&settings, own_visible.as_deref())?;
+        if let Some(dir) = &settings.chdir {
+            std::env::set_current_dir(dir)
+                .map_err(|e| StartError::Usage(format!("--chdir {}: {e}", dir.display())))?;
+        }
+        let role = match inherited.old_master {
+            Some(parent) => Role::UpgradeChild {
+                parent: parent as i32,
+            },
+            None => Role::Fresh,
+        };
+        if let (Some(path), Role::Fresh) = (&settings.pidfile, role) {
+            if let Some(pid) = pidfile::read_pid(path) {
+                if pid as u32 != std::process::id() && pidfile::is_live_arbiter(pid) {
+                    return Err(StartError::Runtime(format!(
+                        "already running as PID {pid} (pidfile {})",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let log_output = LogOutput::open(
+            settings.log_file.as_deref(),
+            settings.log_format,
+            settings.log_level,
+        )
+        .map_err(|e| StartError::Runtime(format!("--log-file: {e}")))?;
+        let log = log_output.logger();
+        info!(log, "Starting arbiter {}", env!("CARGO_PKG_VERSION"));
+        if let Some(path) = sources.config_file() {
+            info!(log, "Configuration: {}", path.display());
+        }
+        let listeners =
+            arbiter_sockets::resolve(&specs, inherited, &setup::bind_options(&settings))
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+        for listener in &listeners {
+            info!(log, "Listening at: {} ({})", listener, std::process::id());
+        }
+        info!(log, "Using worker: {}", command.display);
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("arbiter.")
+            .tempdir_in(setup::runtime_parent(&master_env))
+            .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
+        let notify = NotifySocket::bind(&runtime_dir.path().join("notify"))
+            .map_err(|e| StartError::Runtime(format!("notify socket: {e}")))?;
+        let supervisor = master_env
+            .iter()
+            .find(|(k, _)| k == "NOTIFY_SOCKET")
+            .and_then(|(_, v)| Supervisor::new(&v.to_string_lossy()).ok());
+        let watchdog = watchdog_interval(&master_env, inherited_parent(role))
+            .map(|interval| (interval, Moment::ZERO));
+        let signals = SignalPipe::install()
+            .map_err(|e| StartError::Runtime(format!("signal handlers: {e}")))?;
+        if let Role::UpgradeChild { parent } = role {
+            // SIGCHLD on the old master's death wakes the loop to promote this master.
+            let _ = nix::sys::prctl::set_pdeathsig(NixSignal::SIGCHLD);
+            info!(log, "Upgrade child of master {parent}");
+        }
+        let worker_env = setup::worker_base_env(&master_env, &settings, gpus.is_some());
+        let heartbeat_dir = heartbeat::default_dir(settings.worker_tmp_dir.as_deref());
+        let pidfile = settings.pidfile.clone();
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&argv[0]));
+        set_title(
+            &settings,
+            &command,
+            matches!(role, Role::UpgradeChild { .. }),
+        );
+        let upgrade_child = matches!(role, Role::UpgradeChild { .. });
+        let ops = Ops::open(&settings, &master_env, upgrade_child, &log)
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let origin = Instant::now();
+        let mut core = Arbiter::new(
+            setup::core_config(&settings, command.key, gpus),
+            role,
+            Moment::ZERO,
+        );
+        for key in notify_keys {
+            core.learn_notify_command(key);
+        }
+        Ok(Master {
+            log,
+            log_output,
+            settings,
+            sources,
+            env_snapshot,
+            core,
+            origin,
+            listeners,
+            signals,
+            notify,
+            supervisor,
+            _runtime_dir: runtime_dir,
+            heartbeat_dir,
+            procs: HashMap::new(),
+            command,
+            master_env,
+            worker_env,
+            exe,
+            argv,
+            pidfile,
+            exit: None,
+            pending_signals: Vec::new(),
+            ops,
+            watchdog,
+            upgrade_pidfile_pending: false,
+        })
+    }
+
+    fn now(&self) -> Moment {
+        Moment::from_origin(self.origin.elapsed())
+    }
+
+    /// Runs until the core exits; returns the exit code.
+    pub fn run(mut self) -> i32 {
+        loop {
+            self.execute_actions();
+            if let Some(code) = self.exit {
+                return code;
+            }
+            self.wait_and_feed();
+        }
+    }
+
+    /// Sleeps until a deadline or an fd, then feeds what happened to the core.
+    fn wait_and_feed(&mut self) {
+        let now = self.now();
+        // Actions of the last round are carried out: answer the control orders they finished.
+        self.ops.settle(&self.core, now);
+        let deadline = [
+            self.core.poll_timeout(),
+            self.next_probe(),
+            self.next_watchdog(),
+            self.ops.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                // Round up to the next millisecond so a wake-up is never early.
+                let wait = at.saturating_since(now);
+                let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let (signals_ready, notify_ready, ops_events) = {
+            let mut fds = vec![
+                PollFd::new(self.signals.fd(), PollFlags::POLLIN),
+                PollFd::new(self.notify.fd(), PollFlags::POLLIN),
+            ];
+            let interest = self.ops.interest();
+            fds.extend(
+                interest
+                    .into_iter()
+                    .map(|(fd, flags)| PollFd::new(fd, flags)),
+            );
+            let _ = poll(&mut fds, timeout);
+            let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let ops_events: Vec<PollFlags> = fds[2..]
+                .iter()
+                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            (readable(&fds[0]), readable(&fds[1]), ops_events)
+        };
+        if signals_ready {
+            self.feed_signals();
+        }
+        if notify_ready {
+            self.feed_notify();
+        }
+        if ops_events.iter().any(|r| !r.is_empty()) {
+            self.feed_ops(&ops_events);
+        }
+        self.check_promotion();
+        let now = self.now();
+        if self.next_watchdog().is_some_and(|at| at <= now) {
+            self.ping_watchdog(now);
+        }
+        if self.next_probe().is_some_and(|at| at <= now) {
+            self.probe_heartbeats(now);
+        }
+        if self.core.poll_timeout().is_some_and(|at| at <= now) {
+            self.refresh_heartbeats(now);
+            self.core.handle_timeout(now);
+        }
+    }
+
+    /// Control clients, metrics scrapes and captured output; carries out the orders.
+    fn feed_ops(&mut self, events: &[PollFlags]) {
+        let now = self.now();
+        if self.ops.reads_state(events) {
+            // Heartbeat files are otherwise read only when a deadline is due.
+            self.refresh_heartbeats(now);
+        }
+        let orders = self.ops.handle(events, &self.core, &self.log, now);
+        for order in orders {
+            info!(self.log, "Control: {order:?}");
+            let now = self.now();
+            match order {
+                Order::Reload => self.reload(now),
+                Order::Scale(n) => self.core.handle_command(Command::Scale(n), now),
+                Order::Stop { quick } => self.core.handle_command(Command::Stop { quick }, now),
+                Order::KillWorker(pid) => self.core.handle_command(Command::KillWorker(pid), now),
+            }
+            self.execute_actions();
+        }
+    }
+
+    fn feed_signals(&mut self) {
+        let mut signals = std::mem::take(&mut self.pending_signals);
+        if let Err(e) = self.signals.drain(&mut signals) {
+            error!(self.log, "reading the signal pipe: {e}");
+        }
+        for signal in signals.drain(..) {
+            let now = self.now();
+            if signal == NixSignal::SIGCHLD {
+                self.reap(now);
+                continue;
+            }
+            let Some(core_signal) = core_signal(signal) else {
+                continue;
+            };
+            info!(
+                self.log,
+                "Handling signal: {}",
+                core_signal.name().to_lowercase()
+            );
+            match core_signal {
+                Signal::Hup => self.reload(now),
+                other => self.core.handle_signal(other, now),
+            }
+            // Carry out each signal's actions before the next one, in arrival order.
+            self.execute_actions();
+        }
+        self.pending_signals = signals;
+    }
+
+    fn reap(&mut self, now: Moment) {
+        let exit_of = |status| match status {
+            WaitStatus::Exited(pid, code) => Some((pid, ExitStatus::Exited(code))),
+            WaitStatus::Signaled(pid, signal, core_dumped) => Some((
+                pid,
+                ExitStatus::Signaled {
+                    signal: signal as i32,
+                    core_dumped,
+                },
+            )),
+            _ => None,
+        };
+        loop {
+            // Look before reaping: while the exited worker is a zombie its pid, which is also
+            // its process group id, cannot be reused, so killing the group is race-free.
+            let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let pid = match waitid(Id::All, peek) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => match exit_of(status) {
+                    Some((pid, _)) => pid,
+                    None => continue,
+                },
+            };
+            if let Some(worker) = self.core.worker_by_pid(pid.as_raw()) {
+                if let Some(proc) = self.procs.remove(&worker.id) {
+                    if let Some(error) = proc.exec.failure() {
+                        error!(
+                            self.log,
+                            "cannot execute {}: {error}",
+                            self.command.program.to_string_lossy()
+                        );
+                    }
+                }
+                // What the worker started stays in its group and would keep serving on the
+                // inherited listeners (a SIGKILLed gunicorn master's workers do): end it now.
+                let _ = kill(Pid::from_raw(-pid.as_raw()), NixSignal::SIGKILL);
+            }
+            let Some((pid, status)) = waitpid(pid, Some(WaitPidFlag::WNOHANG))
+                .ok()
+                .and_then(exit_of)
+            else {
+                continue;
+            };
+            self.core.handle_exit(pid.as_raw(), status, now);
+        }
+    }
+
+    fn feed_notify(&mut self) {
+        let mut messages = Vec::new();
+        self.notify.drain(&mut messages);
+        let now = self.now();
+        for message in messages {
+            let Some(pid) = self.worker_pid_for(message.pid) else {
+                debug!(self.log, "notify message from unknown pid {}", message.pid);
+                continue;
+            };
+            if let Some(status) = message.status {
+                self.core.handle_status(pid, status);
+            }
+            if message.watchdog {
+                self.core.handle_heartbeat(pid, now);
+            }
+            if message.ready {
+                self.core.handle_ready(pid, now);
+            }
+            if message.stopping {
+                debug!(self.log, "Worker (pid:{pid}) is stopping");
+            }
+        }
+    }
+
+    /// The worker a notify sender belongs to: itself, or its process group's leader.
+    fn worker_pid_for(&self, sender: i32) -> Option<i32> {
+        if self.core.worker_by_pid(sender).is_some() {
+            return Some(sender);
+        }
+        let group = nix::unistd::getpgid(Some(Pid::from_raw(sender)))
+            .ok()?
+            .as_raw();
+        self.core.worker_by_pid(group).map(|_| group)
+    }
+
+    fn check_promotion(&mut self) {
+        if let Some(parent) = self.core.parent_master() {
+            if nix::unistd::getppid().as_raw() != parent {
+                let now = self.now();
+                self.core.handle_parent_exited(now);
+            }
+        }
+    }
+
+    /// The next `WATCHDOG=1` to the service manager; only the main (promoted) master pings.
+    fn next_watchdog(&self) -> Option<Moment> {
+        let (_, next) = self.watchdog?;
+        self.core.parent_master().is_none().then_some(next)
+    }
+
+    fn ping_watchdog(&mut self, now: Moment) {
+        if let Some((interval, next)) = self.watchdog.as_mut() {
+            *next = now + *interval;
+            if let Some(supervisor) = &self.supervisor {
+                if let Err(e) = supervisor.send("WATCHDOG=1") {
+                    debug!(self.log, "watchdog ping failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn next_probe(&self) -> Option<Moment> {
+        self.procs.values().filter_map(|p| p.probe_at).min()
+    }
+
+    /// Looks at the heartbeat files of workers that have not heartbeated yet.
+    /// One wake-up looks at every file still unseen, not only the due ones, so probes of
+    /// workers spawned together are batched.
+    fn probe_heartbeats(&mut self, now: Moment) {
+        let period = self.settings.timeout.unwrap_or(Duration::from_secs(1));
+        for proc in self.procs.values_mut() {
+            let Some(probe_at) = proc.probe_at else {
+                continue;
+            };
+            match proc.heartbeat.check(now) {
+                Some(at) => {
+                    proc.probe_at = None;
+                    self.core.handle_heartbeat(proc.pid, at);
+                }
+                None if probe_at <= now => proc.probe_at = Some(now + period),
+                None => {}
+            }
+        }
+    }
+
+    /// Before deadlines are judged: every heartbeat file bumped since the last look.
+    fn refresh_heartbeats(&mut self, now: Moment) {
+        for proc in self.procs.values_mut() {
+            if let Some(at) = proc.heartbeat.check(now) {
+                proc.probe_at = None;
+                self.core.handle_heartbeat(proc.pid, at);
+            }
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        // Listeners are closed by the core's CloseListeners; anything left (an error path)
+        // is closed without unlinking.
+        arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), false);
+    }
+}
+
+/// The old master's pid for an upgrade child.
+fn inherited_parent(role: Role) -> Option<i32> {
+    match role {
+        Role::Fresh => None,
+        Role::UpgradeChild { parent } => Some(parent),
+    }
+}
+
+/// Half the service manager's watchdog timeout (`WATCHDOG_USEC`), when it is meant for this
+/// process (`WATCHDOG_PID` absent, ours, or, for an upgrade child that will be promoted, the
+/// old master's).
+fn watchdog_interval(master_env: &[(OsString, OsString)], parent: Option<i32>) -> Option<Duration> {
+    let var = |name: &str| {
+        master_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+    };
+    let usec: u64 = var("WATCHDOG_USEC")?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|u| *u > 0)?;
+    if let Some(pid) = var("WATCHDOG_PID") {
+        let pid: i32 = pid.trim().parse().ok()?;
+        if pid != std::process::id() as i32 && Some(pid) != parent {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
+}
+
+fn core_signal(signal: NixSignal) -> Option<Signal> {
+    Some(match signal {
+        NixSignal::SIGHUP => Signal::Hup,
+        NixSignal::SIGINT => Signal::Int,
+        NixSignal::SIGQUIT => Signal::Quit,
+        NixSignal::SIGTERM => Signal::Term,
+        NixSignal::SIGTTIN => Signal::Ttin,
+        NixSignal::SIGTTOU => Signal::Ttou,
+        NixSignal::SIGUSR1 => Signal::Usr1,
+        NixSignal::SIGUSR2 => Signal::Usr2,
+        NixSignal::SIGWINCH => Signal::Winch,
+        NixSignal::SIGCHLD => Signal::Chld,
+        _ => return None,
+    })
+}

@@ -1,0 +1,131 @@
+//! HUP: re-reading the configuration and swapping it in, binds first.
+
+use std::os::unix::ffi::OsStrExt;
+
+use arbiter_core::Moment;
+use arbiter_sockets::Listener;
+use slog::{error, info, warn};
+
+use crate::config::{self, Settings};
+use crate::heartbeat::{self};
+use crate::log::LogOutput;
+use crate::setup::{self, StartError};
+
+use super::Master;
+
+impl Master {
+    pub(super) fn reload(&mut self, now: Moment) {
+        let applied = config::reload(&self.sources, &self.env_snapshot)
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.apply_settings(new).map_err(|e| e.to_string()));
+        match applied {
+            Ok(config) => self.core.handle_reload(config, now),
+            Err(why) => {
+                // The master never exits over a bad reload: it says so and keeps its config.
+                error!(
+                    self.log,
+                    "reload failed, keeping the running configuration: {why}"
+                );
+                eprintln!("arbiter: reload failed, keeping the running configuration: {why}");
+                self.ops.on_reload_failed(&why, now);
+            }
+        }
+    }
+
+    /// Validates new settings and swaps them in (binds first, then everything else).
+    fn apply_settings(&mut self, new: Settings) -> Result<arbiter_core::Config, StartError> {
+        let path_var = self
+            .master_env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        let command = setup::worker_command(&new.command, path_var)?;
+        let own_visible = self
+            .master_env
+            .iter()
+            .find(|(k, _)| k.as_bytes() == new.gpu_env.as_bytes())
+            .map(|(_, v)| v.to_string_lossy().into_owned());
+        let gpus = setup::gpu_config(&new, own_visible.as_deref())?;
+        if new.bind != self.settings.bind {
+            let specs = setup::bind_specs(&new)?;
+            let mut kept: Vec<Option<Listener>> = std::mem::take(&mut self.listeners)
+                .into_iter()
+                .map(Some)
+                .collect();
+            // (listener, newly bound by this reload)
+            let mut fresh: Vec<(Listener, bool)> = Vec::new();
+            let mut failure = None;
+            for spec in &specs {
+                let existing = kept
+                    .iter_mut()
+                    .find(|l| l.as_ref().and_then(|l| l.spec()).is_some_and(|s| s == spec));
+                if let Some(slot) = existing {
+                    fresh.push((slot.take().expect("found"), false));
+                    continue;
+                }
+                match arbiter_sockets::bind(spec, &setup::bind_options(&new)) {
+                    Ok(bound) => fresh.extend(bound.into_iter().map(|l| (l, true))),
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                // Keep serving on the old set; close only what this attempt bound.
+                let mut restored = Vec::new();
+                for (listener, newly) in fresh {
+                    if newly {
+                        listener.close(true);
+                    } else {
+                        restored.push(listener);
+                    }
+                }
+                restored.extend(kept.into_iter().flatten());
+                self.listeners = restored;
+                return Err(StartError::Runtime(format!("new bind failed: {e}")));
+            }
+            for (listener, newly) in &fresh {
+                if *newly {
+                    info!(
+                        self.log,
+                        "Listening at: {} ({})",
+                        listener,
+                        std::process::id()
+                    );
+                }
+            }
+            let unlink = self.unlink_allowed(true);
+            for listener in kept.into_iter().flatten() {
+                info!(self.log, "Closing listener {}", listener);
+                listener.close(unlink);
+            }
+            self.listeners = fresh.into_iter().map(|(l, _)| l).collect();
+        }
+        self.worker_env = setup::worker_base_env(&self.master_env, &new, gpus.is_some());
+        self.heartbeat_dir = heartbeat::default_dir(new.worker_tmp_dir.as_deref());
+        if new.log_level != self.settings.log_level
+            || new.log_format != self.settings.log_format
+            || new.log_file != self.settings.log_file
+        {
+            match LogOutput::open(new.log_file.as_deref(), new.log_format, new.log_level) {
+                Ok(output) => {
+                    self.log = output.logger();
+                    self.log_output = output;
+                }
+                Err(e) => warn!(self.log, "keeping the old log file: {e}"),
+            }
+        }
+        let config = setup::core_config(&new, command.key, gpus);
+        self.command = command;
+        self.settings = new;
+        Ok(config)
+    }
+
+    pub(super) fn unlink_allowed(&self, core_allows: bool) -> bool {
+        core_allows
+            && arbiter_sockets::may_unlink(self.core.is_upgrading(), self.settings.reuse_port)
+    }
+
+    // ----- actions -----
+}
