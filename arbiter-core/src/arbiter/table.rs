@@ -1,0 +1,437 @@
+//! The worker table's bookkeeping: keeping slots filled and rolled (`manage`), the per-slot
+//! caches that make each input cheap, spawning, retiring and aborting workers, and their
+//! deadlines.
+
+use crate::action::{Action, Event, Reason, SupervisorNote};
+use crate::time::Moment;
+use crate::types::{Signal, Slot, WorkerId};
+use crate::worker::{Worker, WorkerState};
+
+use super::{Arbiter, Phase, SlotState, TimerKey};
+
+impl Arbiter {
+    /// Keeps the table at the target: spawns into empty slots, rolls reloads forward,
+    /// retires surplus workers, and finishes a stop once the table is empty.
+    ///
+    /// Incremental: only slots touched since the last call (or all of them after a change of
+    /// target or generation) are looked at, so an input costs O(changed slots * log N).
+    /// Every slot change goes through `touch`; the `want_*` sets and counters are exact
+    /// once the dirty slots are refreshed (checked against a full scan in debug builds).
+    pub(super) fn manage(&mut self, now: Moment) {
+        if self.exited {
+            return;
+        }
+        if self.is_stopping() {
+            if self.workers.is_empty() {
+                self.finish_exit();
+            }
+            return;
+        }
+        if self.slots.len() < self.target {
+            self.slots.resize_with(self.target, SlotState::default);
+        }
+        if self.all_dirty {
+            self.all_dirty = false;
+            // Only a lower target puts active workers at or above it: they go first, so
+            // their capacity is free for spawns below.
+            let surplus: Vec<WorkerId> = self.slots[self.target..]
+                .iter()
+                .flat_map(|slot| slot.members.iter().copied())
+                .filter(|id| self.workers[id].state.is_active())
+                .collect();
+            for id in surplus {
+                let reason = if self.target == 0 {
+                    Reason::Winch
+                } else {
+                    Reason::Cull
+                };
+                self.retire(id, reason, now);
+            }
+            for slot in 0..self.slots.len() {
+                self.touch(slot);
+            }
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // Ascending, so old workers are retired in slot order, as a full scan would.
+        dirty.sort_unstable();
+        for &slot in &dirty {
+            // Retire old workers whose slot has a ready replacement.
+            if slot < self.target {
+                if let Some(ready) = self.current_ready_in(slot) {
+                    let mut index = 0;
+                    while let Some(&id) = self.slots[slot].members.get(index) {
+                        if id != ready && self.workers[&id].state.is_active() {
+                            self.retire(id, Reason::Reload, now);
+                        }
+                        index += 1;
+                    }
+                }
+            }
+            self.refresh(slot);
+        }
+        if self.dirty.is_empty() {
+            dirty.clear();
+            self.dirty = dirty;
+        }
+        // Spawn: empty slots first (lost capacity), then slots still rolling.
+        // The table holds at most target + max_surge processes, and at most max_surge slots
+        // run a second active worker at once (so no GPU carries more than its cap plus the
+        // surge, even while other slots are empty in a crash backoff).
+        let max_surge = self.config.max_surge.max(1);
+        let limit = self.target + max_surge;
+        let mut surge = self.surge_active;
+        while self.workers.len() < limit {
+            let (slot, rolling) = if let Some(slot) = self.want_empty.pop_first() {
+                (slot, false)
+            } else if surge >= max_surge {
+                break;
+            } else if let Some(slot) = self.want_roll.pop_first() {
+                surge += 1;
+                (slot, true)
+            } else {
+                break;
+            };
+            let state = &self.slots[slot];
+            let reason = if rolling {
+                Reason::Reload
+            } else if !self.announced_ready && !state.used {
+                Reason::Boot
+            } else if state.used {
+                Reason::Respawn
+            } else {
+                Reason::ScaleUp
+            };
+            self.spawn(slot, reason, now);
+        }
+        // The spawns changed their slots: bring those caches up to date now.
+        while let Some(slot) = self.dirty.pop() {
+            self.refresh(slot);
+        }
+        #[cfg(debug_assertions)]
+        self.check_caches();
+        self.check_ready();
+    }
+
+    /// Queues `slot` for a refresh at the next `manage`.
+    pub(super) fn touch(&mut self, slot: Slot) {
+        if let Some(state) = self.slots.get_mut(slot) {
+            if !state.dirty {
+                state.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Recomputes a slot's cached counts and its place in the spawn queues.
+    pub(super) fn refresh(&mut self, slot: Slot) {
+        let in_range = slot < self.target;
+        let (mut any, mut current, mut current_ready, mut old) = (false, false, false, 0);
+        let mut active: usize = 0;
+        let mut hung = false;
+        for id in &self.slots[slot].members {
+            let worker = &self.workers[id];
+            let is_current = worker.generation == self.generation;
+            hung |= is_hung(worker);
+            if worker.state.is_active() {
+                any = true;
+                active += 1;
+                current |= is_current;
+                if !is_current || !in_range {
+                    old += 1;
+                }
+            }
+            current_ready |= worker.state == WorkerState::Ready && is_current;
+        }
+        let state = &mut self.slots[slot];
+        state.dirty = false;
+        let counted_ready = current_ready && in_range;
+        self.ready_slots =
+            self.ready_slots + usize::from(counted_ready) - usize::from(state.counted_ready);
+        self.old_active = self.old_active + old - state.old_active;
+        let surge = active.saturating_sub(1);
+        self.surge_active = self.surge_active + surge - state.surge_active;
+        state.surge_active = surge;
+        state.counted_ready = counted_ready;
+        state.old_active = old;
+        // With GPUs, a hung worker being killed still holds the slot's device memory: its
+        // replacement waits for the reap (at most the abort grace) instead of sharing it.
+        let gpu_held = hung && self.gpus.is_some();
+        let spawnable = in_range && state.backoff_until.is_none() && !gpu_held;
+        if spawnable && !any {
+            self.want_empty.insert(slot);
+        } else {
+            self.want_empty.remove(&slot);
+        }
+        if spawnable && any && !current {
+            self.want_roll.insert(slot);
+        } else {
+            self.want_roll.remove(&slot);
+        }
+    }
+
+    /// Debug builds: the incremental caches agree with a full scan.
+    #[cfg(debug_assertions)]
+    pub(super) fn check_caches(&self) {
+        let ready_slots = (0..self.target)
+            .filter(|&slot| self.current_ready_in(slot).is_some())
+            .count();
+        assert_eq!(self.ready_slots, ready_slots, "ready slot count drifted");
+        let old_active = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.state.is_active() && (w.generation != self.generation || w.slot >= self.target)
+            })
+            .count();
+        assert_eq!(self.old_active, old_active, "old worker count drifted");
+        let surge_active: usize = self
+            .slots
+            .iter()
+            .map(|state| {
+                let active = state
+                    .members
+                    .iter()
+                    .filter(|id| self.workers[id].state.is_active());
+                active.count().saturating_sub(1)
+            })
+            .sum();
+        assert_eq!(self.surge_active, surge_active, "surge count drifted");
+        for (slot, state) in self.slots.iter().enumerate() {
+            let active = state
+                .members
+                .iter()
+                .filter(|id| self.workers[id].state.is_active());
+            let (mut any, mut current) = (false, false);
+            for id in active {
+                any = true;
+                current |= self.workers[id].generation == self.generation;
+            }
+            let hung = state.members.iter().any(|id| is_hung(&self.workers[id]));
+            let gpu_held = hung && self.gpus.is_some();
+            let spawnable = slot < self.target && state.backoff_until.is_none() && !gpu_held;
+            assert_eq!(
+                self.want_empty.contains(&slot),
+                spawnable && !any,
+                "slot {slot}"
+            );
+            assert_eq!(
+                self.want_roll.contains(&slot),
+                spawnable && any && !current,
+                "slot {slot}"
+            );
+        }
+    }
+
+    /// Announces readiness: once for the first generation, again when a reload finishes.
+    pub(super) fn check_ready(&mut self) {
+        if self.ready_slots < self.target || self.old_active > 0 {
+            return;
+        }
+        if self.phase == Phase::Reloading {
+            self.phase = Phase::Running;
+            self.event(Event::ReloadFinished {
+                generation: self.generation,
+            });
+            self.notify_ready();
+        } else if !self.announced_ready {
+            self.notify_ready();
+        }
+    }
+
+    pub(super) fn notify_ready(&mut self) {
+        self.announced_ready = true;
+        self.push(Action::Notify(SupervisorNote::Ready));
+        let status = format!("{} workers ready", self.ready_count());
+        self.push(Action::Notify(SupervisorNote::Status(status)));
+    }
+
+    pub(super) fn finish_exit(&mut self) {
+        if self.exited {
+            return;
+        }
+        self.exited = true;
+        self.push(Action::Exit {
+            code: self.exit_code,
+            reason: self.exit_reason,
+        });
+    }
+
+    // ----- table operations -----
+
+    pub(super) fn spawn(&mut self, slot: Slot, reason: Reason, now: Moment) {
+        let id = WorkerId(self.next_id);
+        self.next_id += 1;
+        let gpus = match self.gpus.as_mut() {
+            Some(balancer) => balancer.acquire(id.0, slot),
+            None => Vec::new(),
+        };
+        let worker = Worker {
+            id,
+            slot,
+            generation: self.generation,
+            pid: None,
+            state: WorkerState::Spawning,
+            spawned_at: now,
+            ready_at: None,
+            last_heartbeat: None,
+            awaits_ready: false,
+            command_key: self.config.command_key,
+            gpus: gpus.clone(),
+            status: None,
+            kill_at: None,
+            stop_reason: None,
+        };
+        self.workers.insert(id, worker);
+        let state = &mut self.slots[slot];
+        state.members.push(id);
+        state.used = true;
+        self.touch(slot);
+        self.push(Action::Spawn {
+            id,
+            slot,
+            generation: self.generation,
+            gpus,
+            reason,
+        });
+    }
+
+    pub(super) fn remove_worker(&mut self, id: WorkerId) -> Option<Worker> {
+        let worker = self.workers.remove(&id)?;
+        if let Some(pid) = worker.pid {
+            self.by_pid.remove(&pid);
+        }
+        self.timers.set(TimerKey::Worker(id), None);
+        if let Some(gpus) = self.gpus.as_mut() {
+            gpus.release(id.0);
+        }
+        if let Some(slot) = self.slots.get_mut(worker.slot) {
+            slot.members.retain(|member| *member != id);
+        }
+        self.touch(worker.slot);
+        Some(worker)
+    }
+
+    pub(super) fn mark_ready(&mut self, id: WorkerId, now: Moment) {
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        worker.state = WorkerState::Ready;
+        worker.ready_at = Some(now);
+        let (pid, slot) = (worker.pid.expect("ready workers have a pid"), worker.slot);
+        self.touch(slot);
+        self.event(Event::WorkerReady { id, pid });
+    }
+
+    /// Asks a worker to stop (TERM, or the quick signal during a quick stop), KILL later.
+    pub(super) fn retire(&mut self, id: WorkerId, reason: Reason, now: Moment) {
+        let signal = match reason {
+            Reason::QuickShutdown => self.config.quick_signal,
+            _ => Signal::Term,
+        };
+        let grace = self.config.graceful_timeout;
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        worker.state = WorkerState::Retiring;
+        worker.kill_at = Some(now + grace);
+        worker.stop_reason = Some(reason);
+        let (has_pid, slot) = (worker.pid.is_some(), worker.slot);
+        self.touch(slot);
+        if has_pid {
+            self.send(id, signal, false, reason);
+        }
+        self.rearm(id);
+    }
+
+    /// Sends the abort signal to a hung worker's process group; KILL after the abort grace.
+    pub(super) fn abort(&mut self, id: WorkerId, reason: Reason, now: Moment) {
+        let grace = self.config.abort_grace;
+        let signal = self.config.abort_signal;
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        worker.state = WorkerState::Aborted;
+        worker.kill_at = Some(now + grace);
+        worker.stop_reason = Some(reason);
+        let slot = worker.slot;
+        self.touch(slot);
+        self.send(id, signal, true, reason);
+        self.rearm(id);
+    }
+
+    pub(super) fn send(&mut self, id: WorkerId, signal: Signal, group: bool, reason: Reason) {
+        let Some(pid) = self.workers.get(&id).and_then(|w| w.pid) else {
+            return;
+        };
+        self.push(Action::Signal {
+            id,
+            pid,
+            signal,
+            group,
+            reason,
+        });
+    }
+
+    /// Recomputes the one deadline of a worker.
+    pub(super) fn rearm(&mut self, id: WorkerId) {
+        let deadline = self.workers.get(&id).and_then(|worker| match worker.state {
+            WorkerState::Booting | WorkerState::Ready => [
+                self.boot_deadline(worker),
+                self.heartbeat_deadline(worker),
+                self.exec_ready_deadline(worker),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            WorkerState::Retiring | WorkerState::Aborted => worker.kill_at,
+            WorkerState::Spawning | WorkerState::Killed => None,
+        });
+        if self.timers.get(TimerKey::Worker(id)) != deadline {
+            self.timers.set(TimerKey::Worker(id), deadline);
+        }
+    }
+
+    pub(super) fn boot_deadline(&self, worker: &Worker) -> Option<Moment> {
+        if worker.state != WorkerState::Booting || !worker.awaits_ready {
+            return None;
+        }
+        self.config
+            .boot_timeout
+            .map(|timeout| worker.spawned_at + timeout)
+    }
+
+    /// When a worker whose `READY=1` is not awaited counts as ready (`ready_after`).
+    pub(super) fn exec_ready_deadline(&self, worker: &Worker) -> Option<Moment> {
+        let delayed = worker.state == WorkerState::Booting
+            && !worker.awaits_ready
+            && !self.config.ready_after.is_zero();
+        delayed.then(|| worker.spawned_at + self.config.ready_after)
+    }
+
+    pub(super) fn heartbeat_deadline(&self, worker: &Worker) -> Option<Moment> {
+        let last = worker.last_heartbeat?;
+        self.config.timeout.map(|timeout| last + timeout)
+    }
+
+    pub(super) fn slot_has_ready(&self, slot: Slot) -> bool {
+        self.slots.get(slot).is_some_and(|state| {
+            state
+                .members
+                .iter()
+                .any(|id| self.workers[id].state == WorkerState::Ready)
+        })
+    }
+
+    pub(super) fn current_ready_in(&self, slot: Slot) -> Option<WorkerId> {
+        self.slots.get(slot)?.members.iter().copied().find(|id| {
+            let worker = &self.workers[id];
+            worker.state == WorkerState::Ready && worker.generation == self.generation
+        })
+    }
+}
+
+/// A worker aborted for a timeout (then perhaps killed) and not reaped yet.
+fn is_hung(worker: &Worker) -> bool {
+    match worker.state {
+        WorkerState::Aborted => true,
+        WorkerState::Killed => matches!(
+            worker.stop_reason,
+            Some(Reason::HeartbeatTimeout | Reason::BootTimeout)
+        ),
+        _ => false,
+    }
+}
