@@ -91,7 +91,12 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String
     stream
         .read_to_end(&mut response)
         .map_err(|e| format!("read {port}: {e}"))?;
-    let text = String::from_utf8_lossy(&response).into_owned();
+    parse_response(&response)
+}
+
+/// The status and body of a complete HTTP/1.x response.
+pub fn parse_response(response: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(response);
     let status = text
         .split_whitespace()
         .nth(1)

@@ -422,17 +422,7 @@ fn unix_get(path: &Path, timeout: Duration) -> Result<(u16, String), String> {
     stream
         .read_to_end(&mut response)
         .map_err(|e| format!("read {}: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    common::parse_response(&response)
 }
 
 /// A started master (arbiter, or the activator that execs it) and every process seen under it.
