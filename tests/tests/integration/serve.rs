@@ -115,3 +115,16 @@ fn gpus_are_spread_3_2_2_and_a_replacement_keeps_its_gpu() {
     assert_eq!(replacement.slot, victim.slot);
     assert_eq!(replacement.gpu, victim.gpu);
 }
+
+#[test]
+fn the_master_runs_a_single_thread() {
+    // DESIGN: no second thread may exist in the master at a moment it forks; it never has one.
+    let fx = Fixture::new();
+    let (mut master, _) = serving(&fx, &["-w", "3", "--metrics-bind", "127.0.0.1:0"], 3);
+    master.signal(libc::SIGTTIN);
+    master.wait_children(4, SOON);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", master.pid()))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "threads in the master");
+}

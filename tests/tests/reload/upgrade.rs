@@ -128,6 +128,17 @@ fn arbiter_upgrade_under_load() {
     let served_by: Vec<i32> = report.pids.iter().copied().collect();
     assert_new_generation_serves(port, &new_workers, &served_by);
     assert!(arbiter_tests::pids_alive(&old_workers).is_empty());
+    // The control socket moved with the promotion: `arbiter ctl -p PIDFILE` reaches the new
+    // master.
+    let ctl = std::process::Command::new(&program)
+        .args(["ctl", "--pidfile", s(&pidfile), "status", "--json"])
+        .env_remove("ARBITER_PIDFILE")
+        .env_remove("ARBITER_CONTROL_SOCKET")
+        .output()
+        .expect("arbiter ctl");
+    assert!(ctl.status.success(), "{ctl:?}");
+    let status: serde_json::Value = serde_json::from_slice(&ctl.stdout).expect("json");
+    assert_eq!(status["master"]["pid"], new, "{status}");
     stop(&mut master, new);
 }
 
