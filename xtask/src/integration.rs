@@ -158,7 +158,10 @@ fn peers(venv: &Path) -> Result<Vec<Peer>, String> {
             command: strings(&[
                 "node",
                 "-e",
-                "require('http').createServer((q,r)=>r.end('ok')).listen({fd:3})",
+                // Node dies on TERM unless told otherwise; closing the server lets the
+                // requests in flight finish, as arbiter's graceful stop expects.
+                "const s=require('http').createServer((q,r)=>r.end('ok')).listen({fd:3});\
+                 process.on('SIGTERM',()=>s.close())",
             ]),
         },
     ])
