@@ -184,3 +184,76 @@ fn as_pid_1_the_master_reaps_orphans() {
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+#[test]
+fn workers_die_with_a_sigkilled_master() {
+    let fx = Fixture::new();
+    let (mut master, port) = serving(&fx, &["-w", "2"], 2);
+    let workers = master.children();
+    master.signal(libc::SIGKILL);
+    for worker in &workers {
+        assert!(
+            wait_gone(*worker, SOON).is_some(),
+            "worker {worker} outlived its master"
+        );
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing serves once the master and its workers are gone"
+    );
+}
+
+/// The pids whose parent is `pid`, among the processes alive now.
+fn kids(pid: i32) -> Vec<i32> {
+    arbiter_tests::children_of(pid)
+}
+
+#[test]
+fn a_killed_workers_own_children_are_killed_with_it() {
+    let fx = Fixture::new();
+    // The worker starts a child of its own, then becomes the built-in worker.
+    let worker = format!("sleep 300 & exec {} worker", bin());
+    let (mut master, _) = serving(&fx, &["-w", "1", "--", "/bin/sh", "-c", &worker], 1);
+    let pid = master.children()[0];
+    let mut grandchildren = Vec::new();
+    assert!(wait_until(SOON, || {
+        grandchildren = kids(pid);
+        !grandchildren.is_empty()
+    }));
+    master.track_tree();
+    signal(pid, libc::SIGKILL).unwrap();
+    for child in &grandchildren {
+        assert!(
+            wait_gone(*child, SOON).is_some(),
+            "the killed worker's child {child} was left behind"
+        );
+    }
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+}
+
+#[test]
+fn a_timed_out_workers_children_are_killed_with_it() {
+    let fx = Fixture::new();
+    let worker = format!("sleep 300 & exec {} worker --hang-after 300ms", bin());
+    let args = ["-w", "1", "-t", "1", "--", "/bin/sh", "-c", &worker];
+    let (mut master, _) = serving(&fx, &args, 1);
+    let pid = master.children()[0];
+    let mut grandchildren = Vec::new();
+    assert!(wait_until(SOON, || {
+        grandchildren = kids(pid);
+        !grandchildren.is_empty()
+    }));
+    master.track_tree();
+    master
+        .wait_log(&format!("WORKER TIMEOUT (pid:{pid})"), SOON)
+        .unwrap();
+    for child in grandchildren.iter().chain([&pid]) {
+        assert!(
+            wait_gone(*child, SOON).is_some(),
+            "{child} of the timed-out worker was left behind"
+        );
+    }
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+}
