@@ -119,6 +119,23 @@ pub fn parse_notify_keys(value: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Makes the paths of `settings` absolute against `base` (the directory arbiter was started
+/// in), so `--chdir` and reloads never change what a relative path on the command line meant.
+pub fn absolutize(settings: &mut Settings, base: &std::path::Path) {
+    let fix = |path: &mut Option<PathBuf>| {
+        if let Some(p) = path.as_mut() {
+            if p.is_relative() && p.as_os_str() != "-" {
+                *p = base.join(&*p);
+            }
+        }
+    };
+    fix(&mut settings.pidfile);
+    fix(&mut settings.log_file);
+    fix(&mut settings.worker_tmp_dir);
+    fix(&mut settings.control_socket);
+    fix(&mut settings.chdir);
+}
+
 /// Parses the bind strings.
 pub fn bind_specs(settings: &Settings) -> Result<Vec<BindSpec>, StartError> {
     settings
@@ -301,6 +318,20 @@ mod tests {
             .join(",");
         assert_eq!(parse_notify_keys(&value), keys);
         assert_eq!(parse_notify_keys("zz,10"), [16]);
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute_against_the_start_directory() {
+        let mut settings = Settings {
+            pidfile: Some("run/a.pid".into()),
+            log_file: Some("-".into()),
+            chdir: Some("/srv".into()),
+            ..Settings::default()
+        };
+        absolutize(&mut settings, std::path::Path::new("/home/app"));
+        assert_eq!(settings.pidfile, Some(PathBuf::from("/home/app/run/a.pid")));
+        assert_eq!(settings.log_file, Some(PathBuf::from("-")));
+        assert_eq!(settings.chdir, Some(PathBuf::from("/srv")));
     }
 
     #[test]

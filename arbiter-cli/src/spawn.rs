@@ -147,6 +147,9 @@ pub struct MasterSpawn<'a> {
     pub env: &'a [CString],
     /// Listener fds, kept at their numbers.
     pub listener_fds: &'a [RawFd],
+    /// The directory the first master was started in: the new one starts there too, so its
+    /// argv means what it meant (gunicorn's reexec does the same).
+    pub cwd: &'a CString,
     /// The master's signal pipe, reset in the child.
     pub signals: &'a SignalPipe,
 }
@@ -157,8 +160,12 @@ pub fn spawn_master(spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
     let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
-        // SAFETY: we are the forked child; only fcntl on fd numbers.
-        unsafe { arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds) }.is_ok()
+        // SAFETY: we are the forked child; chdir to a C string prepared before the fork, and
+        // fcntl on fd numbers: both async-signal-safe.
+        unsafe {
+            libc::chdir(spawn.cwd.as_ptr()) == 0
+                && arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds).is_ok()
+        }
     })?;
     report.wait(pid, spawn.program)
 }

@@ -277,11 +277,14 @@ impl Master {
                 );
             }
             let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd().as_raw_fd()).collect();
+            let cwd =
+                CString::new(self.start_dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
             spawn::spawn_master(MasterSpawn {
                 program: &program,
                 argv: &argv,
                 env: &env,
                 listener_fds: &fds,
+                cwd: &cwd,
                 signals: &self.signals,
             })
             .map_err(|e| e.to_string())

@@ -62,6 +62,8 @@ pub struct Master {
     worker_env: Vec<(OsString, OsString)>,
     exe: PathBuf,
     argv: Vec<OsString>,
+    /// Where arbiter was started: relative paths mean this, and a re-exec starts here.
+    start_dir: PathBuf,
     pidfile: Option<PathBuf>,
     exit: Option<i32>,
     pending_signals: Vec<NixSignal>,
@@ -94,7 +96,7 @@ impl Master {
     /// Binds, writes the pidfile, installs signal handlers, and boots the workers' core.
     pub fn start(start: Start) -> Result<Master, StartError> {
         let Start {
-            settings,
+            mut settings,
             sources,
             env_snapshot,
             inherited,
@@ -108,6 +110,9 @@ impl Master {
             .map(|(_, v)| setup::parse_notify_keys(&v.to_string_lossy()))
             .unwrap_or_default();
         master_env.retain(|(k, _)| k != setup::NOTIFY_KEYS_VAR);
+        let start_dir = std::env::current_dir()
+            .map_err(|e| StartError::Runtime(format!("current directory: {e}")))?;
+        setup::absolutize(&mut settings, &start_dir);
         let path_var = master_env
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -224,6 +229,7 @@ impl Master {
             worker_env,
             exe,
             argv,
+            start_dir,
             pidfile,
             exit: None,
             pending_signals: Vec::new(),

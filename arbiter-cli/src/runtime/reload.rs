@@ -33,7 +33,14 @@ impl Master {
     }
 
     /// Validates new settings and swaps them in (binds first, then everything else).
-    fn apply_settings(&mut self, new: Settings) -> Result<arbiter_core::Config, StartError> {
+    fn apply_settings(&mut self, mut new: Settings) -> Result<arbiter_core::Config, StartError> {
+        setup::absolutize(&mut new, &self.start_dir);
+        if let Some(dir) = new.chdir.as_ref().filter(|dir| !dir.is_dir()) {
+            return Err(StartError::Usage(format!(
+                "--chdir {}: not a directory",
+                dir.display()
+            )));
+        }
         let path_var = self
             .master_env
             .iter()
@@ -114,6 +121,16 @@ impl Master {
                     self.log_output = output;
                 }
                 Err(e) => warn!(self.log, "keeping the old log file: {e}"),
+            }
+        }
+        if new.chdir != self.settings.chdir {
+            let dir = new.chdir.clone().unwrap_or_else(|| self.start_dir.clone());
+            if let Err(e) = std::env::set_current_dir(&dir) {
+                warn!(
+                    self.log,
+                    "keeping the working directory: {}: {e}",
+                    dir.display()
+                );
             }
         }
         let config = setup::core_config(&new, command.key, gpus);

@@ -257,3 +257,36 @@ fn a_timed_out_workers_children_are_killed_with_it() {
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0);
 }
+
+#[test]
+fn relative_paths_mean_the_start_directory_with_chdir_and_across_an_upgrade() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.join("work")).unwrap();
+    let (mut master, _) = serving(&fx, &["-w", "1", "-p", "app.pid", "--chdir", "work"], 1);
+    let pidfile = fx.join("app.pid");
+    assert!(wait_until(SOON, || read(&pidfile).trim() == master.pid().to_string()));
+    let worker = master.children()[0];
+    let cwd = std::fs::read_link(format!("/proc/{worker}/cwd")).unwrap();
+    assert_eq!(
+        cwd,
+        fx.join("work").canonicalize().unwrap(),
+        "workers run in --chdir"
+    );
+    // The new master starts where the first one did, so `app.pid` means the same file.
+    master.signal(libc::SIGUSR2);
+    let upgrade = fx.join("app.pid.2");
+    assert!(wait_until(SOON, || upgrade.exists()), "{}", master.stderr());
+    let new: i32 = read(&upgrade).trim().parse().unwrap();
+    master.track_tree();
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+    assert!(
+        wait_until(SOON, || read(&pidfile).trim() == new.to_string()),
+        "promoted master in {}",
+        pidfile.display()
+    );
+    assert!(!fx.join("work/app.pid").exists() && !fx.join("work/app.pid.2").exists());
+    signal(new, libc::SIGTERM).unwrap();
+    assert!(wait_gone(new, SOON).is_some());
+    assert!(!pidfile.exists(), "removed by the new master at exit");
+}
