@@ -8,6 +8,7 @@ mod config;
 mod control;
 mod ctl;
 mod heartbeat;
+mod hooks;
 mod log;
 mod metrics;
 mod notify;

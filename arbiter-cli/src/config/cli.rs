@@ -135,6 +135,24 @@ pub(crate) struct Cli {
     /// Relay each line workers write to stdout and stderr through the arbiter's log
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     capture_output: Option<String>,
+    /// Shell command run before the listeners are bound (waited for, 30 s at most)
+    #[arg(long, value_name = "COMMAND")]
+    on_starting: Option<String>,
+    /// Shell command run once the first generation of workers is ready
+    #[arg(long, value_name = "COMMAND")]
+    when_ready: Option<String>,
+    /// Shell command run on each reload (HUP or ctl reload), once the new configuration is in
+    #[arg(long, value_name = "COMMAND")]
+    on_reload: Option<String>,
+    /// Shell command run when the target number of workers changes (ARBITER_HOOK_OLD, ARBITER_HOOK_NEW)
+    #[arg(long, value_name = "COMMAND")]
+    nworkers_changed: Option<String>,
+    /// Shell command run after a worker exited (ARBITER_HOOK_WORKER_PID, _SLOT, _STATUS)
+    #[arg(long, value_name = "COMMAND")]
+    worker_exit: Option<String>,
+    /// Shell command run just before the master exits (waited for, 5 s at most)
+    #[arg(long, value_name = "COMMAND")]
+    on_exit: Option<String>,
     /// The worker command, after --; none runs the built-in worker
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub(crate) command: Vec<OsString>,
@@ -207,6 +225,16 @@ impl Cli {
             "--capture-output",
             one(&self.capture_output),
         );
+        put("on_starting", "--on-starting", one(&self.on_starting));
+        put("when_ready", "--when-ready", one(&self.when_ready));
+        put("on_reload", "--on-reload", one(&self.on_reload));
+        put(
+            "nworkers_changed",
+            "--nworkers-changed",
+            one(&self.nworkers_changed),
+        );
+        put("worker_exit", "--worker-exit", one(&self.worker_exit));
+        put("on_exit", "--on-exit", one(&self.on_exit));
         layer
     }
 }

@@ -35,7 +35,7 @@ pub use error::{ConfigError, Origin};
 // The typed values are part of the API the event loop consumes as it lands in main.rs.
 #[allow(unused_imports)]
 pub use settings::{
-    BootErrorPolicy, GpuSelection, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
+    BootErrorPolicy, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
 };
 
 /// What the command line asks for.

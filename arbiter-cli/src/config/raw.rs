@@ -82,7 +82,7 @@ file_options! {
     chdir, reuse_port, backlog, umask, bind_retries, log_level, log_file, log_format,
     worker_tmp_dir, on_boot_error, ready, ready_after, quick_signal, forward_usr1, max_surge, gpus,
     gpus_per_worker, gpu_env, daemon, command, control_socket, metrics_bind, statsd_host, statsd_prefix,
-    capture_output,
+    capture_output, on_starting, when_ready, on_reload, nworkers_changed, worker_exit, on_exit,
 }
 
 /// Keys that have no environment variable: a command line cannot be written as one.

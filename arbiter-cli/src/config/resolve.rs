@@ -5,7 +5,7 @@ use super::error::ConfigError;
 use super::parse::{self, Parsed};
 use super::raw::{Layer, Raw, Sourced};
 use super::settings::{
-    BootErrorPolicy, GpuSelection, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
+    BootErrorPolicy, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
 };
 
 /// The layers of one resolution, highest precedence first.
@@ -122,6 +122,23 @@ pub(crate) fn settings(
         })?,
         statsd_prefix: layers.value("statsd_prefix", d.statsd_prefix, parse::text)?,
         capture_output: layers.value("capture_output", d.capture_output, parse::boolean)?,
+        hooks: Hooks {
+            on_starting: layers.value("on_starting", d.hooks.on_starting, |r| {
+                parse::text(r).map(Some)
+            })?,
+            when_ready: layers.value("when_ready", d.hooks.when_ready, |r| {
+                parse::text(r).map(Some)
+            })?,
+            on_reload: layers
+                .value("on_reload", d.hooks.on_reload, |r| parse::text(r).map(Some))?,
+            nworkers_changed: layers.value("nworkers_changed", d.hooks.nworkers_changed, |r| {
+                parse::text(r).map(Some)
+            })?,
+            worker_exit: layers.value("worker_exit", d.hooks.worker_exit, |r| {
+                parse::text(r).map(Some)
+            })?,
+            on_exit: layers.value("on_exit", d.hooks.on_exit, |r| parse::text(r).map(Some))?,
+        },
         // A command after `--` is in `base`; the file's applies only when there is none.
         command: match d.command.is_empty() {
             true => layers.value("command", d.command, parse::command)?,

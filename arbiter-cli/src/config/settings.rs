@@ -82,11 +82,31 @@ pub struct Settings {
     pub statsd_prefix: String,
     /// Relay workers' stdout and stderr lines through the log instead of letting them inherit.
     pub capture_output: bool,
+    /// Server hooks: shell commands run at points of the master's life.
+    pub hooks: Hooks,
     /// The worker command; empty means the built-in worker.
     pub command: Vec<OsString>,
 }
 
 /// Which GPUs the workers are spread over.
+/// gunicorn's server hooks as shell commands (`/bin/sh -c`), run by the master with
+/// `ARBITER_HOOK` (the hook's name) and `ARBITER_PID` in their environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    /// Run before the listeners are bound (waited for, 30 s at most).
+    pub on_starting: Option<String>,
+    /// Run once the first generation of workers is ready.
+    pub when_ready: Option<String>,
+    /// Run on each reload (HUP or ctl reload), once the new configuration is in.
+    pub on_reload: Option<String>,
+    /// Run when the target number of workers changes (ARBITER_HOOK_OLD, ARBITER_HOOK_NEW).
+    pub nworkers_changed: Option<String>,
+    /// Run after a worker exited (ARBITER_HOOK_WORKER_PID, _SLOT, _STATUS).
+    pub worker_exit: Option<String>,
+    /// Run just before the master exits (waited for, 5 s at most).
+    pub on_exit: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuSelection {
     /// Every GPU the machine has, discovered at start.
@@ -227,6 +247,7 @@ impl Default for Settings {
             statsd_host: None,
             statsd_prefix: "arbiter".to_owned(),
             capture_output: false,
+            hooks: Hooks::default(),
             command: Vec::new(),
         }
     }
@@ -335,6 +356,36 @@ impl Settings {
         );
         line("statsd_prefix", Some(quote(&self.statsd_prefix)), "");
         line("capture_output", Some(self.capture_output.to_string()), "");
+        line(
+            "on_starting",
+            self.hooks.on_starting.as_deref().map(quote),
+            "no hook",
+        );
+        line(
+            "when_ready",
+            self.hooks.when_ready.as_deref().map(quote),
+            "no hook",
+        );
+        line(
+            "on_reload",
+            self.hooks.on_reload.as_deref().map(quote),
+            "no hook",
+        );
+        line(
+            "nworkers_changed",
+            self.hooks.nworkers_changed.as_deref().map(quote),
+            "no hook",
+        );
+        line(
+            "worker_exit",
+            self.hooks.worker_exit.as_deref().map(quote),
+            "no hook",
+        );
+        line(
+            "on_exit",
+            self.hooks.on_exit.as_deref().map(quote),
+            "no hook",
+        );
         let command: Vec<String> = self
             .command
             .iter()

@@ -5,6 +5,8 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
 
 use arbiter_core::{Action, Event, ExitStatus, Reason, Signal, SupervisorNote, WorkerId};
 use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
@@ -12,15 +14,41 @@ use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
 use slog::{debug, error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{Hooks, Settings};
 use crate::heartbeat::Heartbeat;
+use crate::hooks;
 use crate::pidfile;
 use crate::setup::{self, env_entry, WorkerCommand};
 use crate::spawn::{self, MasterSpawn, WorkerSpawn};
 
 use super::{Master, WorkerProc};
 
+/// How long the master waits for its `on_exit` hook.
+const ON_EXIT_LIMIT: Duration = Duration::from_secs(5);
+
 impl Master {
+    /// Starts the hook `name` if one is configured, without waiting; the loop reaps it.
+    pub(super) fn fire_hook(&mut self, name: &'static str, vars: &[(&str, String)]) {
+        if let Some(child) = self.start_hook(name, vars) {
+            self.hook_pids.insert(child.id() as i32, name);
+        }
+    }
+
+    /// Starts the hook `name` if one is configured.
+    fn start_hook(&self, name: &'static str, vars: &[(&str, String)]) -> Option<Child> {
+        let command = hook_command(&self.settings.hooks, name)?;
+        match hooks::start(name, command, &self.master_env, vars) {
+            Ok(child) => {
+                debug!(self.log, "Hook {name} started (pid:{})", child.id());
+                Some(child)
+            }
+            Err(e) => {
+                error!(self.log, "Hook {name} could not start: {e}");
+                None
+            }
+        }
+    }
+
     pub(super) fn execute_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             self.execute(action);
@@ -100,6 +128,10 @@ impl Master {
                 }
             }
             Action::Notify(note) => {
+                if note == SupervisorNote::Ready && !self.ready_hook_fired {
+                    self.ready_hook_fired = true;
+                    self.fire_hook("when_ready", &[]);
+                }
                 if note == SupervisorNote::Ready && self.upgrade_pidfile_pending {
                     self.upgrade_pidfile_pending = false;
                     if self.core.parent_master().is_some() {
@@ -109,6 +141,17 @@ impl Master {
                 self.tell_supervisor(note)
             }
             Action::Event(event) => {
+                if let Event::WorkerExited {
+                    pid, slot, status, ..
+                } = &event
+                {
+                    let vars = [
+                        ("ARBITER_HOOK_WORKER_PID", pid.to_string()),
+                        ("ARBITER_HOOK_WORKER_SLOT", slot.to_string()),
+                        ("ARBITER_HOOK_WORKER_STATUS", describe(*status)),
+                    ];
+                    self.fire_hook("worker_exit", &vars);
+                }
                 self.ops.on_event(&event, &self.log);
                 self.log_event(event)
             }
@@ -122,6 +165,15 @@ impl Master {
                 }
                 self.remove_pidfile();
                 self.ops.finish(&self.log);
+                let vars = [("ARBITER_HOOK_EXIT_CODE", code.to_string())];
+                if let Some(mut hook) = self.start_hook("on_exit", &vars) {
+                    if hooks::wait(&mut hook, ON_EXIT_LIMIT).is_none() {
+                        warn!(
+                            self.log,
+                            "on_exit hook still running after {ON_EXIT_LIMIT:?}"
+                        );
+                    }
+                }
                 self.exit = Some(code);
             }
         }
@@ -410,4 +462,30 @@ pub(super) fn set_title(settings: &Settings, command: &WorkerCommand, upgrade: b
     });
     let master = if upgrade { "master.2" } else { "master" };
     crate::title::set(&format!("{master} [{name}]"));
+}
+
+/// The command of the hook `name`, if configured.
+pub(super) fn hook_command<'a>(hooks: &'a Hooks, name: &str) -> Option<&'a str> {
+    match name {
+        "on_starting" => hooks.on_starting.as_deref(),
+        "when_ready" => hooks.when_ready.as_deref(),
+        "on_reload" => hooks.on_reload.as_deref(),
+        "nworkers_changed" => hooks.nworkers_changed.as_deref(),
+        "worker_exit" => hooks.worker_exit.as_deref(),
+        "on_exit" => hooks.on_exit.as_deref(),
+        _ => None,
+    }
+}
+
+/// `exited 3`, `killed by SIGKILL`: a worker's end, for hooks.
+fn describe(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Exited(code) => format!("exited {code}"),
+        ExitStatus::Signaled { signal, .. } => {
+            let name = NixSignal::try_from(signal)
+                .map(|s| s.as_str())
+                .unwrap_or("?");
+            format!("killed by {name}")
+        }
+    }
 }

@@ -15,11 +15,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use slog::{debug, error, info, Logger};
+use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Settings, Sources};
 use crate::control::{Ops, Order};
 use crate::heartbeat::{self, Heartbeat};
+use crate::hooks;
 use crate::log::LogOutput;
 use crate::notify::{NotifySocket, Supervisor};
 use crate::pidfile;
@@ -30,6 +31,9 @@ mod actions;
 mod reload;
 
 use actions::set_title;
+
+/// How long the master waits for its `on_starting` hook.
+const ON_STARTING_LIMIT: Duration = Duration::from_secs(30);
 
 /// The shell's view of one worker process.
 struct WorkerProc {
@@ -64,6 +68,12 @@ pub struct Master {
     argv: Vec<OsString>,
     /// Where arbiter was started: relative paths mean this, and a re-exec starts here.
     start_dir: PathBuf,
+    /// Hooks running, by pid, reaped by the loop.
+    hook_pids: HashMap<i32, &'static str>,
+    /// Whether `when_ready` ran.
+    ready_hook_fired: bool,
+    /// The target for `nworkers_changed`.
+    last_target: usize,
     pidfile: Option<PathBuf>,
     exit: Option<i32>,
     pending_signals: Vec<NixSignal>,
@@ -162,6 +172,20 @@ impl Master {
         if let Some(path) = sources.config_file() {
             info!(log, "Configuration: {}", path.display());
         }
+        if let Some(command) = settings.hooks.on_starting.as_deref() {
+            // gunicorn calls on_starting before the sockets exist; it is waited for.
+            match hooks::start("on_starting", command, &master_env, &[]) {
+                Ok(mut hook) => {
+                    if hooks::wait(&mut hook, ON_STARTING_LIMIT).is_none() {
+                        warn!(
+                            log,
+                            "on_starting hook still running after {ON_STARTING_LIMIT:?}"
+                        );
+                    }
+                }
+                Err(e) => error!(log, "Hook on_starting could not start: {e}"),
+            }
+        }
         let listeners =
             arbiter_sockets::resolve(&specs, inherited, &setup::bind_options(&settings))
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -209,6 +233,7 @@ impl Master {
         for key in notify_keys {
             core.learn_notify_command(key);
         }
+        let settings_workers = settings.workers;
         Ok(Master {
             log,
             log_output,
@@ -230,6 +255,9 @@ impl Master {
             exe,
             argv,
             start_dir,
+            hook_pids: HashMap::new(),
+            ready_hook_fired: false,
+            last_target: settings_workers,
             pidfile,
             exit: None,
             pending_signals: Vec::new(),
@@ -247,6 +275,15 @@ impl Master {
     pub fn run(mut self) -> i32 {
         loop {
             self.execute_actions();
+            let target = self.core.target();
+            if target != self.last_target {
+                let vars = [
+                    ("ARBITER_HOOK_OLD", self.last_target.to_string()),
+                    ("ARBITER_HOOK_NEW", target.to_string()),
+                ];
+                self.last_target = target;
+                self.fire_hook("nworkers_changed", &vars);
+            }
             if let Some(code) = self.exit {
                 return code;
             }
@@ -412,6 +449,13 @@ impl Master {
             else {
                 continue;
             };
+            if let Some(name) = self.hook_pids.remove(&pid.as_raw()) {
+                match status {
+                    ExitStatus::Exited(0) => debug!(self.log, "Hook {name} done"),
+                    other => warn!(self.log, "Hook {name} (pid:{pid}) failed: {other:?}"),
+                }
+                continue;
+            }
             self.core.handle_exit(pid.as_raw(), status, now);
         }
     }

@@ -19,7 +19,10 @@ impl Master {
             .map_err(|e| e.to_string())
             .and_then(|new| self.apply_settings(new).map_err(|e| e.to_string()));
         match applied {
-            Ok(config) => self.core.handle_reload(config, now),
+            Ok(config) => {
+                self.core.handle_reload(config, now);
+                self.fire_hook("on_reload", &[]);
+            }
             Err(why) => {
                 // The master never exits over a bad reload: it says so and keeps its config.
                 error!(

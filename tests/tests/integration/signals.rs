@@ -290,3 +290,69 @@ fn relative_paths_mean_the_start_directory_with_chdir_and_across_an_upgrade() {
     assert!(wait_gone(new, SOON).is_some());
     assert!(!pidfile.exists(), "removed by the new master at exit");
 }
+
+#[test]
+fn server_hooks_run_at_their_moments_with_their_variables() {
+    let fx = Fixture::new();
+    let log = fx.join("hooks.log");
+    let line = |extra: &str| format!("echo \"$ARBITER_HOOK {extra}\" >> {}", log.display());
+    let (on_starting, when_ready, on_reload) = (line(""), line(""), line(""));
+    let nworkers = line("$ARBITER_HOOK_OLD $ARBITER_HOOK_NEW");
+    let worker_exit = line("$ARBITER_HOOK_WORKER_PID $ARBITER_HOOK_WORKER_STATUS");
+    let on_exit = line("$ARBITER_HOOK_EXIT_CODE");
+    let args = [
+        "-w",
+        "2",
+        "--on-starting",
+        &on_starting,
+        "--when-ready",
+        &when_ready,
+        "--on-reload",
+        &on_reload,
+        "--nworkers-changed",
+        &nworkers,
+        "--worker-exit",
+        &worker_exit,
+        "--on-exit",
+        &on_exit,
+    ];
+    let (mut master, _) = serving(&fx, &args, 2);
+    assert!(
+        wait_until(SOON, || read(&log).contains("when_ready")),
+        "{}",
+        read(&log)
+    );
+    assert!(
+        read(&log).starts_with("on_starting"),
+        "on_starting runs first:\n{}",
+        read(&log)
+    );
+    master.signal(libc::SIGTTIN);
+    assert!(
+        wait_until(SOON, || read(&log).contains("nworkers_changed 2 3")),
+        "{}",
+        read(&log)
+    );
+    let victim = master.wait_children(3, SOON)[0];
+    signal(victim, libc::SIGKILL).unwrap();
+    let killed = format!("worker_exit {victim} killed by SIGKILL");
+    assert!(
+        wait_until(SOON, || read(&log).contains(&killed)),
+        "{}",
+        read(&log)
+    );
+    master.signal(libc::SIGHUP);
+    assert!(
+        wait_until(SOON, || read(&log).contains("on_reload")),
+        "{}",
+        read(&log)
+    );
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+    // on_exit is waited for; worker_exit hooks of the stop run concurrently with it.
+    assert!(
+        read(&log).lines().any(|l| l == "on_exit 0"),
+        "{}",
+        read(&log)
+    );
+}
