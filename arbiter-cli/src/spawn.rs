@@ -180,11 +180,29 @@ fn fork_exec(
     prepare: impl FnOnce() -> bool,
 ) -> Result<(i32, ExecReport), SpawnError> {
     let report = ExecReport::new()?;
+    // Every signal is blocked across the fork: a signal sent to the child before it has reset
+    // its dispositions would otherwise run the master's handler there, which writes into the
+    // master's signal pipe and swallows the signal (a TERM to a just-spawned worker was lost
+    // so). The child unblocks once its dispositions are the defaults (`child_reset`), so such
+    // a signal then acts on it; the parent restores its mask at once, losing nothing.
+    // SAFETY: sigset_t is plain data that sigfillset initialises; sigprocmask with valid
+    // pointers.
+    let saved = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut saved: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, &mut saved);
+        saved
+    };
     // SAFETY: the master is single-threaded when it forks (DESIGN: no thread in the master),
     // so the child may run async-signal-safe code until exec.
     let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let error = io::Error::last_os_error();
+    let fork_error = (pid < 0).then(io::Error::last_os_error);
+    if pid != 0 {
+        // SAFETY: restoring the mask saved above.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
+    }
+    if let Some(error) = fork_error {
         // SAFETY: closing both ends of the pipe we created; no child holds them.
         unsafe {
             libc::close(report.read);
