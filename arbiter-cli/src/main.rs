@@ -101,17 +101,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--check-config`: everything that can be checked without binding or spawning.
+/// `--check-config`: everything that can be checked without binding or spawning (binds,
+/// the worker command, the GPU pool).
 fn check_config(
     settings: &config::Settings,
     master_env: &[(OsString, OsString)],
 ) -> Result<i32, StartError> {
-    let path_var = master_env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_os_str());
     setup::bind_specs(settings)?;
-    setup::worker_command(&settings.command, path_var)?;
+    setup::prepare(settings, master_env)?;
     print!("{}", settings.to_toml());
     Ok(0)
 }

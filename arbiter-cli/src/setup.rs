@@ -136,6 +136,33 @@ pub fn absolutize(settings: &mut Settings, base: &std::path::Path) {
     fix(&mut settings.chdir);
 }
 
+/// What settings resolve to against the master's environment: the worker command (found on
+/// its `PATH`) and the GPU pool (`auto` reads its GPU variable). One function for the start, a
+/// HUP and `--check-config`, so all three accept and refuse the same things.
+pub struct Prepared {
+    /// The worker command.
+    pub command: WorkerCommand,
+    /// The GPU pool, when balancing.
+    pub gpus: Option<GpuConfig>,
+}
+
+/// Resolves the worker command and the GPU pool of `settings`.
+pub fn prepare(
+    settings: &Settings,
+    master_env: &[(OsString, OsString)],
+) -> Result<Prepared, StartError> {
+    let var = |name: &[u8]| {
+        master_env
+            .iter()
+            .find(|(k, _)| k.as_bytes() == name)
+            .map(|(_, v)| v.as_os_str())
+    };
+    let command = worker_command(&settings.command, var(b"PATH"))?;
+    let own_visible = var(settings.gpu_env.as_bytes()).map(|v| v.to_string_lossy().into_owned());
+    let gpus = gpu_config(settings, own_visible.as_deref())?;
+    Ok(Prepared { command, gpus })
+}
+
 /// Parses the bind strings.
 pub fn bind_specs(settings: &Settings) -> Result<Vec<BindSpec>, StartError> {
     settings

@@ -32,8 +32,6 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 pub use error::{ConfigError, Origin};
-// The typed values are part of the API the event loop consumes as it lands in main.rs.
-#[allow(unused_imports)]
 pub use settings::{
     BootErrorPolicy, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
 };

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -123,11 +122,7 @@ impl Master {
         let start_dir = std::env::current_dir()
             .map_err(|e| StartError::Runtime(format!("current directory: {e}")))?;
         setup::absolutize(&mut settings, &start_dir);
-        let path_var = master_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_os_str());
-        let command = setup::worker_command(&settings.command, path_var)?;
+        let setup::Prepared { command, gpus } = setup::prepare(&settings, &master_env)?;
         // Socket-activated with no bind configured: serve on what systemd passed.
         let systemd_only =
             inherited.origin == Some(arbiter_sockets::Origin::Systemd) && !settings.bind_explicit;
@@ -136,11 +131,6 @@ impl Master {
         } else {
             setup::bind_specs(&settings)?
         };
-        let own_visible = master_env
-            .iter()
-            .find(|(k, _)| k.as_bytes() == settings.gpu_env.as_bytes())
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let gpus = setup::gpu_config(&settings, own_visible.as_deref())?;
         if let Some(dir) = &settings.chdir {
             std::env::set_current_dir(dir)
                 .map_err(|e| StartError::Usage(format!("--chdir {}: {e}", dir.display())))?;

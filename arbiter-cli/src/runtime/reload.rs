@@ -1,7 +1,5 @@
 //! HUP: re-reading the configuration and swapping it in, binds first.
 
-use std::os::unix::ffi::OsStrExt;
-
 use arbiter_core::Moment;
 use arbiter_sockets::Listener;
 use slog::{error, info, warn};
@@ -44,18 +42,7 @@ impl Master {
                 dir.display()
             )));
         }
-        let path_var = self
-            .master_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_os_str());
-        let command = setup::worker_command(&new.command, path_var)?;
-        let own_visible = self
-            .master_env
-            .iter()
-            .find(|(k, _)| k.as_bytes() == new.gpu_env.as_bytes())
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let gpus = setup::gpu_config(&new, own_visible.as_deref())?;
+        let setup::Prepared { command, gpus } = setup::prepare(&new, &self.master_env)?;
         if new.bind != self.settings.bind {
             let specs = setup::bind_specs(&new)?;
             let mut kept: Vec<Option<Listener>> = std::mem::take(&mut self.listeners)
