@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use arbiter_tests::{alive, descendants, signal, wait_gone, wait_until, Fixture, SOON};
+use arbiter_tests::{alive, descendants, signal, wait_gone, wait_until, Fixture, Master, SOON};
 
 use crate::{bin, serving};
 
@@ -203,31 +203,40 @@ fn workers_die_with_a_sigkilled_master() {
     );
 }
 
-/// The pids whose parent is `pid`, among the processes alive now.
-fn kids(pid: i32) -> Vec<i32> {
-    arbiter_tests::children_of(pid)
+/// Starts one worker that first starts a child of its own (`sleep 300 &`), then becomes the
+/// built-in worker with `switches`; the master, the worker's pid and its children.
+fn worker_with_a_child(fx: &Fixture, args: &[&str], switches: &str) -> (Master, i32, Vec<i32>) {
+    let worker = format!("sleep 300 & exec {} worker {switches}", bin());
+    let mut full = vec!["-w", "1"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--", "/bin/sh", "-c", &worker]);
+    let (mut master, _) = serving(fx, &full, 1);
+    let pid = master.children()[0];
+    let mut grandchildren = Vec::new();
+    assert!(wait_until(SOON, || {
+        grandchildren = arbiter_tests::children_of(pid);
+        !grandchildren.is_empty()
+    }));
+    master.track_tree();
+    (master, pid, grandchildren)
+}
+
+/// Each of `pids` is gone within `SOON`.
+fn assert_all_gone(pids: &[i32], what: &str) {
+    for pid in pids {
+        assert!(
+            wait_gone(*pid, SOON).is_some(),
+            "{what} {pid} was left behind"
+        );
+    }
 }
 
 #[test]
 fn a_killed_workers_own_children_are_killed_with_it() {
     let fx = Fixture::new();
-    // The worker starts a child of its own, then becomes the built-in worker.
-    let worker = format!("sleep 300 & exec {} worker", bin());
-    let (mut master, _) = serving(&fx, &["-w", "1", "--", "/bin/sh", "-c", &worker], 1);
-    let pid = master.children()[0];
-    let mut grandchildren = Vec::new();
-    assert!(wait_until(SOON, || {
-        grandchildren = kids(pid);
-        !grandchildren.is_empty()
-    }));
-    master.track_tree();
+    let (mut master, pid, grandchildren) = worker_with_a_child(&fx, &[], "");
     signal(pid, libc::SIGKILL).unwrap();
-    for child in &grandchildren {
-        assert!(
-            wait_gone(*child, SOON).is_some(),
-            "the killed worker's child {child} was left behind"
-        );
-    }
+    assert_all_gone(&grandchildren, "the killed worker's child");
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0);
 }
@@ -235,25 +244,13 @@ fn a_killed_workers_own_children_are_killed_with_it() {
 #[test]
 fn a_timed_out_workers_children_are_killed_with_it() {
     let fx = Fixture::new();
-    let worker = format!("sleep 300 & exec {} worker --hang-after 300ms", bin());
-    let args = ["-w", "1", "-t", "1", "--", "/bin/sh", "-c", &worker];
-    let (mut master, _) = serving(&fx, &args, 1);
-    let pid = master.children()[0];
-    let mut grandchildren = Vec::new();
-    assert!(wait_until(SOON, || {
-        grandchildren = kids(pid);
-        !grandchildren.is_empty()
-    }));
-    master.track_tree();
+    let (mut master, pid, grandchildren) =
+        worker_with_a_child(&fx, &["-t", "1"], "--hang-after 300ms");
     master
         .wait_log(&format!("WORKER TIMEOUT (pid:{pid})"), SOON)
         .unwrap();
-    for child in grandchildren.iter().chain([&pid]) {
-        assert!(
-            wait_gone(*child, SOON).is_some(),
-            "{child} of the timed-out worker was left behind"
-        );
-    }
+    assert_all_gone(&grandchildren, "the timed-out worker's child");
+    assert_all_gone(&[pid], "the timed-out worker");
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0);
 }
