@@ -3,33 +3,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::Parser;
-
 use super::error::Origin;
 use super::raw::{Layer, Raw, Sourced};
 
-/// `arbiter [OPTIONS] [-- COMMAND...]`: every option is also a key of the `--config` file and
-/// an `ARBITER_<KEY>` environment variable; the command line wins over both.
-//
-// Subcommands (`ctl`, `upgrade`) go here as `#[command(subcommand)] action: Option<Action>`, with
-// `args_conflicts_with_subcommands`, and map to new `Invocation` variants. `arbiter worker` is
-// dispatched by main.rs before this parser runs and must not be defined here.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "arbiter",
-    version,
-    about = "A pre-fork process arbiter: binds sockets once and keeps N workers alive.",
-    args_override_self = true,
-    after_help = "Every option is also a key of the --config TOML file (workers = 4) and an \
-                  ARBITER_<KEY> variable (ARBITER_WORKERS=4); the command line wins, then the \
-                  environment, then the file.\n\nExample: arbiter -w 4 -b 127.0.0.1:8000 -- uvicorn --fd 3 app:app\n\n\
-                  Other commands:\n  \
-                  arbiter ctl [-p PIDFILE] status|scale N|reload|stop|kill-worker PID   \
-                  talk to a running arbiter\n  \
-                  arbiter upgrade -p PIDFILE   replace a running arbiter by the binary on disk\n  \
-                  arbiter worker [SWITCHES]    the built-in HTTP worker (the default worker)"
-)]
-pub(crate) struct Cli {
+/// The options of `arbiter` / `arbiter serve`: every option is also a key of the `--config`
+/// file and an `ARBITER_<KEY>` environment variable; the command line wins over both.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
     /// TOML configuration file [env: ARBITER_CONFIG]
     #[arg(short = 'c', long, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
@@ -158,7 +138,7 @@ pub(crate) struct Cli {
     pub(crate) command: Vec<OsString>,
 }
 
-impl Cli {
+impl ServeArgs {
     /// The options given on the command line, as raw values tagged with their flag.
     pub(crate) fn layer(&self) -> Layer {
         let mut layer = Layer::new();

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+pub use cli::ServeArgs;
 pub use error::{ConfigError, Origin};
 pub use settings::{
     BootErrorPolicy, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
@@ -50,7 +51,7 @@ pub enum Invocation {
 /// configuration file path.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    cli: cli::Cli,
+    cli: ServeArgs,
     config_file: Option<PathBuf>,
 }
 
@@ -61,14 +62,21 @@ impl Sources {
     }
 }
 
-/// Parses the command line (`args[0]` is the program name) and the environment, reads the
-/// config file, and resolves everything. Precedence: command line > `ARBITER_*` environment >
-/// config file > defaults.
+/// Parses an `arbiter` command line (`args[0]` is the program name; options and the worker
+/// command only, no subcommand) and resolves it with [`load_args`].
 pub fn load(
     args: Vec<OsString>,
     env: &BTreeMap<String, String>,
 ) -> Result<(Invocation, Sources), ConfigError> {
-    let cli = cli::Cli::try_parse_from(args)?;
+    load_args(crate::cli::ServeCommand::try_parse_from(args)?.args, env)
+}
+
+/// Resolves parsed options with the environment and the config file. Precedence: command line
+/// > `ARBITER_*` environment > config file > defaults.
+pub fn load_args(
+    cli: ServeArgs,
+    env: &BTreeMap<String, String>,
+) -> Result<(Invocation, Sources), ConfigError> {
     let config_file = config_path(&cli, env)?;
     let sources = Sources { cli, config_file };
     let settings = Box::new(resolve(&sources, env)?);
@@ -100,7 +108,7 @@ fn resolve(sources: &Sources, env: &BTreeMap<String, String>) -> Result<Settings
 /// `--config`, else `ARBITER_CONFIG`, made absolute so a later `chdir` does not change which
 /// file a reload reads.
 fn config_path(
-    cli: &cli::Cli,
+    cli: &ServeArgs,
     env: &BTreeMap<String, String>,
 ) -> Result<Option<PathBuf>, ConfigError> {
     let (path, origin) = match (&cli.config, env.get("ARBITER_CONFIG")) {

@@ -107,6 +107,7 @@ pub struct Hooks {
     pub on_exit: Option<String>,
 }
 
+/// Which GPUs the workers are spread over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuSelection {
     /// Every GPU the machine has, discovered at start.

@@ -15,18 +15,18 @@ use nix::unistd::Pid;
 use slog::{debug, error, info, warn};
 
 use crate::config::{Hooks, Settings};
-use crate::heartbeat::Heartbeat;
-use crate::hooks;
-use crate::pidfile;
-use crate::setup::{self, env_entry, WorkerCommand};
-use crate::spawn::{self, MasterSpawn, WorkerSpawn};
+use crate::ops::hooks;
+use crate::os::heartbeat::Heartbeat;
+use crate::os::pidfile;
+use crate::os::spawn::{self, MasterSpawn, WorkerSpawn};
+use crate::runtime::setup::{self, env_entry, WorkerCommand};
 
-use super::{Master, WorkerProc};
+use super::{Runtime, WorkerProc};
 
 /// How long the master waits for its `on_exit` hook.
 const ON_EXIT_LIMIT: Duration = Duration::from_secs(5);
 
-impl Master {
+impl Runtime {
     /// Starts the hook `name` if one is configured, without waiting; the loop reaps it.
     pub(super) fn fire_hook(&mut self, name: &'static str, vars: &[(&str, String)]) {
         if let Some(child) = self.start_hook(name, vars) {
@@ -461,7 +461,7 @@ pub(super) fn set_title(settings: &Settings, command: &WorkerCommand, upgrade: b
             })
     });
     let master = if upgrade { "master.2" } else { "master" };
-    crate::title::set(&format!("{master} [{name}]"));
+    crate::os::title::set(&format!("{master} [{name}]"));
 }
 
 /// The command of the hook `name`, if configured.

@@ -17,17 +17,20 @@ use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Settings, Sources};
-use crate::control::{Ops, Order};
-use crate::heartbeat::{self, Heartbeat};
-use crate::hooks;
-use crate::log::LogOutput;
-use crate::notify::{NotifySocket, Supervisor};
-use crate::pidfile;
-use crate::setup::{self, StartError, WorkerCommand};
-use crate::spawn;
+use crate::ops::hooks;
+use crate::ops::{Ops, Order};
+use crate::os::heartbeat::{self, Heartbeat};
+use crate::os::notify::{NotifySocket, Supervisor};
+use crate::os::pidfile;
+use crate::os::spawn;
+use crate::runtime::log::LogOutput;
+pub use setup::StartError;
+use setup::WorkerCommand;
 
 mod actions;
+pub mod log;
 mod reload;
+pub mod setup;
 
 use actions::set_title;
 
@@ -45,7 +48,7 @@ struct WorkerProc {
 }
 
 /// Everything the master owns while it runs.
-pub struct Master {
+pub struct Runtime {
     log: Logger,
     log_output: LogOutput,
     settings: Settings,
@@ -101,9 +104,9 @@ pub struct Start {
     pub argv: Vec<OsString>,
 }
 
-impl Master {
+impl Runtime {
     /// Binds, writes the pidfile, installs signal handlers, and boots the workers' core.
-    pub fn start(start: Start) -> Result<Master, StartError> {
+    pub fn start(start: Start) -> Result<Runtime, StartError> {
         let Start {
             mut settings,
             sources,
@@ -224,7 +227,7 @@ impl Master {
             core.learn_notify_command(key);
         }
         let settings_workers = settings.workers;
-        Ok(Master {
+        Ok(Runtime {
             log,
             log_output,
             settings,
@@ -546,7 +549,7 @@ impl Master {
     }
 }
 
-impl Drop for Master {
+impl Drop for Runtime {
     fn drop(&mut self) {
         // Listeners are closed by the core's CloseListeners; anything left (an error path)
         // is closed without unlinking.

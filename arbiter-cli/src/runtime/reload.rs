@@ -5,13 +5,13 @@ use arbiter_sockets::Listener;
 use slog::{error, info, warn};
 
 use crate::config::{self, Settings};
-use crate::heartbeat::{self};
-use crate::log::LogOutput;
-use crate::setup::{self, StartError};
+use crate::os::heartbeat::{self};
+use crate::runtime::log::LogOutput;
+use crate::runtime::setup::{self, StartError};
 
-use super::Master;
+use super::Runtime;
 
-impl Master {
+impl Runtime {
     pub(super) fn reload(&mut self, now: Moment) {
         let applied = config::reload(&self.sources, &self.env_snapshot)
             .map_err(|e| e.to_string())

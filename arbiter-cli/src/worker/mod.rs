@@ -26,7 +26,6 @@ mod tests;
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -95,7 +94,7 @@ impl WorkerError {
     version,
     about = "The built-in HTTP worker: serves on inherited listeners (LISTEN_FDS) and speaks the worker protocol"
 )]
-struct Switches {
+pub struct Switches {
     /// Exit with CODE before becoming ready (3 simulates a boot error, 4 an app load error).
     #[arg(long, value_name = "CODE")]
     boot_exit: Option<u8>,
@@ -124,24 +123,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (try 250ms, 1s, 2m)"))
 }
 
-/// Runs the built-in worker with the switches that follow `arbiter worker`.
-pub fn main(args: Vec<OsString>) -> ExitCode {
-    let argv = std::iter::once(OsString::from("arbiter worker")).chain(args);
-    let switches = match Switches::try_parse_from(argv) {
-        Ok(switches) => switches,
-        Err(error) => {
-            // Help and version go to stdout with status 0; usage errors to stderr with 2.
-            let _ = error.print();
-            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
-        }
-    };
-    match run(&switches) {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("arbiter worker: {error}");
-            ExitCode::from(error.exit_code())
-        }
-    }
+/// Runs the built-in worker with its switches; returns the exit status.
+pub fn main(switches: &Switches) -> Result<u8, WorkerError> {
+    run(switches)
 }
 
 /// What the worker takes from its environment and inherited descriptors.
@@ -168,7 +152,7 @@ fn inherit(silent: bool) -> Result<Inherited, WorkerError> {
     })
 }
 
-fn run(switches: &Switches) -> Result<ExitCode, WorkerError> {
+fn run(switches: &Switches) -> Result<u8, WorkerError> {
     // Errors of the environment are reported after --boot-delay and --boot-exit, which
     // simulate an application that fails (or takes its time) whatever its environment.
     let inherited = inherit(switches.silent);
@@ -180,11 +164,11 @@ fn run(switches: &Switches) -> Result<ExitCode, WorkerError> {
     server::register_signals(&poll, &signals)?;
     if let Some(delay) = switches.boot_delay {
         if boot_wait(&mut poll, &signals, delay)? {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(0);
         }
     }
     if let Some(code) = switches.boot_exit {
-        return Ok(ExitCode::from(code));
+        return Ok(code);
     }
     let Inherited {
         env,

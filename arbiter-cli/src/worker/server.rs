@@ -13,7 +13,6 @@ use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use mio::event::Source;
@@ -443,12 +442,12 @@ impl Server {
     }
 
     /// Serves until a graceful stop completes (exit 0), a quick stop, or a scripted end.
-    pub fn run(mut self) -> Result<ExitCode, WorkerError> {
+    pub fn run(mut self) -> Result<u8, WorkerError> {
         let mut events = Events::with_capacity(1024);
         loop {
             self.fire_timers(Instant::now())?;
             if self.draining && self.live == 0 {
-                return Ok(ExitCode::SUCCESS);
+                return Ok(0);
             }
             let timeout = self
                 .next_deadline()
@@ -466,7 +465,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => match self.signals.drain()? {
-                        Stop::Quick => return Ok(ExitCode::SUCCESS),
+                        Stop::Quick => return Ok(0),
                         Stop::Graceful => self.begin_drain(),
                         Stop::None => {}
                     },

@@ -4,6 +4,8 @@
 //! `{"cmd":"stop","quick":false}`, `{"cmd":"kill-worker","pid":123}`. Answers:
 //! `{"ok":true,...}` or `{"ok":false,"error":"..."}`. Shared by the server and `arbiter ctl`.
 
+pub mod path;
+
 use serde::{Deserialize, Serialize};
 
 /// Longest request line the server reads, newline included.

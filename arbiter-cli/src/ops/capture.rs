@@ -115,6 +115,12 @@ impl Capture {
         self.pipes.len()
     }
 
+    /// Whether no pipe is open.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.pipes.is_empty()
+    }
+
     /// The fds to poll, in the order [`Capture::handle`] relies on.
     pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
         self.pipes

@@ -10,7 +10,7 @@ use arbiter_core::{BootErrorPolicy, Config, GpuConfig, ReadyMode, Signal};
 use arbiter_sockets::{BindOptions, BindSpec};
 
 use crate::config::{self, GpuSelection, QuickSignal, Settings};
-use crate::spawn::{cstring, resolve_program};
+use crate::os::spawn::{cstring, resolve_program};
 
 /// A startup failure, with the exit code it gets.
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +286,7 @@ pub fn worker_base_env(
 }
 
 /// `KEY=VALUE` as a C string.
-pub fn env_entry(key: &[u8], value: &[u8]) -> Result<CString, crate::spawn::SpawnError> {
+pub fn env_entry(key: &[u8], value: &[u8]) -> Result<CString, crate::os::spawn::SpawnError> {
     let mut bytes = Vec::with_capacity(key.len() + value.len() + 1);
     bytes.extend_from_slice(key);
     bytes.push(b'=');

@@ -5,26 +5,24 @@
 //! codes: 0 done, 1 the arbiter answered with a failure, 2 bad usage, 3 no answer (cannot
 //! connect: is arbiter running? or the connection broke or timed out).
 
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
-use crate::control::path;
-use crate::control::protocol::{Request, StatusReport};
+use crate::protocol::path;
+use crate::protocol::{Request, StatusReport};
+use crate::Failure;
 
 /// Ask a running arbiter questions and give it orders.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Args)]
 #[command(
-    name = "arbiter ctl",
     after_help = "Exit codes: 0 done, 1 the arbiter answered with a failure, 2 bad usage, \
                   3 no answer (not running, connection lost, or --timeout)."
 )]
-struct Args {
+pub struct Args {
     /// The control socket [default: PIDFILE.ctl, else $XDG_RUNTIME_DIR/arbiter.ctl]
     #[arg(short = 's', long, env = "ARBITER_CONTROL_SOCKET", value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -32,17 +30,18 @@ struct Args {
     #[arg(short, long, env = "ARBITER_PIDFILE", value_name = "PATH")]
     pidfile: Option<PathBuf>,
     /// Print the raw JSON answer
-    #[arg(long, global = true)]
+    #[arg(id = "ctl_json", long = "json", global = true)]
     json: bool,
     /// How long to wait for the answer
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    #[arg(id = "ctl_timeout", long = "timeout", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
     #[command(subcommand)]
     command: CtlCommand,
 }
 
+/// What `arbiter ctl` asks for.
 #[derive(Debug, Subcommand)]
-enum CtlCommand {
+pub enum CtlCommand {
     /// The master and every worker, as a table
     Status,
     /// Set the number of workers; returns when that many are ready
@@ -65,22 +64,19 @@ enum CtlCommand {
     },
 }
 
-/// Runs `arbiter ctl ARGS` (`args[0]` is `ctl`).
-pub fn main(args: Vec<OsString>) -> ExitCode {
-    let args = match Args::try_parse_from(args) {
-        Ok(args) => args,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
+/// Runs `arbiter ctl`: sends one request and prints the answer. `Ok` carries the exit code
+/// for an answer (0 done, 1 the arbiter reported a failure); `Err` a usage error (2) or no
+/// answer (3).
+pub fn run(args: &Args) -> Result<u8, Failure> {
     let Some(socket) = args
         .control_socket
         .clone()
         .or_else(|| path::default_path(args.pidfile.as_deref(), |k| std::env::var_os(k)))
     else {
-        eprintln!("arbiter ctl: no control socket: give --control-socket or --pidfile");
-        return ExitCode::from(2);
+        return Err(Failure::new(
+            "arbiter ctl: no control socket: give --control-socket or --pidfile",
+            2,
+        ));
     };
     let request = match &args.command {
         CtlCommand::Status => Request::Status,
@@ -89,27 +85,23 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         CtlCommand::Stop { quick } => Request::Stop { quick: *quick },
         CtlCommand::KillWorker { pid } => Request::KillWorker { pid: *pid },
     };
-    match exchange(&socket, &request, args.timeout) {
-        Err(why) => {
-            eprintln!("arbiter ctl: {why}");
-            ExitCode::from(3)
+    let (line, mut rest) = exchange(&socket, &request, args.timeout)
+        .map_err(|why| Failure::new(format!("arbiter ctl: {why}"), 3))?;
+    let code = report(&request, &line, args.json);
+    if code == 0 && matches!(request, Request::Stop { .. }) {
+        // The master closes the connection when it exits.
+        let mut sink = Vec::new();
+        if std::io::Read::read_to_end(&mut rest, &mut sink).is_err() {
+            return Err(Failure::new(
+                format!("arbiter ctl: no exit seen within {:?}", args.timeout),
+                3,
+            ));
         }
-        Ok((line, mut rest)) => {
-            let code = report(&request, &line, args.json);
-            if code == 0 && matches!(request, Request::Stop { .. }) {
-                // The master closes the connection when it exits.
-                let mut sink = Vec::new();
-                if std::io::Read::read_to_end(&mut rest, &mut sink).is_err() {
-                    eprintln!("arbiter ctl: no exit seen within {:?}", args.timeout);
-                    return ExitCode::from(3);
-                }
-                if !args.json {
-                    println!("stopped");
-                }
-            }
-            ExitCode::from(code)
+        if !args.json {
+            println!("stopped");
         }
     }
+    Ok(code)
 }
 
 /// Sends the request, reads the answer line; returns it and the reader for what follows.
@@ -269,7 +261,7 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{MasterStatus, WorkerStatus};
+    use crate::protocol::{MasterStatus, WorkerStatus};
 
     #[test]
     fn the_table_has_a_header_and_one_aligned_row_per_worker() {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use arbiter_core::{Arbiter, Config, Event, Moment, Phase, Slot};
 use nix::poll::PollFlags;
 
-use super::path::{self, Identity};
-use super::protocol::{self, Request, MAX_REQUEST};
+use super::socket::{self, Identity};
+use crate::protocol::{self, Request, MAX_REQUEST};
 
 /// Most connections open at once.
 pub const MAX_CLIENTS: usize = 64;
@@ -313,7 +313,7 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        if path::is_ours(&self.path, self.identity) {
+        if socket::is_ours(&self.path, self.identity) {
             let _ = std::fs::remove_file(&self.path);
         }
     }

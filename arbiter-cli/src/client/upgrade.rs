@@ -6,21 +6,18 @@
 //! has promoted itself (`PIDFILE` holds its pid). On failure or timeout the new master, if
 //! one started, is stopped and the old one keeps serving.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::pidfile;
+use crate::os::pidfile;
+use crate::Failure;
 
 /// Upgrade a running arbiter to the binary now on disk, without dropping a connection.
-#[derive(Debug, Parser)]
-#[command(name = "arbiter upgrade")]
-struct Args {
+#[derive(Debug, clap::Args)]
+pub struct Args {
     /// The running arbiter's pidfile.
     #[arg(short, long, env = "ARBITER_PIDFILE", value_name = "PATH")]
     pidfile: PathBuf,
@@ -32,27 +29,12 @@ struct Args {
     stop_timeout: Duration,
 }
 
-/// Runs `arbiter upgrade ARGS`.
-pub fn main(args: Vec<OsString>) -> ExitCode {
-    let args = match Args::try_parse_from(
-        std::iter::once(OsString::from("arbiter upgrade")).chain(args),
-    ) {
-        Ok(args) => args,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    match upgrade(&args) {
-        Ok(message) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            eprintln!("arbiter upgrade: {message}");
-            ExitCode::from(1)
-        }
-    }
+/// Runs `arbiter upgrade`: prints a summary line on success; a failure (exit 1) names why.
+pub fn run(args: &Args) -> Result<u8, Failure> {
+    let message =
+        upgrade(args).map_err(|why| Failure::new(format!("arbiter upgrade: {why}"), 1))?;
+    println!("{message}");
+    Ok(0)
 }
 
 fn upgrade(args: &Args) -> Result<String, String> {

@@ -271,7 +271,7 @@ fn escape(value: &str) -> String {
 /// The master's resident memory (bytes) and CPU time (seconds).
 fn master_usage() -> (u64, f64) {
     use nix::sys::resource::{getrusage, UsageWho};
-    let rss = crate::control::protocol::rss_bytes("self").unwrap_or(0);
+    let rss = crate::protocol::rss_bytes("self").unwrap_or(0);
     let cpu = getrusage(UsageWho::RUSAGE_SELF)
         .map(|u| {
             let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;

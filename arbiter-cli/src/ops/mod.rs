@@ -9,9 +9,12 @@
 //! Invariants: a slow or silent client costs one fd and never delays the loop; the socket is
 //! 0600, refused on an unsafe path, and unlinked at exit only while it is still ours.
 
-pub mod path;
-pub mod protocol;
-pub mod server;
+pub mod capture;
+pub mod control;
+pub mod hooks;
+pub mod metrics;
+pub mod socket;
+pub mod statsd;
 
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
@@ -21,12 +24,13 @@ use arbiter_core::{Arbiter, Event, Moment, Phase, Pid, Reason};
 use nix::poll::PollFlags;
 use slog::{info, warn, Logger};
 
-use crate::capture::{Capture, WorkerPipes};
+use self::capture::{Capture, WorkerPipes};
+use self::metrics::{Counters, MetricsServer};
+use self::statsd::Statsd;
 use crate::config::Settings;
-use crate::metrics::{self, Counters, MetricsServer};
-use crate::statsd::Statsd;
-use server::ControlServer;
-pub use server::Order;
+use crate::protocol;
+use control::ControlServer;
+pub use control::Order;
 
 /// Why the control socket or the metrics listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +88,7 @@ impl Ops {
         upgrade_child: bool,
         log: &Logger,
     ) -> Result<Ops, ControlError> {
-        let control = match path::for_master(
+        let control = match crate::protocol::path::for_master(
             settings.control_socket.as_deref(),
             settings.pidfile.as_deref(),
             env,
@@ -93,12 +97,12 @@ impl Ops {
             Some(wanted) => {
                 let (bind_at, final_path) = match upgrade_child {
                     true => (
-                        path::with_suffix(&wanted.path, ".2"),
+                        crate::protocol::path::with_suffix(&wanted.path, ".2"),
                         Some(wanted.path.clone()),
                     ),
                     false => (wanted.path.clone(), None),
                 };
-                match path::bind(&bind_at) {
+                match socket::bind(&bind_at) {
                     Ok((listener, identity)) => {
                         info!(log, "Control socket: {}", bind_at.display());
                         Some(ControlServer::new(listener, bind_at, identity, final_path))
@@ -303,7 +307,7 @@ impl Ops {
     }
 }
 
-fn relay(log: &Logger, line: crate::capture::Line<'_>) {
+fn relay(log: &Logger, line: capture::Line<'_>) {
     info!(log, "[{} {}] {}", line.pid, line.stream.name(), line.text;
         "pid" => line.pid, "slot" => line.slot, "stream" => line.stream.name());
 }
