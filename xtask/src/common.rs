@@ -26,10 +26,11 @@ pub fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Builds the arbiter binary in release mode and returns its path.
+/// Builds the arbiter binary in release mode with the locked dependencies (the container
+/// image's build command) and returns its path.
 pub fn arbiter_release() -> Result<PathBuf, String> {
     run(Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "arbiter-cli"])
+        .args(["build", "--release", "--locked", "-p", "arbiter-cli"])
         .current_dir(root()))?;
     let path = root().join("target/release/arbiter");
     path.exists()

@@ -2,6 +2,8 @@
 //!
 //! - `integration`: arbiter with real servers no one here wrote (uvicorn, gunicorn, node).
 //! - `bench`: benchmarks side by side with gunicorn.
+//! - `deploy`: the container image's steps, the Kubernetes manifests and the systemd units of
+//!   `deploy/`, checked and exercised without a cluster, an engine or a booted systemd.
 //! - `gpu-check`: on a machine with NVIDIA GPUs, workers that initialise CUDA each see exactly
 //!   their own GPU (not part of CI; without `nvidia-smi` it says so and succeeds).
 //!
@@ -10,8 +12,10 @@
 
 mod bench;
 mod common;
+mod deploy;
 mod gpu_check;
 mod integration;
+mod process;
 
 use std::process::ExitCode;
 
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         // Each task module adds its arm here.
         "bench" => bench::run(&args[1..]),
+        "deploy" => deploy::run(),
         "gpu-check" => gpu_check::run(),
         "integration" => integration::run(),
         other => Err(format!(
@@ -41,4 +46,4 @@ fn main() -> ExitCode {
 }
 
 /// The tasks this binary knows.
-const TASKS: &[&str] = &["bench", "gpu-check", "integration"];
+const TASKS: &[&str] = &["bench", "deploy", "gpu-check", "integration"];

@@ -1,0 +1,33 @@
+//! `cargo xtask deploy`: the files under `deploy/` checked and exercised here, without a
+//! cluster, a container engine or a booted systemd.
+//!
+//! - systemd ([`systemd`]): `systemd-analyze verify` on the units; their `ExecStart=` run under
+//!   `systemd-socket-activate` with this task as the notify socket's receiver.
+//!
+//! Every process is started through [`crate::process::Master`] (killed by pid when a step
+//! fails), binds only loopback or paths in a scratch directory, and every wait is bounded.
+
+mod notify;
+mod systemd;
+
+use crate::common;
+use crate::process::Scratch;
+
+/// Runs every check; fails if any failed (after running the others).
+pub fn run() -> Result<(), String> {
+    let arbiter = common::arbiter_release()?;
+    let scratch = Scratch::new("deploy")?;
+    let mut failed = Vec::new();
+    match systemd::check(&arbiter, &scratch.path().join("systemd")) {
+        Ok(lines) => lines.iter().for_each(|l| println!("systemd: {l}")),
+        Err(e) => {
+            println!("systemd: FAILED: {e}");
+            failed.push("systemd");
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
+}
