@@ -43,15 +43,6 @@ pub enum Command {
     Worker(worker::Switches),
 }
 
-/// The options of `arbiter` alone, for callers that parse an argv without subcommands
-/// ([`crate::config::load`]).
-#[derive(Debug, Parser)]
-#[command(name = "arbiter", version, args_override_self = true)]
-pub(crate) struct ServeCommand {
-    #[command(flatten)]
-    pub(crate) args: ServeArgs,
-}
-
 /// The whole command-line definition, for man pages and shell completions.
 pub fn command() -> clap::Command {
     Cli::command()

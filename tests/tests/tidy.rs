@@ -261,3 +261,127 @@ fn the_readme_opens_with_the_run_and_test_commands() {
         ".ci/run must run the README's test command"
     );
 }
+
+/// The arrows of arbiter-cli point down (docs/ARCHITECTURE.md): main -> cli -> serve ->
+/// runtime -> ops, os; client, worker and protocol stand alone. A module may not name what
+/// sits above it or beside it on the wrong side.
+#[test]
+fn arbiter_cli_modules_point_down() {
+    let src = root().join("arbiter-cli/src");
+    // (folder or file, what it must never name)
+    let rules: &[(&str, &[&str])] = &[
+        // The OS layer carries out; it neither decides nor observes.
+        (
+            "os/",
+            &[
+                "arbiter_core",
+                "crate::runtime",
+                "crate::ops",
+                "crate::config",
+                "crate::cli",
+                "crate::serve",
+                "crate::client",
+            ],
+        ),
+        // Observers never act on processes or call back into the loop.
+        (
+            "ops/",
+            &[
+                "crate::runtime",
+                "crate::os::spawn",
+                "crate::serve",
+                "crate::cli",
+                "crate::client",
+                "signal::kill",
+            ],
+        ),
+        // The clients speak the protocol; they never use the runtime or its observers.
+        (
+            "client/",
+            &[
+                "crate::runtime",
+                "crate::ops",
+                "crate::serve",
+                "crate::os::spawn",
+            ],
+        ),
+        ("protocol/", &["crate::"]),
+        (
+            "config/",
+            &[
+                "crate::runtime",
+                "crate::ops",
+                "crate::os",
+                "crate::cli",
+                "crate::serve",
+            ],
+        ),
+        ("runtime/", &["crate::cli", "crate::serve", "crate::client"]),
+    ];
+    let mut offenders = Vec::new();
+    for file in rust_files(&src) {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        // The built-in worker is a separate program: it names nothing of the crate.
+        let forbidden: Vec<&str> = if relative.starts_with("worker/") {
+            vec!["crate::", "arbiter_core"]
+        } else {
+            rules
+                .iter()
+                .filter(|(place, _)| relative.starts_with(place))
+                .flat_map(|(_, names)| names.iter().copied())
+                .collect()
+        };
+        let text = read(&file);
+        for (number, line) in code_lines(&text) {
+            let code = line.split("//").next().unwrap_or("");
+            for name in &forbidden {
+                if code.contains(name) {
+                    offenders.push(format!("arbiter-cli/src/{relative}:{number}: {name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "arrows pointing up in arbiter-cli:\n{}",
+        offenders.join("\n")
+    );
+    // The reusable crates never depend on the composition.
+    for krate in [
+        "arbiter-core",
+        "arbiter-signals",
+        "arbiter-sockets",
+        "arbiter-gpu",
+    ] {
+        let manifest = read(&root().join(krate).join("Cargo.toml"));
+        assert!(
+            !dependencies(&manifest, "[dependencies]").contains(&"arbiter-cli".to_owned()),
+            "{krate} depends on arbiter-cli"
+        );
+    }
+}
+
+#[test]
+fn main_is_a_thin_entry() {
+    let main = read(&root().join("arbiter-cli/src/main.rs"));
+    let code = code_lines(&main)
+        .filter(|(_, line)| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with("//")
+        })
+        .count();
+    assert!(
+        code <= 60,
+        "arbiter-cli/src/main.rs has {code} lines of code"
+    );
+    for dispatch in ["args_os", "\"ctl\"", "\"worker\"", "daemon", "unsafe"] {
+        assert!(
+            !main.contains(dispatch),
+            "main.rs should only parse, run and map the exit code, found {dispatch}"
+        );
+    }
+}

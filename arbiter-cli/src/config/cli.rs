@@ -6,6 +6,15 @@ use std::path::PathBuf;
 use super::error::Origin;
 use super::raw::{Layer, Raw, Sourced};
 
+/// The options of `arbiter` alone, for callers that parse an argv without subcommands
+/// ([`super::load`]).
+#[derive(Debug, clap::Parser)]
+#[command(name = "arbiter", version, args_override_self = true)]
+pub(crate) struct ServeCommand {
+    #[command(flatten)]
+    pub(crate) args: ServeArgs,
+}
+
 /// The options of `arbiter` / `arbiter serve`: every option is also a key of the `--config`
 /// file and an `ARBITER_<KEY>` environment variable; the command line wins over both.
 #[derive(Debug, Clone, clap::Args)]

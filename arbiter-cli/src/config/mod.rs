@@ -68,7 +68,7 @@ pub fn load(
     args: Vec<OsString>,
     env: &BTreeMap<String, String>,
 ) -> Result<(Invocation, Sources), ConfigError> {
-    load_args(crate::cli::ServeCommand::try_parse_from(args)?.args, env)
+    load_args(cli::ServeCommand::try_parse_from(args)?.args, env)
 }
 
 /// Resolves parsed options with the environment and the config file. Precedence: command line

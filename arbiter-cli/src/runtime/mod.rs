@@ -527,7 +527,7 @@ impl Runtime {
             let Some(probe_at) = proc.probe_at else {
                 continue;
             };
-            match proc.heartbeat.check(now) {
+            match proc.heartbeat.check().map(|age| moment_before(now, age)) {
                 Some(at) => {
                     proc.probe_at = None;
                     self.core.handle_heartbeat(proc.pid, at);
@@ -541,7 +541,7 @@ impl Runtime {
     /// Before deadlines are judged: every heartbeat file bumped since the last look.
     fn refresh_heartbeats(&mut self, now: Moment) {
         for proc in self.procs.values_mut() {
-            if let Some(at) = proc.heartbeat.check(now) {
+            if let Some(at) = proc.heartbeat.check().map(|age| moment_before(now, age)) {
                 proc.probe_at = None;
                 self.core.handle_heartbeat(proc.pid, at);
             }
@@ -603,4 +603,9 @@ fn core_signal(signal: NixSignal) -> Option<Signal> {
         NixSignal::SIGCHLD => Signal::Chld,
         _ => return None,
     })
+}
+
+/// The moment `age` before `now` (never before the origin).
+fn moment_before(now: Moment, age: Duration) -> Moment {
+    Moment::from_origin(now.since_origin().saturating_sub(age))
 }
