@@ -1,4 +1,7 @@
 //! The crate's one error type.
+//!
+//! Every message is one line: text from outside (a bind spec, a host, a path) is shown with
+//! control characters escaped (`\n`), so a spec holding a newline cannot split a log line.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -7,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A bind string could not be parsed; `reason` names the bad part.
-    #[error("bad bind `{spec}`: {reason}")]
+    #[error("bad bind `{}`: {}", escaped(.spec), escaped(.reason))]
     BadSpec {
         /// The bind string as given.
         spec: String,
@@ -15,7 +18,7 @@ pub enum Error {
         reason: String,
     },
     /// A host name did not resolve.
-    #[error("cannot resolve `{host}`: {source}")]
+    #[error("cannot resolve `{}`: {source}", escaped(.host))]
     Resolve {
         /// The host name.
         host: String,
@@ -24,7 +27,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Creating, binding or listening on a socket failed.
-    #[error("cannot bind {addr} (after {attempts} attempt(s)): {source}")]
+    #[error("cannot bind {} (after {attempts} attempt(s)): {source}", escaped(.addr))]
     Bind {
         /// The address, as `http://HOST:PORT` or `unix:/path`.
         addr: String,
@@ -35,13 +38,16 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A unix socket path holds something that is not a socket.
-    #[error("cannot bind unix:{}: the path exists and is not a socket", path.display())]
+    #[error(
+        "cannot bind unix:{}: the path exists and is not a socket",
+        shown(path)
+    )]
     NotASocket {
         /// The path.
         path: PathBuf,
     },
     /// A unix socket path holds a socket that accepts connections.
-    #[error("cannot bind unix:{}: a live socket is listening there", path.display())]
+    #[error("cannot bind unix:{}: a live socket is listening there", shown(path))]
     SocketInUse {
         /// The path.
         path: PathBuf,
@@ -76,4 +82,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Text from outside as one line: control characters escaped (`\n`, `\u{1}`), the rest as is.
+fn escaped(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+/// A path as one line of text: lossy UTF-8, control characters escaped.
+fn shown(path: &std::path::Path) -> String {
+    escaped(&path.to_string_lossy())
 }

@@ -103,8 +103,18 @@ fn split_host_port<'a>(spec: &str, address: &'a str) -> Result<(&'a str, u16), E
 impl fmt::Display for BindSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BindSpec::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            // Brackets around a host that has a colon or starts with `[`, which the plain form
+            // would split or read as an unclosed bracket.
+            BindSpec::Tcp { host, port } if host.contains(':') || host.starts_with('[') => {
+                write!(f, "[{host}]:{port}")
+            }
+            // `unix:PORT` would read as a unix path.
+            BindSpec::Tcp { host, port } if host == "unix" => write!(f, "tcp://{host}:{port}"),
             BindSpec::Tcp { host, port } => write!(f, "{host}:{port}"),
+            // `unix:` + `//x` would read as the relative `x`; `unix://` + `//x` keeps it.
+            BindSpec::Unix(path) if path.as_os_str().as_encoded_bytes().starts_with(b"//") => {
+                write!(f, "unix://{}", path.display())
+            }
             BindSpec::Unix(path) => write!(f, "unix:{}", path.display()),
             BindSpec::Fd(fd) => write!(f, "fd://{fd}"),
         }
@@ -152,6 +162,39 @@ mod tests {
                 "round trip of {text}"
             );
         }
+    }
+
+    /// Cases the `bind_spec` fuzz target found: their display used to parse as another spec
+    /// (or not at all).
+    #[test]
+    fn displays_that_used_to_read_differently_round_trip() {
+        let table = [
+            ("unix:////", BindSpec::Unix("//".into()), "unix:////"),
+            ("unix://///r", BindSpec::Unix("///r".into()), "unix://///r"),
+            ("unix", tcp("unix", 8000), "tcp://unix:8000"),
+            ("tcp://unix:80", tcp("unix", 80), "tcp://unix:80"),
+            ("[[a]:80", tcp("[a", 80), "[[a]:80"),
+            ("tcp://[[x]", tcp("[x", 8000), "[[x]:8000"),
+        ];
+        for (text, spec, shown) in table {
+            let parsed: BindSpec = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(parsed, spec, "{text}");
+            assert_eq!(parsed.to_string(), shown, "{text}");
+            assert_eq!(shown.parse::<BindSpec>().unwrap(), spec, "{shown}");
+        }
+    }
+
+    /// Found by the `bind_spec` fuzz target: a spec holding a control character made a
+    /// multi-line error.
+    #[test]
+    fn errors_are_one_line_whatever_the_spec_holds() {
+        let error = "a\nb:x\r".parse::<BindSpec>().unwrap_err();
+        assert_eq!(error.to_string(), "bad bind `a\\nb:x\\r`: bad port `x\\r`");
+        let error = "127.\0\0:\u{f}1".parse::<BindSpec>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "bad bind `127.\\u{0}\\u{0}:\\u{f}1`: bad port `\\u{f}1`"
+        );
     }
 
     #[test]
