@@ -155,6 +155,24 @@ mod tests {
         );
     }
 
+    /// Found by the `gpu_list` fuzz target: an id holding a control character made a
+    /// multi-line error.
+    #[test]
+    fn errors_quote_ids_on_one_line() {
+        assert_eq!(
+            message(GpuConfig::parse_list("0,a\u{7}b")),
+            "GPU id \"a\\u{7}b\" contains a comma, whitespace or a control character"
+        );
+        assert_eq!(
+            message(GpuConfig::parse_list("0,a\nb")),
+            "GPU id \"a\\nb\" contains a comma, whitespace or a control character"
+        );
+        assert_eq!(
+            message(GpuConfig::new(ids(&["0"]), 1, "A\nB")),
+            "invalid GPU environment variable name \"A\\nB\": expected letters, digits and '_', not starting with a digit"
+        );
+    }
+
     #[test]
     fn new_accepts_a_valid_config() {
         let config = GpuConfig::new(ids(&["0", "1"]), 2, DEFAULT_ENV_VAR).unwrap();

@@ -1,4 +1,5 @@
-//! The crate's one error type.
+//! The crate's one error type. Messages are one line: ids and names from outside are quoted
+//! with control characters escaped.
 
 /// Why a GPU list or GPU configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,10 +14,10 @@ pub enum GpuError {
         position: usize,
     },
     /// The same GPU is named twice.
-    #[error("duplicate GPU id \"{0}\"")]
+    #[error("duplicate GPU id {0:?}")]
     DuplicateId(String),
     /// A GPU id that could not be passed on in a comma-separated variable.
-    #[error("GPU id \"{0}\" contains a comma, whitespace or a control character")]
+    #[error("GPU id {0:?} contains a comma, whitespace or a control character")]
     InvalidId(String),
     /// `gpus-per-worker` is zero.
     #[error("gpus-per-worker must be at least 1")]
@@ -33,6 +34,6 @@ pub enum GpuError {
         available: usize,
     },
     /// The variable to pass the GPUs in is not a valid environment variable name.
-    #[error("invalid GPU environment variable name \"{0}\": expected letters, digits and '_', not starting with a digit")]
+    #[error("invalid GPU environment variable name {0:?}: expected letters, digits and '_', not starting with a digit")]
     InvalidEnvVar(String),
 }
