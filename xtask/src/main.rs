@@ -4,6 +4,7 @@
 //! - `bench`: benchmarks side by side with gunicorn.
 //! - `deploy`: the container image's steps, the Kubernetes manifests and the systemd units of
 //!   `deploy/`, checked and exercised without a cluster, an engine or a booted systemd.
+//! - `fuzz`: the libFuzzer targets of `fuzz/`, every parser the outside world reaches.
 //! - `gpu-check`: on a machine with NVIDIA GPUs, workers that initialise CUDA each see exactly
 //!   their own GPU (not part of CI; without `nvidia-smi` it says so and succeeds).
 //!
@@ -13,6 +14,7 @@
 mod bench;
 mod common;
 mod deploy;
+mod fuzz;
 mod gpu_check;
 mod integration;
 mod process;
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         // Each task module adds its arm here.
         "bench" => bench::run(&args[1..]),
         "deploy" => deploy::run(),
+        "fuzz" => fuzz::run(&args[1..]),
         "gpu-check" => gpu_check::run(),
         "integration" => integration::run(),
         other => Err(format!(
@@ -46,4 +49,4 @@ fn main() -> ExitCode {
 }
 
 /// The tasks this binary knows.
-const TASKS: &[&str] = &["bench", "deploy", "gpu-check", "integration"];
+const TASKS: &[&str] = &["bench", "deploy", "fuzz", "gpu-check", "integration"];
