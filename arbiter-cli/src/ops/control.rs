@@ -1,13 +1,14 @@
-//! The control socket's server side: non-blocking connections driven by the master's poll.
+//! The control socket's server side, on the shared connection server ([`super::conns`]).
 //!
 //! Each connection sends one request line and gets one answer line. Bounds: a request is at
 //! most [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_DEADLINE`]; at most
-//! [`MAX_CLIENTS`] connections are open (more are answered with an error and closed at once);
-//! an answer is written as the client reads it (POLLOUT), and a client that does not read it
-//! within [`WRITE_DEADLINE`] is dropped. Nothing here ever blocks.
+//! [`MAX_CLIENTS`] connections are open (when full, the client idle longest without a complete
+//! request is dropped to admit a new one); an answer is written as the client reads it
+//! (POLLOUT), and a client that does not read it within [`WRITE_DEADLINE`] is dropped.
+//! Nothing here ever blocks.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use arbiter_core::{Arbiter, Config, Event, Moment, Phase, Slot};
 use nix::poll::PollFlags;
 
+use super::conns::{self, Fill, Server, Wire};
 use super::socket::{self, Identity};
 use crate::protocol::{self, Request, MAX_REQUEST};
 
@@ -59,69 +61,16 @@ enum Pending {
     },
 }
 
-#[derive(Debug)]
-enum State {
-    Reading,
-    Waiting(Pending),
-    /// Writing the answer; then close, or (`hold`) keep open until the master exits.
-    Writing {
-        hold: bool,
-    },
-    Holding,
-    Done,
-}
-
-struct Conn {
-    stream: UnixStream,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    state: State,
-    deadline: Option<Moment>,
-}
-
-impl Conn {
-    fn answer(&mut self, line: String, hold: bool, now: Moment) {
-        self.output = line.into_bytes();
-        self.state = State::Writing { hold };
-        self.deadline = Some(now + WRITE_DEADLINE);
-        self.flush(now);
-    }
-
-    /// Writes what the socket takes now.
-    fn flush(&mut self, _now: Moment) {
-        while !self.output.is_empty() {
-            match self.stream.write(&self.output) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.state = State::Done;
-                    return;
-                }
-            }
-        }
-        if let State::Writing { hold } = self.state {
-            if hold {
-                self.state = State::Holding;
-                self.deadline = None;
-            } else {
-                self.state = State::Done;
-            }
-        }
-    }
-}
+/// One control connection: the order it waits for, while one is in progress.
+type Conn = conns::Conn<UnixStream, Option<Pending>>;
 
 /// The control socket and its connections.
 pub struct ControlServer {
-    listener: UnixListener,
+    server: Server<UnixListener, Option<Pending>>,
     path: PathBuf,
     /// Where it is moved on promotion (an upgrade child binds beside the old master's).
     final_path: Option<PathBuf>,
     identity: Identity,
-    conns: Vec<Conn>,
 }
 
 impl ControlServer {
@@ -133,33 +82,22 @@ impl ControlServer {
         final_path: Option<PathBuf>,
     ) -> ControlServer {
         ControlServer {
-            listener,
+            server: Server::new(listener, MAX_CLIENTS),
             path,
             final_path,
             identity,
-            conns: Vec::new(),
         }
     }
 
     /// Open connections.
     pub fn clients(&self) -> usize {
-        self.conns.len()
+        self.server.len()
     }
 
     /// The fds to poll and for what: the listener, then each connection, in a fixed order
     /// that [`ControlServer::handle`] relies on.
     pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        let mut out = vec![(self.listener.as_fd(), PollFlags::POLLIN)];
-        for conn in &self.conns {
-            let flags = match conn.state {
-                State::Reading => PollFlags::POLLIN,
-                State::Writing { .. } => PollFlags::POLLOUT,
-                // Only hang-ups, which poll reports unasked.
-                _ => PollFlags::empty(),
-            };
-            out.push((conn.stream.as_fd(), flags));
-        }
-        out
+        self.server.interest()
     }
 
     /// Acts on what poll reported (`revents` in the order of [`ControlServer::interest`]);
@@ -172,64 +110,21 @@ impl ControlServer {
         now: Moment,
     ) -> Vec<Order> {
         let mut orders = Vec::new();
-        let hangup = PollFlags::POLLHUP | PollFlags::POLLERR;
-        for (conn, &events) in self.conns.iter_mut().zip(revents.iter().skip(1)) {
-            if events.is_empty() {
-                continue;
-            }
-            match conn.state {
-                State::Reading => {
-                    if let Some(order) = read_request(conn, core, &status, now) {
-                        orders.push(order);
-                    }
-                }
-                State::Writing { .. } if events.contains(PollFlags::POLLOUT) => conn.flush(now),
-                _ if events.intersects(hangup) => conn.state = State::Done,
-                _ => {}
-            }
-        }
-        if revents
-            .first()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
-            self.accept(now);
-        }
-        self.conns.retain(|c| !matches!(c.state, State::Done));
+        let refusal = protocol::failure("too many control clients");
+        self.server.handle(
+            revents,
+            now,
+            |conn| orders.extend(read_request(conn, core, &status, now)),
+            || (None, now + REQUEST_DEADLINE),
+            refusal.as_bytes(),
+        );
         orders
-    }
-
-    fn accept(&mut self, now: Moment) {
-        // Bounded per wake-up so a flood cannot keep the loop here.
-        for _ in 0..MAX_CLIENTS {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let mut conn = Conn {
-                stream,
-                input: Vec::new(),
-                output: Vec::new(),
-                state: State::Reading,
-                deadline: Some(now + REQUEST_DEADLINE),
-            };
-            if self.conns.len() >= MAX_CLIENTS {
-                // One try to say why; then the connection is dropped, whatever happened.
-                conn.output = protocol::failure("too many control clients").into_bytes();
-                let _ = conn.stream.write(&conn.output);
-                continue;
-            }
-            self.conns.push(conn);
-        }
     }
 
     /// Feeds the core's events to the waiting orders.
     pub fn on_event(&mut self, event: &Event) {
-        for conn in &mut self.conns {
-            let State::Waiting(pending) = &mut conn.state else {
+        for conn in self.server.conns_mut() {
+            let Some(pending) = &mut conn.state else {
                 continue;
             };
             match (pending, event) {
@@ -258,12 +153,13 @@ impl ControlServer {
     /// A reload could not start (the configuration is invalid): every reload waiting for its
     /// start fails with `why`.
     pub fn reload_failed(&mut self, why: &str, now: Moment) {
-        for conn in &mut self.conns {
-            if let State::Waiting(Pending::Reload {
+        for conn in self.server.conns_mut() {
+            if let Some(Pending::Reload {
                 generation: None, ..
             }) = conn.state
             {
-                conn.answer(
+                answer(
+                    conn,
                     protocol::failure(&format!("reload failed: {why}")),
                     false,
                     now,
@@ -276,29 +172,29 @@ impl ControlServer {
     /// ones past their deadline, and drops connections past theirs.
     pub fn settle(&mut self, core: &Arbiter, now: Moment) {
         let stopping = matches!(core.phase(), Phase::Stopping { .. });
-        for conn in &mut self.conns {
+        for conn in self.server.conns_mut() {
             let late = conn.deadline.is_some_and(|at| at <= now);
-            let answer = match &conn.state {
-                State::Waiting(pending) => settle_one(*pending, core, stopping, late),
-                State::Reading if late => {
+            let line = match (conn.wire(), conn.state) {
+                (Wire::Idle, Some(pending)) => settle_one(pending, core, stopping, late),
+                (Wire::Reading, _) if late => {
                     Some(protocol::failure("no complete request line in time"))
                 }
-                State::Writing { .. } if late => {
-                    conn.state = State::Done;
+                (Wire::Writing { .. }, _) if late => {
+                    conn.close();
                     None
                 }
                 _ => None,
             };
-            if let Some(line) = answer {
-                conn.answer(line, false, now);
+            if let Some(line) = line {
+                answer(conn, line, false, now);
             }
         }
-        self.conns.retain(|c| !matches!(c.state, State::Done));
+        self.server.sweep();
     }
 
     /// The earliest connection or order deadline.
     pub fn next_deadline(&self) -> Option<Moment> {
-        self.conns.iter().filter_map(|c| c.deadline).min()
+        self.server.next_deadline()
     }
 
     /// This master was promoted: its socket takes the final path.
@@ -319,6 +215,12 @@ impl Drop for ControlServer {
     }
 }
 
+/// Writes `line` as the answer; the order, if any, is over.
+fn answer(conn: &mut Conn, line: String, hold: bool, now: Moment) {
+    conn.state = None;
+    conn.answer(line.into_bytes(), hold, now + WRITE_DEADLINE);
+}
+
 /// Reads what is there; on a complete line, parses and starts the request.
 fn read_request(
     conn: &mut Conn,
@@ -326,35 +228,27 @@ fn read_request(
     status: &impl Fn() -> String,
     now: Moment,
 ) -> Option<Order> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
-            let line = conn.input[..end].to_vec();
-            return start(conn, &line, core, status, now);
-        }
-        if conn.input.len() >= MAX_REQUEST {
+    let outcome = conn.fill(MAX_REQUEST, |input| input.contains(&b'\n'));
+    if let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
+        let line = conn.input[..end].to_vec();
+        return start(conn, &line, core, status, now);
+    }
+    match outcome {
+        Fill::Full => {
             let why = format!("request longer than {MAX_REQUEST} bytes");
-            conn.answer(protocol::failure(&why), false, now);
-            return None;
+            answer(conn, protocol::failure(&why), false, now);
+            None
         }
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => {
-                // EOF: a last line without its newline still counts.
-                if conn.input.is_empty() {
-                    conn.state = State::Done;
-                    return None;
-                }
-                let line = std::mem::take(&mut conn.input);
-                return start(conn, &line, core, status, now);
-            }
-            Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(_) => {
-                conn.state = State::Done;
-                return None;
-            }
+        // EOF: a last line without its newline still counts.
+        Fill::Eof if conn.input.is_empty() => {
+            conn.close();
+            None
         }
+        Fill::Eof => {
+            let line = std::mem::take(&mut conn.input);
+            start(conn, &line, core, status, now)
+        }
+        Fill::Again | Fill::Failed => None,
     }
 }
 
@@ -370,7 +264,7 @@ fn start(
     let request = match Request::parse(line) {
         Ok(request) => request,
         Err(why) => {
-            conn.answer(protocol::failure(&why), false, now);
+            answer(conn, protocol::failure(&why), false, now);
             return None;
         }
     };
@@ -378,20 +272,30 @@ fn start(
     let config = core.config();
     let (order, pending, limit) = match request {
         Request::Status => {
-            conn.answer(status(), false, now);
+            answer(conn, status(), false, now);
             return None;
         }
         Request::Stop { quick } => {
             let line = protocol::success(serde_json::json!({ "stopping": true }));
-            conn.answer(line, true, now);
+            answer(conn, line, true, now);
             return Some(Order::Stop { quick });
         }
         _ if stopping => {
-            conn.answer(protocol::failure("the arbiter is stopping"), false, now);
+            answer(
+                conn,
+                protocol::failure("the arbiter is stopping"),
+                false,
+                now,
+            );
             return None;
         }
         Request::Scale { workers: 0 } => {
-            conn.answer(protocol::failure("workers must be at least 1"), false, now);
+            answer(
+                conn,
+                protocol::failure("workers must be at least 1"),
+                false,
+                now,
+            );
             return None;
         }
         Request::Scale { workers } => (
@@ -413,7 +317,7 @@ fn start(
         Request::KillWorker { pid } => {
             let Some(worker) = core.worker_by_pid(pid).filter(|w| w.state.is_active()) else {
                 let why = format!("no running worker with pid {pid}");
-                conn.answer(protocol::failure(&why), false, now);
+                answer(conn, protocol::failure(&why), false, now);
                 return None;
             };
             let pending = Pending::Kill {
@@ -424,8 +328,8 @@ fn start(
             (Order::KillWorker(pid), pending, wait_limit(config, 1))
         }
     };
-    conn.state = State::Waiting(pending);
-    conn.deadline = Some(now + limit);
+    conn.state = Some(pending);
+    conn.wait(now + limit);
     Some(order)
 }
 

@@ -9,13 +9,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use arbiter_core::{Arbiter, Event, ExitStatus, Moment, Phase, Pid, Reason};
 use nix::poll::PollFlags;
+
+use super::conns::{Fill, Server};
 
 /// Most HTTP connections open at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -281,18 +283,9 @@ fn master_usage() -> (u64, f64) {
     (rss, cpu)
 }
 
-struct HttpConn {
-    stream: TcpStream,
-    input: Vec<u8>,
-    output: Option<Vec<u8>>,
-    deadline: Moment,
-    done: bool,
-}
-
-/// The HTTP listener and its connections.
+/// The HTTP listener and its connections, on the shared connection server.
 pub struct MetricsServer {
-    listener: TcpListener,
-    conns: Vec<HttpConn>,
+    server: Server<TcpListener, ()>,
 }
 
 impl MetricsServer {
@@ -301,27 +294,18 @@ impl MetricsServer {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         Ok(MetricsServer {
-            listener,
-            conns: Vec::new(),
+            server: Server::new(listener, MAX_CONNECTIONS),
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.server.listener().local_addr()
     }
 
     /// The fds to poll: the listener, then each connection.
     pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        let mut out = vec![(self.listener.as_fd(), PollFlags::POLLIN)];
-        for conn in &self.conns {
-            let flags = match conn.output {
-                None => PollFlags::POLLIN,
-                Some(_) => PollFlags::POLLOUT,
-            };
-            out.push((conn.stream.as_fd(), flags));
-        }
-        out
+        self.server.interest()
     }
 
     /// Acts on what poll reported, in the order of [`MetricsServer::interest`].
@@ -331,117 +315,71 @@ impl MetricsServer {
         respond: impl Fn(&str) -> (u16, String, &'static str),
         now: Moment,
     ) {
-        for (conn, &events) in self.conns.iter_mut().zip(revents.iter().skip(1)) {
-            if events.is_empty() {
-                continue;
-            }
-            if conn.output.is_none() {
-                if let Some(target) = read_head(conn) {
-                    let (code, body, kind) = match target {
-                        Ok(path) => respond(&path),
-                        Err(code) => (code, "bad request\n".to_owned(), "text/plain"),
-                    };
-                    conn.output = Some(response(code, &body, kind));
-                }
-            }
-            if conn.output.is_some() {
-                write_out(conn);
-            }
-        }
-        if revents
-            .first()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
-            for _ in 0..MAX_CONNECTIONS {
-                match self.listener.accept() {
-                    Ok((stream, _)) => {
-                        if self.conns.len() >= MAX_CONNECTIONS
-                            || stream.set_nonblocking(true).is_err()
-                        {
-                            continue;
-                        }
-                        self.conns.push(HttpConn {
-                            stream,
-                            input: Vec::new(),
-                            output: None,
-                            deadline: now + DEADLINE,
-                            done: false,
-                        });
+        let busy = response(503, "too many connections\n", "text/plain");
+        self.server.handle(
+            revents,
+            now,
+            |conn| {
+                let outcome = conn.fill(MAX_HEAD + 1, |input| head_end(input).is_some());
+                let (code, body, kind) = match parse_head(&conn.input) {
+                    Some(Ok(path)) => respond(&path),
+                    Some(Err(code)) => (code, "bad request\n".to_owned(), "text/plain"),
+                    None if matches!(outcome, Fill::Eof | Fill::Failed) => {
+                        conn.close();
+                        return;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
-        }
-        self.conns.retain(|c| !c.done);
+                    None => return,
+                };
+                // The deadline runs from the accept: it is not extended for the answer.
+                let deadline = conn.deadline.unwrap_or(now + DEADLINE);
+                conn.answer(response(code, &body, kind), false, deadline);
+            },
+            || ((), now + DEADLINE),
+            &busy,
+        );
     }
 
     /// Drops connections past their deadline.
     pub fn settle(&mut self, now: Moment) {
-        self.conns.retain(|c| c.deadline > now);
+        for conn in self.server.conns_mut() {
+            if conn.deadline.is_some_and(|at| at <= now) {
+                conn.close();
+            }
+        }
+        self.server.sweep();
     }
 
     /// The earliest connection deadline.
     pub fn next_deadline(&self) -> Option<Moment> {
-        self.conns.iter().map(|c| c.deadline).min()
+        self.server.next_deadline()
     }
 }
 
-/// Reads the request head; returns the path of a GET once the head is complete, or an HTTP
-/// error code.
-fn read_head(conn: &mut HttpConn) -> Option<Result<String, u16>> {
-    let mut chunk = [0u8; 2048];
-    loop {
-        if let Some(end) = find(&conn.input, b"\r\n\r\n").or_else(|| find(&conn.input, b"\n\n")) {
-            let head = String::from_utf8_lossy(&conn.input[..end]).into_owned();
-            let mut words = head.lines().next().unwrap_or("").split_whitespace();
-            return Some(match (words.next(), words.next()) {
-                (Some("GET" | "HEAD"), Some(target)) => {
-                    Ok(target.split('?').next().unwrap_or("").to_owned())
-                }
-                (Some(_), Some(_)) => Err(405),
-                _ => Err(400),
-            });
+/// Where the request head ends (`\r\n\r\n` or `\n\n`), if it is complete.
+fn head_end(input: &[u8]) -> Option<usize> {
+    find(input, b"\r\n\r\n").or_else(|| find(input, b"\n\n"))
+}
+
+/// The pure part of reading a request: `None` while the head is incomplete (and within
+/// [`MAX_HEAD`]), else the path of a GET or HEAD (query dropped) or the HTTP error code to
+/// answer (405 another method, 400 a malformed request line, 431 a head too long).
+pub fn parse_head(input: &[u8]) -> Option<Result<String, u16>> {
+    let Some(end) = head_end(input) else {
+        return (input.len() > MAX_HEAD).then_some(Err(431));
+    };
+    let head = String::from_utf8_lossy(&input[..end]);
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    Some(match (words.next(), words.next()) {
+        (Some("GET" | "HEAD"), Some(target)) => {
+            Ok(target.split('?').next().unwrap_or("").to_owned())
         }
-        if conn.input.len() > MAX_HEAD {
-            return Some(Err(431));
-        }
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => {
-                conn.done = true;
-                return None;
-            }
-            Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(_) => {
-                conn.done = true;
-                return None;
-            }
-        }
-    }
+        (Some(_), Some(_)) => Err(405),
+        _ => Err(400),
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn write_out(conn: &mut HttpConn) {
-    let Some(output) = conn.output.as_mut() else {
-        return;
-    };
-    while !output.is_empty() {
-        match conn.stream.write(output) {
-            Ok(0) => break,
-            Ok(n) => {
-                output.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => break,
-        }
-    }
-    conn.done = true;
 }
 
 fn response(code: u16, body: &str, kind: &str) -> Vec<u8> {

@@ -10,6 +10,7 @@
 //! 0600, refused on an unsafe path, and unlinked at exit only while it is still ours.
 
 pub mod capture;
+pub mod conns;
 pub mod control;
 pub mod hooks;
 pub mod metrics;

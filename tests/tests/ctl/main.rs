@@ -599,3 +599,30 @@ fn statsd_receives_spawns_exits_and_worker_gauges() {
     master.signal(15);
     assert_eq!(master.exit_code(SOON), 0);
 }
+
+#[test]
+fn ctl_status_answers_with_300_idle_control_connections_open() {
+    let fixture = Fixture::new();
+    let (mut master, socket) = start(&fixture, &["-w", "1"], 1);
+    // 300 clients connect and never send a line (the table holds 64).
+    let idle: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(&socket).expect("connecting an idle client"))
+        .collect();
+    let started = Instant::now();
+    let (code, out, err) = ctl(&socket, &["--timeout", "5s", "status"]);
+    assert_eq!(
+        code,
+        0,
+        "ctl status failed: {out}{err}\n{}",
+        master.stderr()
+    );
+    assert!(out.contains("workers 1/1 live"), "{out}");
+    // Supervision went on: the master still serves and answers again.
+    let status = wait_ready(&mut master, &socket, 1);
+    assert_eq!(status["ok"], true);
+    eprintln!(
+        "ctl status with 300 idle connections answered in {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
