@@ -4,6 +4,7 @@
 //! - `bench`: benchmarks side by side with gunicorn.
 //! - `deploy`: the container image's steps, the Kubernetes manifests and the systemd units of
 //!   `deploy/`, checked and exercised without a cluster, an engine or a booted systemd.
+//! - `dist`: the release binary, man pages and shell completions in `target/dist/`.
 //! - `fuzz`: the libFuzzer targets of `fuzz/`, every parser the outside world reaches.
 //! - `gpu-check`: on a machine with NVIDIA GPUs, workers that initialise CUDA each see exactly
 //!   their own GPU (not part of CI; without `nvidia-smi` it says so and succeeds).
@@ -14,6 +15,7 @@
 mod bench;
 mod common;
 mod deploy;
+mod dist;
 mod fuzz;
 mod gpu_check;
 mod integration;
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         // Each task module adds its arm here.
         "bench" => bench::run(&args[1..]),
         "deploy" => deploy::run(),
+        "dist" => dist::run(),
         "fuzz" => fuzz::run(&args[1..]),
         "gpu-check" => gpu_check::run(),
         "integration" => integration::run(),
@@ -49,4 +52,11 @@ fn main() -> ExitCode {
 }
 
 /// The tasks this binary knows.
-const TASKS: &[&str] = &["bench", "deploy", "fuzz", "gpu-check", "integration"];
+const TASKS: &[&str] = &[
+    "bench",
+    "deploy",
+    "dist",
+    "fuzz",
+    "gpu-check",
+    "integration",
+];

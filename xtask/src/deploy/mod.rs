@@ -10,15 +10,15 @@
 mod notify;
 mod systemd;
 
-use crate::common;
 use crate::process::Scratch;
 
 /// Runs every check; fails if any failed (after running the others).
 pub fn run() -> Result<(), String> {
-    let arbiter = common::arbiter_release()?;
+    let dist = crate::dist::build()?;
+    let man_path = dist.man_dir.parent().expect("man/man1");
     let scratch = Scratch::new("deploy")?;
     let mut failed = Vec::new();
-    match systemd::check(&arbiter, &scratch.path().join("systemd")) {
+    match systemd::check(&dist.binary, man_path, &scratch.path().join("systemd")) {
         Ok(lines) => lines.iter().for_each(|l| println!("systemd: {l}")),
         Err(e) => {
             println!("systemd: FAILED: {e}");

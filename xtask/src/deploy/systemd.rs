@@ -2,7 +2,8 @@
 //! lines run the way systemd would run them, under `systemd-socket-activate`.
 //!
 //! Verification works without a booted systemd: the units are copied to a scratch directory
-//! with `ExecStart=`'s program pointed at the built binary (verify insists that it exists), and
+//! with `ExecStart=`'s program pointed at the built binary (verify insists that it exists),
+//! `MANPATH` names the generated man pages (verify runs `man` for `Documentation=`), and
 //! verify's warnings count as failures (it exits 0 on an unknown key or a bad value). A copy
 //! with a misspelt key must fail, so a verify that checks nothing is caught. systemd before 253
 //! does not know `Type=notify-reload`: there, those two lines of the notify-reload variant are
@@ -67,9 +68,15 @@ impl Unit {
 }
 
 /// Verifies every unit and exercises each service; returns one report line per step.
-pub(crate) fn check(arbiter: &Path, scratch: &Path) -> Result<Vec<String>, String> {
+///
+/// `man_path` holds `man1/arbiter.1`, so that verify finds the units' `Documentation=`.
+pub(crate) fn check(
+    arbiter: &Path,
+    man_path: &Path,
+    scratch: &Path,
+) -> Result<Vec<String>, String> {
     let units = read_units()?;
-    let mut lines = vec![verify(&units, arbiter, scratch)?];
+    let mut lines = vec![verify(&units, arbiter, man_path, scratch)?];
     let Some(activate) = find_in_path("systemd-socket-activate") else {
         lines.push("exercise: skipped: systemd-socket-activate not installed".into());
         return Ok(lines);
@@ -129,7 +136,12 @@ fn systemd_version() -> Result<u32, String> {
 
 /// `systemd-analyze verify` on scratch copies of every unit; then on a broken copy, which must
 /// fail.
-fn verify(units: &[Unit], arbiter: &Path, scratch: &Path) -> Result<String, String> {
+fn verify(
+    units: &[Unit],
+    arbiter: &Path,
+    man_path: &Path,
+    scratch: &Path,
+) -> Result<String, String> {
     if find_in_path("systemd-analyze").is_none() {
         return Ok("verify: skipped: systemd-analyze not installed".into());
     }
@@ -156,7 +168,7 @@ fn verify(units: &[Unit], arbiter: &Path, scratch: &Path) -> Result<String, Stri
         fs::write(&path, text).map_err(|e| e.to_string())?;
         paths.push(path);
     }
-    run_verify(&paths).map_err(|e| format!("systemd-analyze verify: {e}"))?;
+    run_verify(&paths, man_path).map_err(|e| format!("systemd-analyze verify: {e}"))?;
 
     // A misspelt key only warns, with exit 0: the check must see it.
     let broken_dir = scratch.join("units-broken");
@@ -168,12 +180,13 @@ fn verify(units: &[Unit], arbiter: &Path, scratch: &Path) -> Result<String, Stri
     let broken = broken_dir.join(service.file_name().expect("a file"));
     let text = fs::read_to_string(service).map_err(|e| e.to_string())?;
     fs::write(&broken, text.replace("KillMode=", "KilMode=")).map_err(|e| e.to_string())?;
-    if run_verify(&[broken]).is_ok() {
+    if run_verify(&[broken], man_path).is_ok() {
         return Err("systemd-analyze verify accepted a unit with a misspelt key".into());
     }
     let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
     let mut line = format!(
-        "verify (systemd {version}): {} clean; a misspelt key is caught",
+        "verify (systemd {version}): {} clean, Documentation=man:arbiter(1) found in the \
+         generated pages; a misspelt key is caught",
         names.join(", ")
     );
     for note in notes {
@@ -183,11 +196,13 @@ fn verify(units: &[Unit], arbiter: &Path, scratch: &Path) -> Result<String, Stri
     Ok(line)
 }
 
-/// `systemd-analyze verify --man=no PATHS`: Ok when it exits 0 and says nothing.
-fn run_verify(paths: &[PathBuf]) -> Result<(), String> {
+/// `systemd-analyze verify PATHS` with the generated man pages on `MANPATH`: Ok when it exits
+/// 0 and says nothing.
+fn run_verify(paths: &[PathBuf], man_path: &Path) -> Result<(), String> {
     let output = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
+        .arg("verify")
         .args(paths)
+        .env("MANPATH", man_path)
         .output()
         .map_err(|e| e.to_string())?;
     let said = format!(
