@@ -1,20 +1,20 @@
-//! What the core asks the shell to do, and why.
+//! What the core asks the shell to do, and why; what it refuses, and why.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::types::{ExitStatus, Pid, Signal, Slot, WorkerId};
+use crate::types::{Command, ExitStatus, Pid, Signal, Slot, WorkerId};
 
 /// Why the core decided something. The shell logs it; the core never logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The first workers of this master.
+    /// The first workers of this master (and its pidfile).
     Boot,
     /// Replacing a worker that exited.
     Respawn,
-    /// A larger target (TTIN, `ctl scale`).
+    /// A larger target (TTIN).
     ScaleUp,
-    /// More workers than the target (TTOU, `ctl scale`).
+    /// More workers than the target (TTOU, a lower target).
     Cull,
     /// No heartbeat within the timeout.
     HeartbeatTimeout,
@@ -44,8 +44,17 @@ pub enum Reason {
     ReopenLogs,
     /// USR2: re-exec a new master.
     Upgrade,
-    /// An explicit order (`ctl kill-worker`).
+    /// An explicit order (`ctl scale`, `ctl kill-worker`).
     Requested,
+    /// A worker exited: what it started is still in its process group and would keep
+    /// serving on the inherited listeners, so the group is killed with it.
+    WorkerExited,
+    /// An upgrade child's workers are ready: `PIDFILE.2` tells `arbiter upgrade` so.
+    UpgradeReady,
+    /// The old master exited: this master is the master now.
+    Promoted,
+    /// The pidfile could not be written at start: a master nobody can find must not run.
+    PidfileFailure,
 }
 
 impl fmt::Display for Reason {
@@ -70,7 +79,111 @@ impl fmt::Display for Reason {
             Reason::ReopenLogs => "reopen logs",
             Reason::Upgrade => "upgrade",
             Reason::Requested => "requested",
+            Reason::WorkerExited => "worker exited",
+            Reason::UpgradeReady => "upgrade ready",
+            Reason::Promoted => "promoted",
+            Reason::PidfileFailure => "the pidfile could not be written",
         })
+    }
+}
+
+/// Why the core declined an input. The variants are the refusals; [`Event::SignalRefused`]
+/// and [`Event::CommandRefused`] print them in gunicorn's words where it has some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// USR2 while the new master of an earlier USR2 still runs.
+    ChildExists,
+    /// USR2 while this master is an upgrade child not yet promoted.
+    ParentExists,
+    /// The master is stopping.
+    Stopping,
+    /// WINCH while not daemonized.
+    NotDaemonized,
+    /// TTOU at one worker: the target never drops below one.
+    AtFloor,
+    /// `KillWorker` for a pid that is not a running worker.
+    NoSuchWorker,
+    /// A signal the master only sends (KILL, ABRT), or CHLD, whose exits come one by one.
+    NotAnOrder,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::ChildExists => "Child exists.",
+            Refusal::ParentExists => "Parent exists.",
+            Refusal::Stopping => "Stopping.",
+            Refusal::NotDaemonized => "Not daemonized",
+            Refusal::AtFloor => "At one worker.",
+            Refusal::NoSuchWorker => "No such running worker.",
+            Refusal::NotAnOrder => "Not an order to the master.",
+        })
+    }
+}
+
+/// Why a worker exited, as the `cause` label of the exit metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExitCause {
+    /// An unexpected exit with a code.
+    Crash,
+    /// An unexpected death by a signal (an OOM kill, a segfault).
+    Signal,
+    /// Aborted, then perhaps killed, for a heartbeat or boot timeout.
+    Timeout,
+    /// An unexpected exit with code 3 or 4.
+    BootFailure,
+    /// Retired while the master runs: a lower target, a reload, `ctl kill-worker`.
+    Culled,
+    /// Stopped with the master (or by WINCH).
+    Stopped,
+}
+
+impl ExitCause {
+    /// Every cause, so each series can exist from the start.
+    pub const ALL: [ExitCause; 6] = [
+        ExitCause::Crash,
+        ExitCause::Signal,
+        ExitCause::Timeout,
+        ExitCause::BootFailure,
+        ExitCause::Culled,
+        ExitCause::Stopped,
+    ];
+
+    /// The cause of an exit: the reason the master stopped the worker, if it did, else
+    /// what its status says.
+    pub fn of(stop_reason: Option<Reason>, status: ExitStatus) -> ExitCause {
+        match stop_reason {
+            Some(Reason::HeartbeatTimeout | Reason::BootTimeout | Reason::AbortGraceOver) => {
+                ExitCause::Timeout
+            }
+            Some(Reason::Shutdown | Reason::QuickShutdown | Reason::GraceOver | Reason::Winch) => {
+                ExitCause::Stopped
+            }
+            Some(_) => ExitCause::Culled,
+            None => match status {
+                ExitStatus::Exited(3 | 4) => ExitCause::BootFailure,
+                ExitStatus::Exited(_) => ExitCause::Crash,
+                ExitStatus::Signaled { .. } => ExitCause::Signal,
+            },
+        }
+    }
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCause::Crash => "crash",
+            ExitCause::Signal => "signal",
+            ExitCause::Timeout => "timeout",
+            ExitCause::BootFailure => "boot_failure",
+            ExitCause::Culled => "culled",
+            ExitCause::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -87,6 +200,21 @@ pub enum SupervisorNote {
     Status(String),
     /// `MAINPID=`: this master was promoted after an upgrade.
     MainPid,
+    /// `WATCHDOG=1`: the master's loop is alive (every [`crate::Config::watchdog`]).
+    Watchdog,
+}
+
+impl fmt::Display for SupervisorNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorNote::Ready => f.write_str("READY=1"),
+            SupervisorNote::Reloading => f.write_str("RELOADING=1"),
+            SupervisorNote::Stopping => f.write_str("STOPPING=1"),
+            SupervisorNote::Status(text) => write!(f, "STATUS={}", text.escape_debug()),
+            SupervisorNote::MainPid => f.write_str("MAINPID"),
+            SupervisorNote::Watchdog => f.write_str("WATCHDOG=1"),
+        }
+    }
 }
 
 /// Something that happened, for the log and for observers; no action is required.
@@ -104,6 +232,8 @@ pub enum Event {
         status: ExitStatus,
         /// Whether the master expected it (retired, stopped, killed for a timeout).
         expected: bool,
+        /// Why it ended.
+        cause: ExitCause,
     },
     /// A worker became ready.
     WorkerReady {
@@ -118,6 +248,15 @@ pub enum Event {
         slot: Slot,
         /// How long before its next spawn.
         delay: Duration,
+    },
+    /// The target number of workers changed (gunicorn's `nworkers_changed`).
+    TargetChanged {
+        /// The old target.
+        from: usize,
+        /// The new target.
+        to: usize,
+        /// Why: scale up (TTIN), cull (TTOU), requested (`ctl scale`), reload, winch.
+        reason: Reason,
     },
     /// A child the master does not know (an orphan, when running as PID 1) was reaped.
     OrphanReaped {
@@ -136,6 +275,11 @@ pub enum Event {
         /// The generation now serving.
         generation: u64,
     },
+    /// The configuration re-read for a reload was invalid; the running one is kept.
+    ConfigRejected {
+        /// What the shell reported.
+        error: String,
+    },
     /// The re-exec'd master (USR2) exited.
     ReexecExited {
         /// Its pid.
@@ -143,19 +287,21 @@ pub enum Event {
         /// How it ended.
         status: ExitStatus,
     },
-    /// USR2 was refused.
-    UpgradeRefused {
-        /// Why, in the seed's words.
-        why: &'static str,
-    },
     /// This master's parent master exited: it is the master now.
     Promoted,
-    /// A signal was ignored.
-    SignalIgnored {
+    /// A signal was declined.
+    SignalRefused {
         /// The signal.
         signal: Signal,
         /// Why.
-        why: &'static str,
+        why: Refusal,
+    },
+    /// A control command was declined.
+    CommandRefused {
+        /// The command.
+        command: Command,
+        /// Why.
+        why: Refusal,
     },
     /// The worker command could not be run.
     SpawnFailed {
@@ -164,6 +310,73 @@ pub enum Event {
         /// What the shell reported.
         error: String,
     },
+    /// A pidfile write or rename after the start failed; the master keeps running.
+    PidfileFailed {
+        /// Whether it was `PIDFILE.2` (or its promotion).
+        upgrade_child: bool,
+        /// What the shell reported.
+        error: String,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::WorkerExited {
+                id,
+                pid,
+                slot,
+                status,
+                expected,
+                cause,
+            } => {
+                let expected = if *expected { "expected" } else { "unexpected" };
+                write!(
+                    f,
+                    "worker {id} (pid {pid}, slot {slot}) {status}: {cause}, {expected}"
+                )
+            }
+            Event::WorkerReady { id, pid } => write!(f, "worker {id} (pid {pid}) is ready"),
+            Event::Backoff { slot, delay } => {
+                write!(f, "slot {slot} backs off for {delay:?}")
+            }
+            Event::TargetChanged { from, to, reason } => {
+                write!(f, "target {from} -> {to}: {reason}")
+            }
+            Event::OrphanReaped { pid, status } => write!(f, "orphan {pid} reaped: {status}"),
+            Event::ReloadStarted { generation } => write!(f, "reload to generation {generation}"),
+            Event::ReloadFinished { generation } => {
+                write!(f, "reload finished: generation {generation} serving")
+            }
+            Event::ConfigRejected { error } => {
+                write!(f, "configuration rejected: {}", error.escape_debug())
+            }
+            Event::ReexecExited { pid, status } => write!(f, "new master {pid} {status}"),
+            Event::Promoted => f.write_str("promoted"),
+            // gunicorn's words: "USR2 signal ignored. Child exists.", "SIGWINCH ignored. Not
+            // daemonized".
+            Event::SignalRefused {
+                signal: Signal::Usr2,
+                why,
+            } => write!(f, "USR2 signal ignored. {why}"),
+            Event::SignalRefused { signal, why } => write!(f, "{signal} ignored. {why}"),
+            Event::CommandRefused { command, why } => write!(f, "{command} refused. {why}"),
+            Event::SpawnFailed { slot, error } => {
+                write!(f, "spawn in slot {slot} failed: {}", error.escape_debug())
+            }
+            Event::PidfileFailed {
+                upgrade_child,
+                error,
+            } => {
+                let which = if *upgrade_child {
+                    "PIDFILE.2"
+                } else {
+                    "PIDFILE"
+                };
+                write!(f, "{which} failed: {}", error.escape_debug())
+            }
+        }
+    }
 }
 
 /// What the shell must do, in order.
@@ -182,7 +395,7 @@ pub enum Action {
         /// Why.
         reason: Reason,
     },
-    /// Send a signal to a worker (`group`: to its whole process group).
+    /// Send a signal to a live worker (`group`: to its whole process group).
     Signal {
         /// The worker.
         id: WorkerId,
@@ -195,18 +408,47 @@ pub enum Action {
         /// Why.
         reason: Reason,
     },
+    /// SIGKILL the process group of a worker whose exit was just reported. The worker is
+    /// still a zombie (the shell peeked at its exit without reaping), so its pid, which is
+    /// also the group's id, cannot have been reused: the kill is race-free. Always followed
+    /// by the [`Action::Reap`] of the same pid.
+    KillGroup {
+        /// The worker.
+        id: WorkerId,
+        /// Its pid and process group id.
+        pid: Pid,
+        /// Why ([`Reason::WorkerExited`]).
+        reason: Reason,
+    },
+    /// Reap the child whose exit was reported (`waitpid`). Every reported exit gets one,
+    /// after any [`Action::KillGroup`] for it, even after [`Action::Exit`].
+    Reap {
+        /// The child.
+        pid: Pid,
+    },
     /// Close the listening sockets (a stop began). `unlink` is false while an upgrade is
     /// under way in either direction; the shell adds its own rules (systemd, reuse-port).
     CloseListeners {
         /// Whether unix socket files may be unlinked.
         unlink: bool,
     },
-    /// Write the pidfile (`upgrade_child`: at `PIDFILE.2`).
-    WritePidfile {
-        /// This master is a not-yet-promoted upgrade child.
-        upgrade_child: bool,
+    /// Re-read and validate the configuration (binding any new address), then report
+    /// `handle_reload` with it or `handle_config_failed`.
+    LoadConfig {
+        /// Why ([`Reason::Reload`]).
+        reason: Reason,
     },
-    /// Rename `PIDFILE.2` to `PIDFILE` (promotion).
+    /// Write the pidfile (`upgrade_child`: at `PIDFILE.2`), then report
+    /// `handle_pidfile_written` or `handle_pidfile_failed`.
+    WritePidfile {
+        /// Write `PIDFILE.2`: this master is a not-yet-promoted upgrade child.
+        upgrade_child: bool,
+        /// Why: boot (a fresh master, before anything is spawned), upgrade ready (an
+        /// upgrade child's workers are ready), promoted (before `PIDFILE.2` was written).
+        reason: Reason,
+    },
+    /// Rename `PIDFILE.2` to `PIDFILE` (promotion), then report `handle_pidfile_written` or
+    /// `handle_pidfile_failed`.
     PromotePidfile,
     /// Fork and exec a new master with the listeners; report `handle_reexec_spawned` or
     /// `handle_reexec_failed`.
@@ -217,11 +459,72 @@ pub enum Action {
     Notify(SupervisorNote),
     /// Log this.
     Event(Event),
-    /// Exit the master with this code. The last action.
+    /// Exit the master with this code. The last action (only [`Action::Reap`]s may follow).
     Exit {
         /// The exit code.
         code: i32,
         /// Why.
         reason: Reason,
     },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Spawn {
+                id,
+                slot,
+                generation,
+                gpus,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "spawn worker {id} in slot {slot}, generation {generation}"
+                )?;
+                if !gpus.is_empty() {
+                    write!(f, ", gpus {}", gpus.join(","))?;
+                }
+                write!(f, ": {reason}")
+            }
+            Action::Signal {
+                id,
+                pid,
+                signal,
+                group,
+                reason,
+            } => {
+                let to = if *group { "group of worker" } else { "worker" };
+                write!(f, "send {signal} to {to} {id} (pid {pid}): {reason}")
+            }
+            Action::KillGroup { id, pid, reason } => {
+                write!(f, "kill the group of worker {id} (pid {pid}): {reason}")
+            }
+            Action::Reap { pid } => write!(f, "reap {pid}"),
+            Action::CloseListeners { unlink } => {
+                let how = if *unlink { "unlinking" } else { "keeping" };
+                write!(f, "close listeners, {how} socket files")
+            }
+            Action::LoadConfig { reason } => write!(f, "load the configuration: {reason}"),
+            Action::WritePidfile {
+                upgrade_child,
+                reason,
+            } => {
+                let which = if *upgrade_child {
+                    "PIDFILE.2"
+                } else {
+                    "PIDFILE"
+                };
+                write!(f, "write {which}: {reason}")
+            }
+            Action::PromotePidfile => {
+                write!(f, "rename PIDFILE.2 to PIDFILE: {}", Reason::Promoted)
+            }
+            Action::ReExec => write!(f, "re-exec a new master: {}", Reason::Upgrade),
+            Action::ReopenLogs => write!(f, "reopen logs: {}", Reason::ReopenLogs),
+            Action::Notify(note) => write!(f, "notify the service manager: {note}"),
+            Action::Event(event) => write!(f, "event: {event}"),
+            Action::Exit { code, reason } => write!(f, "exit {code}: {reason}"),
+        }
+    }
 }

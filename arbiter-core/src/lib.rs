@@ -6,11 +6,16 @@
 //! inputs stamped with a [`Moment`], drains [`Action`]s, and sleeps until
 //! [`Arbiter::poll_timeout`]. The model is quinn-proto's `Connection`.
 //!
-//! Invariants: no syscalls, no clock, no logging, no `unsafe`; every action carries a
+//! Every input is an [`Input`] and every output an [`Action`]; both print as one line (with
+//! the [`Reason`] of each decision and the [`Refusal`] of each declined input), so a shell can
+//! trace them. Deadlines are named, one [`Timer`] per kind; the next wake-up is their minimum.
+//!
+//! Invariants: no syscalls, no clock, no logging, no `unsafe`; every decision carries a
 //! [`Reason`]; deadlines are exact (no polling tick); no signal is emitted for a pid whose
-//! exit was reported. Limits: the table is sized for tens of thousands of workers; an input
-//! costs O(log N) per slot it changes (a change of target or generation, a HUP or a stop
-//! costs O(N) once).
+//! exit was reported (the one group kill that comes with the report happens while the pid is
+//! a zombie). Limits: the table is sized for tens of thousands of workers; an input costs
+//! O(log N) per slot it changes (a change of target or generation, a HUP or a stop costs
+//! O(N) once); the counts observers read (ready, active) are kept, not counted.
 //!
 //! ```
 //! use arbiter_core::{Action, Arbiter, Config, Moment, Role};
@@ -28,15 +33,18 @@
 
 mod action;
 mod arbiter;
+mod input;
 mod time;
 mod timers;
 mod types;
 mod worker;
 
-pub use action::{Action, Event, Reason, SupervisorNote};
+pub use action::{Action, Event, ExitCause, Reason, Refusal, SupervisorNote};
 pub use arbiter::{backoff_delay, Arbiter, Phase, BACKOFF_CAP, QUICK_DEATH, REAP_GRACE};
 pub use arbiter_gpu::GpuConfig;
+pub use input::Input;
 pub use time::Moment;
+pub use timers::Timer;
 pub use types::{
     BootErrorPolicy, Command, Config, ExitStatus, Pid, ReadyMode, Role, Signal, Slot, WorkerId,
 };

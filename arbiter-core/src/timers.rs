@@ -1,9 +1,51 @@
-//! A small named-deadline table: at most one deadline per key, the next wake-up is the minimum.
+//! The named deadlines: one [`Timer`] per kind (and per worker or slot where the kind has
+//! many), at most one deadline each, in a small table whose next wake-up is the minimum
+//! (quinn-proto's `Timer` and `TimerTable`).
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::hash::Hash;
 
 use crate::time::Moment;
+use crate::types::{Slot, WorkerId};
+
+/// Each kind of deadline the arbiter keeps. When several are due at once they fire in this
+/// order (then by worker or slot): a boot timeout wins over a heartbeat timeout, and both over
+/// a readiness delay due at the same moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// A booting worker whose `READY=1` is awaited is aborted if it has not sent it by then
+    /// (`boot_timeout` after its exec).
+    Boot(WorkerId),
+    /// A worker that has heartbeated is aborted if its next heartbeat is not there by then
+    /// (`timeout` after its last one).
+    Heartbeat(WorkerId),
+    /// A booting worker whose `READY=1` is not awaited counts as ready then (`ready_after`
+    /// after its exec).
+    ReadyAfter(WorkerId),
+    /// A retiring or aborted worker is killed (its whole group) if it is still there.
+    Kill(WorkerId),
+    /// A crash-looping slot may spawn again.
+    Backoff(Slot),
+    /// The next `WATCHDOG=1` to the service manager is due.
+    Watchdog,
+    /// A stop gives up waiting for reaps after its final KILLs (`REAP_GRACE` past them).
+    Stop,
+}
+
+impl fmt::Display for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timer::Boot(id) => write!(f, "boot deadline of worker {id}"),
+            Timer::Heartbeat(id) => write!(f, "heartbeat deadline of worker {id}"),
+            Timer::ReadyAfter(id) => write!(f, "ready-after deadline of worker {id}"),
+            Timer::Kill(id) => write!(f, "kill deadline of worker {id}"),
+            Timer::Backoff(slot) => write!(f, "backoff of slot {slot}"),
+            Timer::Watchdog => f.write_str("watchdog ping"),
+            Timer::Stop => f.write_str("stop deadline"),
+        }
+    }
+}
 
 /// Deadlines keyed by `K`, ordered by time.
 #[derive(Debug)]
@@ -22,6 +64,9 @@ impl<K: Ord + Hash + Copy> Timers<K> {
 
     /// Sets (or with `None`, clears) the deadline of `key`.
     pub(crate) fn set(&mut self, key: K, at: Option<Moment>) {
+        if self.by_key.get(&key).copied() == at {
+            return;
+        }
         if let Some(old) = self.by_key.remove(&key) {
             self.by_time.remove(&(old, key));
         }
@@ -31,14 +76,14 @@ impl<K: Ord + Hash + Copy> Timers<K> {
         }
     }
 
-    /// The deadline of `key`, if set.
-    pub(crate) fn get(&self, key: K) -> Option<Moment> {
-        self.by_key.get(&key).copied()
-    }
-
     /// The earliest deadline.
     pub(crate) fn next(&self) -> Option<Moment> {
         self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// The earliest deadline and its key.
+    pub(crate) fn first(&self) -> Option<(Moment, K)> {
+        self.by_time.first().copied()
     }
 
     /// Removes and returns the earliest key due at `now`, if any.

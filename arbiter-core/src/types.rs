@@ -103,6 +103,24 @@ impl ExitStatus {
     }
 }
 
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Exited(code) => write!(f, "exited {code}"),
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by signal {signal}")?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// When a worker counts as ready (DESIGN.md "Readiness and liveness").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadyMode {
@@ -173,6 +191,11 @@ pub struct Config {
     pub command_key: u64,
     /// GPU balancing, if enabled.
     pub gpus: Option<GpuConfig>,
+    /// Whether the master keeps a pidfile. Fixed at start: a reload does not change it.
+    pub pidfile: bool,
+    /// How often to send `WATCHDOG=1` to the service manager (half its `WATCHDOG_USEC`), if
+    /// it asked for pings. Only the main master pings: an upgrade child starts at promotion.
+    pub watchdog: Option<Duration>,
 }
 
 impl Default for Config {
@@ -193,6 +216,8 @@ impl Default for Config {
             forward_usr1: false,
             command_key: 0,
             gpus: None,
+            pidfile: false,
+            watchdog: None,
         }
     }
 }
@@ -207,6 +232,21 @@ pub enum Command {
         /// Quick stop (the quick signal instead of TERM).
         quick: bool,
     },
-    /// Abort one worker by pid, as if it had timed out; it is replaced.
+    /// Retire one worker by pid as a cull does (TERM, KILL after the graceful timeout); its
+    /// slot gets a replacement. Refused for a pid that is not a running worker.
     KillWorker(Pid),
+    /// Re-read the configuration and roll the workers, as HUP does.
+    Reload,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Scale(n) => write!(f, "scale {n}"),
+            Command::Stop { quick: false } => f.write_str("stop"),
+            Command::Stop { quick: true } => f.write_str("stop --quick"),
+            Command::KillWorker(pid) => write!(f, "kill-worker {pid}"),
+            Command::Reload => f.write_str("reload"),
+        }
+    }
 }

@@ -1,11 +1,15 @@
 //! Property tests: random event sequences through the simulated world, with the arbiter's
 //! invariants checked after every step (the world itself panics on a signal to an exited or
 //! unknown pid, on a spawn that overfills the table, and on a hung worker not killed exactly
-//! at the end of its abort grace).
+//! at the end of its abort grace, on a group kill of a child that is not a zombie, on an exit
+//! never reaped, and on a spawn before a fresh master's pidfile).
 
 mod sim;
 
-use arbiter_core::{Config, ExitStatus, GpuConfig, Pid, ReadyMode, Role, Signal, REAP_GRACE};
+use arbiter_core::{
+    Action, Command, Config, ExitStatus, GpuConfig, Pid, ReadyMode, Role, Signal, SupervisorNote,
+    WorkerState, REAP_GRACE,
+};
 use proptest::prelude::*;
 use sim::{ms, secs, Behavior, World};
 
@@ -22,6 +26,10 @@ enum Op {
     Orphan(i32),
     ReexecExit,
     ParentExit,
+    BadConfig,
+    PidfileBreaks,
+    Scale(usize),
+    KillWorker(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +53,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![Just(0), Just(3), Just(4)].prop_map(Op::Orphan),
         1 => Just(Op::ReexecExit),
         1 => Just(Op::ParentExit),
+        1 => Just(Op::BadConfig),
+        1 => Just(Op::PidfileBreaks),
+        1 => (0usize..9).prop_map(Op::Scale),
+        1 => (0usize..16).prop_map(Op::KillWorker),
     ]
 }
 
@@ -78,10 +90,25 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         prop_oneof![Just(None), (500u64..5_000).prop_map(|t| Some(ms(t)))],
         prop_oneof![Just(None), (500u64..10_000).prop_map(|t| Some(ms(t)))],
         any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(None), (200u64..3_000).prop_map(|t| Some(ms(t)))],
     )
         .prop_map(
-            |(workers, max_surge, gpus, ready, on_boot_error, timeout, boot_timeout, daemon)| {
+            |(
+                workers,
+                max_surge,
+                gpus,
+                ready,
+                on_boot_error,
+                timeout,
+                boot_timeout,
+                daemon,
+                pidfile,
+                watchdog,
+            )| {
                 Config {
+                    pidfile,
+                    watchdog,
                     workers,
                     max_surge,
                     ready,
@@ -150,11 +177,60 @@ fn apply(world: &mut World, op: &Op) {
             }
         }
         Op::ParentExit => world.parent_exits(),
+        Op::BadConfig => {
+            let good = std::mem::replace(&mut world.config, Err("invalid".into()));
+            world.signal(Signal::Hup);
+            world.config = good;
+        }
+        Op::PidfileBreaks => world.pidfile_fails = true,
+        Op::Scale(n) => world.command(Command::Scale(n)),
+        Op::KillWorker(i) => {
+            if let Some(pid) = live_worker(world, i) {
+                world.command(Command::KillWorker(pid));
+            }
+        }
     }
 }
 
 /// Checks the invariants that hold after every input.
 fn check(world: &World, config: &Config) {
+    // The counts observers read are kept exactly.
+    let table = world.arbiter.workers();
+    let (mut ready, mut active) = (0, 0);
+    for worker in table {
+        ready += usize::from(worker.state == WorkerState::Ready);
+        active += usize::from(worker.state.is_active());
+    }
+    assert_eq!(world.arbiter.ready_count(), ready, "ready count");
+    assert_eq!(world.arbiter.active_count(), active, "active count");
+    // PIDFILE.2 is written at the first READY=1 of this master, just before it.
+    let first_ready = world
+        .log
+        .iter()
+        .position(|(_, a)| *a == Action::Notify(SupervisorNote::Ready));
+    let upgrade_write = world.log.iter().position(|(_, a)| {
+        matches!(
+            a,
+            Action::WritePidfile {
+                upgrade_child: true,
+                ..
+            }
+        )
+    });
+    if let Some(write) = upgrade_write {
+        assert_eq!(first_ready, Some(write + 1), "PIDFILE.2 and READY=1");
+    }
+    // A pidfile failure after the start (every one here) never stops the master.
+    if let Some((_, _, reason)) = world.exit {
+        assert_ne!(reason, arbiter_core::Reason::PidfileFailure);
+    }
+    // The watchdog pings exactly every interval while this master is the main one.
+    if let Some(every) = config.watchdog {
+        let pings = world.watchdog_pings();
+        for pair in pings.windows(2) {
+            assert_eq!(pair[1] - pair[0], every, "pings {pings:?}");
+        }
+    }
     if let Some((_, code, _)) = world.exit {
         if code == 3 || code == 4 {
             assert!(

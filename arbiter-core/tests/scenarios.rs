@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arbiter_core::{
     Action, BootErrorPolicy, Command, Config, Event, ExitStatus, GpuConfig, Moment, Phase,
-    ReadyMode, Reason, Role, Signal, SupervisorNote, WorkerState, BACKOFF_CAP, REAP_GRACE,
+    ReadyMode, Reason, Refusal, Role, Signal, SupervisorNote, WorkerState, BACKOFF_CAP, REAP_GRACE,
 };
 use sim::{at_ms, ms, secs, Behavior, World};
 
@@ -18,6 +18,7 @@ fn config(workers: usize) -> Config {
         boot_timeout: Some(secs(5)),
         graceful_timeout: secs(10),
         abort_grace: secs(1),
+        pidfile: true,
         ..Config::default()
     }
 }
@@ -414,13 +415,12 @@ fn ttin_adds_a_worker_and_ttou_retires_the_highest_slot_with_a_floor_of_one() {
 fn winch_stops_every_worker_when_daemonized_and_is_ignored_otherwise() {
     let mut world = World::new(config(2), Behavior::good());
     world.signal(Signal::Winch);
-    assert!(world.events().iter().any(|(_, e)| matches!(
-        e,
-        Event::SignalIgnored {
-            signal: Signal::Winch,
-            ..
-        }
-    )));
+    let refusal = Event::SignalRefused {
+        signal: Signal::Winch,
+        why: Refusal::NotDaemonized,
+    };
+    assert!(world.events().iter().any(|(_, e)| *e == refusal));
+    assert_eq!(refusal.to_string(), "SIGWINCH ignored. Not daemonized");
     world.drive(secs(1));
     assert_eq!(world.alive().len(), 2);
 
@@ -620,10 +620,12 @@ fn usr2_reexecs_and_is_refused_while_child_exists() {
     world.signal(Signal::Usr2);
     let reexecs = world.actions(|a| *a == Action::ReExec).len();
     assert_eq!(reexecs, 1);
-    assert!(world.events().iter().any(|(_, e)| *e
-        == Event::UpgradeRefused {
-            why: "USR2 signal ignored. Child exists."
-        }));
+    let refusal = Event::SignalRefused {
+        signal: Signal::Usr2,
+        why: Refusal::ChildExists,
+    };
+    assert!(world.events().iter().any(|(_, e)| *e == refusal));
+    assert_eq!(refusal.to_string(), "USR2 signal ignored. Child exists.");
     // The child's exit is recognised: no orphan, no worker exit, USR2 works again.
     let child = world.reexec.expect("child");
     world.reexec_exits(ExitStatus::Exited(1));
@@ -648,10 +650,12 @@ fn usr2_refused_while_not_yet_promoted() {
     assert!(!world.pidfiles.contains_key("pidfile"));
     world.signal(Signal::Usr2);
     assert!(world.actions(|a| *a == Action::ReExec).is_empty());
-    assert!(world.events().iter().any(|(_, e)| *e
-        == Event::UpgradeRefused {
-            why: "USR2 signal ignored. Parent exists."
-        }));
+    let refusal = Event::SignalRefused {
+        signal: Signal::Usr2,
+        why: Refusal::ParentExists,
+    };
+    assert!(world.events().iter().any(|(_, e)| *e == refusal));
+    assert_eq!(refusal.to_string(), "USR2 signal ignored. Parent exists.");
 }
 
 #[test]

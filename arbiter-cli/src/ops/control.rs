@@ -344,7 +344,7 @@ pub fn wait_limit(config: &Config, batches: usize) -> Duration {
 fn settle_one(pending: Pending, core: &Arbiter, stopping: bool, late: bool) -> Option<String> {
     match pending {
         Pending::Scale { workers } => {
-            let live = core.workers().count();
+            let live = core.worker_count();
             let ready = core.ready_count();
             if core.target() != workers.max(1) {
                 let why = format!("target changed to {} meanwhile", core.target());

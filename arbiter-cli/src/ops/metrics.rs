@@ -1,20 +1,21 @@
 //! Prometheus metrics and health probes, served over HTTP/1.0 by the master's own poll loop.
 //!
-//! [`Counters`] follow the core's actions and events (spawns, exits by cause, reloads,
-//! upgrades); gauges are read from the core at scrape time. [`MetricsServer`] is a tiny
+//! [`Counters`] follow the core's actions and events (spawns, exits by the cause the core
+//! gives them, reloads, upgrades, pidfile failures); gauges are read from the core at scrape
+//! time. [`MetricsServer`] is a tiny
 //! non-blocking responder: `GET /metrics` (text exposition 0.0.4), `GET /healthz` (200 while
 //! the loop runs), `GET /readyz` (200 when the ready workers reach the target and the master
 //! is not stopping, else 503). Limits: 64 connections, 8 KiB of request head, 5 s per
 //! connection; one request per connection (`Connection: close`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use arbiter_core::{Arbiter, Event, ExitStatus, Moment, Phase, Pid, Reason};
+use arbiter_core::{Arbiter, Event, ExitCause, Moment, Phase, Signal};
 use nix::poll::PollFlags;
 
 use super::conns::{Fill, Server};
@@ -28,55 +29,23 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// Upper bounds of the heartbeat age histogram, in seconds.
 const HEARTBEAT_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// Why a worker exited, as the `cause` label of `arbiter_worker_exits_total`.
-pub fn exit_cause(stop_reason: Option<Reason>, status: ExitStatus) -> &'static str {
-    match stop_reason {
-        Some(Reason::HeartbeatTimeout | Reason::BootTimeout | Reason::AbortGraceOver) => "timeout",
-        Some(Reason::Shutdown | Reason::QuickShutdown | Reason::GraceOver | Reason::Winch) => {
-            "stopped"
-        }
-        Some(_) => "culled",
-        None => match status {
-            ExitStatus::Exited(3 | 4) => "boot_failure",
-            ExitStatus::Exited(_) => "crash",
-            ExitStatus::Signaled { .. } => "signal",
-        },
-    }
-}
-
-/// Every exit cause, so each series exists from the start.
-const CAUSES: &[&str] = &[
-    "crash",
-    "signal",
-    "timeout",
-    "boot_failure",
-    "culled",
-    "stopped",
-];
-
 /// Counters the core does not keep.
 #[derive(Debug, Default)]
 pub struct Counters {
     spawns: u64,
     spawn_failures: u64,
-    exits: BTreeMap<&'static str, u64>,
+    exits: BTreeMap<ExitCause, u64>,
     reloads_ok: u64,
     reloads_failed: u64,
     upgrades_ok: u64,
     upgrades_failed: u64,
-    /// The first stop reason sent to each live worker.
-    stop_reasons: HashMap<Pid, Reason>,
+    pidfile_failures: u64,
 }
 
 impl Counters {
     /// A worker was forked and exec'd.
     pub fn on_spawned(&mut self) {
         self.spawns += 1;
-    }
-
-    /// The master signalled a worker (the first reason names a later exit's cause).
-    pub fn on_signal(&mut self, pid: Pid, reason: Reason) {
-        self.stop_reasons.entry(pid).or_insert(reason);
     }
 
     /// A reload could not start (invalid configuration).
@@ -89,22 +58,21 @@ impl Counters {
         self.upgrades_failed += 1;
     }
 
-    /// Follows the core's events; returns the cause of a worker's exit.
-    pub fn on_event(&mut self, event: &Event) -> Option<&'static str> {
+    /// Follows the core's events.
+    pub fn on_event(&mut self, event: &Event) {
         match event {
-            Event::WorkerExited { pid, status, .. } => {
-                let reason = self.stop_reasons.remove(pid);
-                let cause = exit_cause(reason, *status);
-                *self.exits.entry(cause).or_default() += 1;
-                return Some(cause);
-            }
+            Event::WorkerExited { cause, .. } => *self.exits.entry(*cause).or_default() += 1,
             Event::ReloadFinished { .. } => self.reloads_ok += 1,
             Event::Promoted => self.upgrades_ok += 1,
-            Event::ReexecExited { .. } | Event::UpgradeRefused { .. } => self.upgrades_failed += 1,
+            Event::ReexecExited { .. }
+            | Event::SignalRefused {
+                signal: Signal::Usr2,
+                ..
+            } => self.upgrades_failed += 1,
             Event::SpawnFailed { .. } => self.spawn_failures += 1,
+            Event::PidfileFailed { .. } => self.pidfile_failures += 1,
             _ => {}
         }
-        None
     }
 
     /// The Prometheus text exposition (0.0.4) of these counters and the core's gauges.
@@ -118,7 +86,7 @@ impl Counters {
             }
         };
         let plain = |value: f64| vec![(String::new(), value)];
-        let live = core.workers().count();
+        let live = core.worker_count();
         family(
             "arbiter_workers_live",
             "gauge",
@@ -162,7 +130,7 @@ impl Counters {
             "Worker commands that could not be run.",
             &plain(self.spawn_failures as f64),
         );
-        let exits: Vec<(String, f64)> = CAUSES
+        let exits: Vec<(String, f64)> = ExitCause::ALL
             .iter()
             .map(|c| {
                 (
@@ -205,6 +173,12 @@ impl Counters {
             &results(self.reloads_ok, self.reloads_failed),
         );
         family("arbiter_upgrades_total", "counter", "Upgrades (USR2): ok when this master was promoted, failed when refused or the new master exited.", &results(self.upgrades_ok, self.upgrades_failed));
+        family(
+            "arbiter_pidfile_failures_total",
+            "counter",
+            "Pidfile writes or renames after the start that failed (the master kept running).",
+            &plain(self.pidfile_failures as f64),
+        );
         family(
             "arbiter_worker_heartbeat_age_seconds",
             "histogram",
@@ -437,7 +411,7 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arbiter_core::{Action, Config, Role};
+    use arbiter_core::{Action, Config, ExitStatus, Role};
 
     fn core_with_ready_workers(n: usize) -> Arbiter {
         let config = Config {
@@ -463,7 +437,6 @@ mod tests {
         for _ in 0..3 {
             counters.on_spawned();
         }
-        counters.on_signal(101, Reason::HeartbeatTimeout);
         counters.on_event(&Event::WorkerExited {
             id: arbiter_core::WorkerId(0),
             pid: 101,
@@ -473,6 +446,7 @@ mod tests {
                 core_dumped: false,
             },
             expected: true,
+            cause: ExitCause::Timeout,
         });
         let text = counters.exposition(&core, Moment::from_origin(Duration::from_secs(2)));
         let mut samples = BTreeMap::new();
@@ -495,26 +469,6 @@ mod tests {
         assert_eq!(samples["arbiter_slot_restarts_total{slot=\"2\"}"], 0.0);
         assert_eq!(samples["arbiter_worker_heartbeat_age_seconds_count"], 0.0);
         assert!(samples["arbiter_master_resident_memory_bytes"] > 0.0);
-    }
-
-    #[test]
-    fn exit_causes_follow_the_stop_reason_then_the_status() {
-        assert_eq!(exit_cause(None, ExitStatus::Exited(1)), "crash");
-        assert_eq!(exit_cause(None, ExitStatus::Exited(3)), "boot_failure");
-        let killed = ExitStatus::Signaled {
-            signal: 9,
-            core_dumped: false,
-        };
-        assert_eq!(exit_cause(None, killed), "signal");
-        assert_eq!(exit_cause(Some(Reason::BootTimeout), killed), "timeout");
-        assert_eq!(
-            exit_cause(Some(Reason::Cull), ExitStatus::Exited(0)),
-            "culled"
-        );
-        assert_eq!(
-            exit_cause(Some(Reason::Shutdown), ExitStatus::Exited(0)),
-            "stopped"
-        );
     }
 
     #[test]

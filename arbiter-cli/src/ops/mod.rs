@@ -4,7 +4,7 @@
 //! Model: every fd here is non-blocking and polled by the master's single `poll()`; nothing
 //! starts a thread. The loop asks [`Ops::interest`] for fds, hands back what poll reported to
 //! [`Ops::handle`], carries out the returned [`Order`]s through the core, feeds the core's
-//! events and signals back ([`Ops::on_event`], [`Ops::on_signal`]), and calls [`Ops::settle`]
+//! events back ([`Ops::on_event`]), and calls [`Ops::settle`]
 //! after each round of actions, so an order is answered only when it has taken effect.
 //! Invariants: a slow or silent client costs one fd and never delays the loop; the socket is
 //! 0600, refused on an unsafe path, and unlinked at exit only while it is still ours.
@@ -21,7 +21,7 @@ use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
-use arbiter_core::{Arbiter, Event, Moment, Phase, Pid, Reason};
+use arbiter_core::{Arbiter, Event, Moment, Phase, Pid, Signal};
 use nix::poll::PollFlags;
 use slog::{info, warn, Logger};
 
@@ -209,8 +209,7 @@ impl Ops {
             metrics.settle(now);
         }
         if let Some(statsd) = &mut self.statsd {
-            let live = core.workers().filter(|w| w.state.is_active()).count();
-            statsd.gauge("workers.live", live as i64);
+            statsd.gauge("workers.live", core.active_count() as i64);
             statsd.gauge("workers.target", core.target() as i64);
             statsd.gauge("workers.ready", core.ready_count() as i64);
             for (device, holders) in core.gpu_load().unwrap_or_default() {
@@ -233,15 +232,18 @@ impl Ops {
 
     /// The core emitted an event.
     pub fn on_event(&mut self, event: &Event, log: &Logger) {
-        let cause = self.counters.on_event(event);
+        self.counters.on_event(event);
         if let Some(statsd) = &self.statsd {
-            match (event, cause) {
-                (_, Some(cause)) => statsd.count(&format!("exits.{cause}"), 1),
-                (Event::ReloadFinished { .. }, _) => statsd.count("reloads.ok", 1),
-                (Event::Promoted, _) => statsd.count("upgrades.ok", 1),
-                (Event::ReexecExited { .. } | Event::UpgradeRefused { .. }, _) => {
-                    statsd.count("upgrades.failed", 1)
-                }
+            match event {
+                Event::WorkerExited { cause, .. } => statsd.count(&format!("exits.{cause}"), 1),
+                Event::ReloadFinished { .. } => statsd.count("reloads.ok", 1),
+                Event::Promoted => statsd.count("upgrades.ok", 1),
+                Event::ReexecExited { .. }
+                | Event::SignalRefused {
+                    signal: Signal::Usr2,
+                    ..
+                } => statsd.count("upgrades.failed", 1),
+                Event::PidfileFailed { .. } => statsd.count("pidfile.failed", 1),
                 _ => {}
             }
         }
@@ -255,11 +257,6 @@ impl Ops {
                 }
             }
         }
-    }
-
-    /// The master signalled a worker.
-    pub fn on_signal(&mut self, pid: Pid, reason: Reason) {
-        self.counters.on_signal(pid, reason);
     }
 
     /// A reload was refused (invalid configuration): counted, and waiting clients told why.

@@ -1,5 +1,6 @@
-//! Carrying out the core's actions: spawning, signalling, pidfiles, re-exec, notes to the
-//! service manager, and the log lines of its events.
+//! Carrying out the core's actions: spawning, signalling, group kills and reaps, pidfiles,
+//! configuration loads, re-exec, notes to the service manager, and the log lines and hooks
+//! of its events.
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -11,8 +12,9 @@ use std::time::Duration;
 use arbiter_core::{Action, Event, ExitStatus, Reason, Signal, SupervisorNote, WorkerId};
 use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
 use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use slog::{debug, error, info, warn};
+use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Hooks, Settings};
 use crate::ops::hooks;
@@ -102,25 +104,47 @@ impl Runtime {
                     }
                     _ => debug!(self.log, "Sending {signal} to worker (pid:{pid}): {reason}"),
                 }
-                self.ops.on_signal(pid, reason);
                 let target = if group { -pid } else { pid };
                 if let Some(nix_signal) = nix_signal(signal) {
                     let _ = kill(Pid::from_raw(target), nix_signal);
                 }
             }
+            Action::KillGroup { pid, .. } => {
+                // The worker is a zombie still: its group id cannot have been reused.
+                let _ = kill(Pid::from_raw(-pid), NixSignal::SIGKILL);
+            }
+            Action::Reap { pid } => {
+                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            }
+            Action::LoadConfig { .. } => {
+                let now = self.now();
+                self.reload(now);
+            }
             Action::CloseListeners { unlink } => {
                 let unlink = self.unlink_allowed(unlink);
                 arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), unlink);
             }
-            // An upgrade child writes PIDFILE.2 only once its workers are ready, so the file's
-            // appearance tells `arbiter upgrade` (and scripts) that the new generation serves.
-            Action::WritePidfile {
-                upgrade_child: true,
-            } => self.upgrade_pidfile_pending = true,
-            Action::WritePidfile {
-                upgrade_child: false,
-            } => self.write_pidfile(false),
-            Action::PromotePidfile => self.promote(),
+            Action::WritePidfile { upgrade_child, .. } => {
+                let result = match &self.pidfile {
+                    Some(path) if upgrade_child => {
+                        write_pidfile(&pidfile::upgrade_path(path), &self.log)
+                    }
+                    Some(path) => write_pidfile(path, &self.log),
+                    None => Ok(()),
+                };
+                self.report_pidfile(result.map_err(|e| e.to_string()));
+            }
+            Action::PromotePidfile => {
+                let result = match &self.pidfile {
+                    Some(path) => {
+                        let from = pidfile::upgrade_path(path);
+                        pidfile::rename(&from, path, std::process::id())
+                            .map_err(|e| format!("renaming {}: {e}", from.display()))
+                    }
+                    None => Ok(()),
+                };
+                self.report_pidfile(result);
+            }
             Action::ReExec => self.reexec(),
             Action::ReopenLogs => {
                 if let Err(e) = self.log_output.reopen() {
@@ -132,26 +156,10 @@ impl Runtime {
                     self.ready_hook_fired = true;
                     self.fire_hook("when_ready", &[]);
                 }
-                if note == SupervisorNote::Ready && self.upgrade_pidfile_pending {
-                    self.upgrade_pidfile_pending = false;
-                    if self.core.parent_master().is_some() {
-                        self.write_pidfile(true);
-                    }
-                }
                 self.tell_supervisor(note)
             }
             Action::Event(event) => {
-                if let Event::WorkerExited {
-                    pid, slot, status, ..
-                } = &event
-                {
-                    let vars = [
-                        ("ARBITER_HOOK_WORKER_PID", pid.to_string()),
-                        ("ARBITER_HOOK_WORKER_SLOT", slot.to_string()),
-                        ("ARBITER_HOOK_WORKER_STATUS", describe(*status)),
-                    ];
-                    self.fire_hook("worker_exit", &vars);
-                }
+                self.follow_event(&event);
                 self.ops.on_event(&event, &self.log);
                 self.log_event(event)
             }
@@ -243,48 +251,60 @@ impl Runtime {
         Ok(pid)
     }
 
-    fn write_pidfile(&mut self, upgrade_child: bool) {
-        let Some(path) = self.pidfile.clone() else {
-            return;
-        };
-        let path = if upgrade_child {
-            pidfile::upgrade_path(&path)
-        } else {
-            path
-        };
-        match pidfile::create(&path, std::process::id()) {
-            Ok(pidfile::Previous::Stale(old)) => {
-                warn!(
-                    self.log,
-                    "Replacing stale pidfile {} (held {old:?})",
-                    path.display()
-                )
-            }
-            Ok(pidfile::Previous::None) => {}
-            Err(e) => {
-                error!(self.log, "{e}");
-                eprintln!("arbiter: error: {e}");
-                // Without its pidfile the master cannot be found: stop cleanly.
-                let now = self.now();
-                self.pidfile = None;
-                self.core.handle_signal(Signal::Term, now);
-            }
+    fn report_pidfile(&mut self, result: Result<(), String>) {
+        let now = self.now();
+        match result {
+            Ok(()) => self.core.handle_pidfile_written(now),
+            Err(e) => self.core.handle_pidfile_failed(e, now),
         }
     }
 
-    fn promote(&mut self) {
-        info!(self.log, "Master has been promoted.");
-        if self.upgrade_pidfile_pending {
-            // Promoted before its workers were ready: there is no PIDFILE.2 to rename.
-            self.upgrade_pidfile_pending = false;
-            self.write_pidfile(false);
-        } else if let Some(path) = &self.pidfile {
-            let from = pidfile::upgrade_path(path);
-            if let Err(e) = pidfile::rename(&from, path, std::process::id()) {
-                error!(self.log, "renaming the pidfile: {e}");
+    /// What the shell itself does on an event: its own bookkeeping and the hooks.
+    fn follow_event(&mut self, event: &Event) {
+        match event {
+            Event::WorkerExited {
+                id,
+                pid,
+                slot,
+                status,
+                ..
+            } => {
+                if let Some(proc) = self.procs.remove(id) {
+                    if let Some(error) = proc.exec.failure() {
+                        error!(
+                            self.log,
+                            "cannot execute {}: {error}",
+                            self.command.program.to_string_lossy()
+                        );
+                    }
+                }
+                let vars = [
+                    ("ARBITER_HOOK_WORKER_PID", pid.to_string()),
+                    ("ARBITER_HOOK_WORKER_SLOT", slot.to_string()),
+                    ("ARBITER_HOOK_WORKER_STATUS", describe(*status)),
+                ];
+                self.fire_hook("worker_exit", &vars);
             }
+            Event::TargetChanged { from, to, .. } => {
+                let vars = [
+                    ("ARBITER_HOOK_OLD", from.to_string()),
+                    ("ARBITER_HOOK_NEW", to.to_string()),
+                ];
+                self.fire_hook("nworkers_changed", &vars);
+            }
+            Event::ReloadStarted { .. } => self.fire_hook("on_reload", &[]),
+            Event::ConfigRejected { error } => {
+                // The master never exits over a bad reload: it says so and keeps its config.
+                eprintln!("arbiter: reload failed, keeping the running configuration: {error}");
+                let now = self.now();
+                self.ops.on_reload_failed(error, now);
+            }
+            Event::Promoted => {
+                info!(self.log, "Master has been promoted.");
+                set_title(&self.settings, &self.command, false);
+            }
+            _ => {}
         }
-        set_title(&self.settings, &self.command, false);
     }
 
     fn remove_pidfile(&self) {
@@ -369,6 +389,7 @@ impl Runtime {
             SupervisorNote::Stopping => "STOPPING=1".to_owned(),
             SupervisorNote::Status(text) => format!("STATUS={text}"),
             SupervisorNote::MainPid => format!("MAINPID={}", std::process::id()),
+            SupervisorNote::Watchdog => "WATCHDOG=1".to_owned(),
         };
         if let Err(e) = supervisor.send(&message) {
             debug!(self.log, "notify to the service manager failed: {e}");
@@ -419,12 +440,25 @@ impl Runtime {
             Event::ReexecExited { pid, status } => {
                 warn!(log, "New master (pid:{pid}) exited: {status:?}")
             }
-            Event::UpgradeRefused { why } => warn!(log, "{why}"),
+            refused @ Event::SignalRefused {
+                signal: Signal::Usr2,
+                ..
+            } => warn!(log, "{refused}"),
+            refused @ (Event::SignalRefused { .. } | Event::CommandRefused { .. }) => {
+                info!(log, "{refused}")
+            }
+            Event::TargetChanged { from, to, reason } => {
+                info!(log, "Workers: {from} -> {to} ({reason})")
+            }
+            Event::ConfigRejected { error } => error!(
+                log,
+                "reload failed, keeping the running configuration: {error}"
+            ),
             Event::Promoted => {}
-            Event::SignalIgnored { why, .. } => info!(log, "{why}"),
             Event::SpawnFailed { slot, error } => {
                 error!(log, "Cannot start worker in slot {slot}: {error}")
             }
+            Event::PidfileFailed { error, .. } => error!(log, "{error}"),
         }
     }
 }
@@ -444,6 +478,19 @@ fn nix_signal(signal: Signal) -> Option<NixSignal> {
         Signal::Winch => NixSignal::SIGWINCH,
         Signal::Chld => return None,
     })
+}
+
+/// Writes the pidfile at `path` (atomically, refusing a live arbiter's, replacing a stale one).
+pub(super) fn write_pidfile(path: &Path, log: &Logger) -> Result<(), pidfile::PidfileError> {
+    match pidfile::create(path, std::process::id())? {
+        pidfile::Previous::Stale(old) => warn!(
+            log,
+            "Replacing stale pidfile {} (held {old:?})",
+            path.display()
+        ),
+        pidfile::Previous::None => {}
+    }
+    Ok(())
 }
 
 /// The process title: `master [NAME]` (`master.2 [NAME]` for a not-yet-promoted upgrade

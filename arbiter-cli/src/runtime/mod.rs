@@ -1,17 +1,19 @@
 //! The master's single-threaded event loop: it feeds the core (signals, exits, notify
-//! messages, heartbeats, deadlines) and carries out its actions (spawn, signal, pidfile,
-//! re-exec, exit). It sleeps exactly until the core's next deadline or an fd is readable.
+//! messages, heartbeats, deadlines) and carries out its actions (spawn, signal, group kill,
+//! reap, pidfile, configuration load, re-exec, exit). It sleeps exactly until the core's
+//! next deadline or an fd is readable. Decisions (when to write which pidfile, when to ping
+//! the watchdog, what a reload or an exit means) are the core's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use arbiter_core::{Arbiter, Command, ExitStatus, Moment, Role, Signal, WorkerId};
+use arbiter_core::{Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, WorkerId};
 use arbiter_signals::SignalPipe;
 use arbiter_sockets::Listener;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::signal::Signal as NixSignal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
@@ -74,17 +76,13 @@ pub struct Runtime {
     hook_pids: HashMap<i32, &'static str>,
     /// Whether `when_ready` ran.
     ready_hook_fired: bool,
-    /// The target for `nworkers_changed`.
-    last_target: usize,
     pidfile: Option<PathBuf>,
     exit: Option<i32>,
     pending_signals: Vec<NixSignal>,
     /// Control socket, metrics endpoint, output capture.
     ops: Ops,
-    /// The service manager's watchdog: ping interval and next ping.
-    watchdog: Option<(Duration, Moment)>,
-    /// An upgrade child's `PIDFILE.2`, held back until its workers are ready.
-    upgrade_pidfile_pending: bool,
+    /// The service manager's watchdog ping interval, for the core's config on each reload.
+    watchdog: Option<Duration>,
 }
 
 /// What `main` hands over: settings, the sources for HUP, the inherited listeners, and the
@@ -165,6 +163,33 @@ impl Runtime {
         if let Some(path) = sources.config_file() {
             info!(log, "Configuration: {}", path.display());
         }
+        let watchdog = watchdog_interval(&master_env, inherited_parent(role));
+        let origin = Instant::now();
+        let mut core_config = setup::core_config(&settings, command.key, gpus.clone());
+        core_config.watchdog = watchdog;
+        let mut core = Arbiter::new(core_config, role, Moment::ZERO);
+        for key in notify_keys {
+            core.learn_notify_command(key);
+        }
+        // A fresh master's pidfile comes first: one that cannot be written is a startup
+        // failure before anything is bound or spawned; a later failure removes it.
+        let mut written = WrittenPidfile(None);
+        if core.awaits_pidfile() {
+            if let (Some(Action::WritePidfile { .. }), Some(path)) =
+                (core.poll_action(), &settings.pidfile)
+            {
+                match actions::write_pidfile(path, &log) {
+                    Ok(()) => {
+                        written.0 = Some(path.clone());
+                        core.handle_pidfile_written(Moment::ZERO);
+                    }
+                    Err(e) => {
+                        core.handle_pidfile_failed(e.to_string(), Moment::ZERO);
+                        return Err(StartError::Runtime(e.to_string()));
+                    }
+                }
+            }
+        }
         if let Some(command) = settings.hooks.on_starting.as_deref() {
             // gunicorn calls on_starting before the sockets exist; it is waited for.
             match hooks::start("on_starting", command, &master_env, &[]) {
@@ -196,8 +221,6 @@ impl Runtime {
             .iter()
             .find(|(k, _)| k == "NOTIFY_SOCKET")
             .and_then(|(_, v)| Supervisor::new(&v.to_string_lossy()).ok());
-        let watchdog = watchdog_interval(&master_env, inherited_parent(role))
-            .map(|interval| (interval, Moment::ZERO));
         let signals = SignalPipe::install()
             .map_err(|e| StartError::Runtime(format!("signal handlers: {e}")))?;
         if let Role::UpgradeChild { parent } = role {
@@ -217,16 +240,8 @@ impl Runtime {
         let upgrade_child = matches!(role, Role::UpgradeChild { .. });
         let ops = Ops::open(&settings, &master_env, upgrade_child, &log)
             .map_err(|e| StartError::Runtime(e.to_string()))?;
-        let origin = Instant::now();
-        let mut core = Arbiter::new(
-            setup::core_config(&settings, command.key, gpus),
-            role,
-            Moment::ZERO,
-        );
-        for key in notify_keys {
-            core.learn_notify_command(key);
-        }
-        let settings_workers = settings.workers;
+        // From here on the master removes its pidfile at its exit.
+        written.0 = None;
         Ok(Runtime {
             log,
             log_output,
@@ -250,13 +265,11 @@ impl Runtime {
             start_dir,
             hook_pids: HashMap::new(),
             ready_hook_fired: false,
-            last_target: settings_workers,
             pidfile,
             exit: None,
             pending_signals: Vec::new(),
             ops,
             watchdog,
-            upgrade_pidfile_pending: false,
         })
     }
 
@@ -268,15 +281,6 @@ impl Runtime {
     pub fn run(mut self) -> i32 {
         loop {
             self.execute_actions();
-            let target = self.core.target();
-            if target != self.last_target {
-                let vars = [
-                    ("ARBITER_HOOK_OLD", self.last_target.to_string()),
-                    ("ARBITER_HOOK_NEW", target.to_string()),
-                ];
-                self.last_target = target;
-                self.fire_hook("nworkers_changed", &vars);
-            }
             if let Some(code) = self.exit {
                 return code;
             }
@@ -292,7 +296,6 @@ impl Runtime {
         let deadline = [
             self.core.poll_timeout(),
             self.next_probe(),
-            self.next_watchdog(),
             self.ops.next_deadline(),
         ]
         .into_iter()
@@ -337,9 +340,6 @@ impl Runtime {
         }
         self.check_promotion();
         let now = self.now();
-        if self.next_watchdog().is_some_and(|at| at <= now) {
-            self.ping_watchdog(now);
-        }
         if self.next_probe().is_some_and(|at| at <= now) {
             self.probe_heartbeats(now);
         }
@@ -361,7 +361,7 @@ impl Runtime {
             info!(self.log, "Control: {order:?}");
             let now = self.now();
             match order {
-                Order::Reload => self.reload(now),
+                Order::Reload => self.core.handle_command(Command::Reload, now),
                 Order::Scale(n) => self.core.handle_command(Command::Scale(n), now),
                 Order::Stop { quick } => self.core.handle_command(Command::Stop { quick }, now),
                 Order::KillWorker(pid) => self.core.handle_command(Command::KillWorker(pid), now),
@@ -389,67 +389,42 @@ impl Runtime {
                 "Handling signal: {}",
                 core_signal.name().to_lowercase()
             );
-            match core_signal {
-                Signal::Hup => self.reload(now),
-                other => self.core.handle_signal(other, now),
-            }
+            self.core.handle_signal(core_signal, now);
             // Carry out each signal's actions before the next one, in arrival order.
             self.execute_actions();
         }
         self.pending_signals = signals;
     }
 
+    /// Reaps every exited child. Each exit is peeked at first (`WNOWAIT`) and fed to the core
+    /// while the child is a zombie: its pid, which is also its process group id, cannot be
+    /// reused, so the core's group kill is race-free; the core's `Reap` then reaps it.
     fn reap(&mut self, now: Moment) {
-        let exit_of = |status| match status {
-            WaitStatus::Exited(pid, code) => Some((pid, ExitStatus::Exited(code))),
-            WaitStatus::Signaled(pid, signal, core_dumped) => Some((
-                pid,
-                ExitStatus::Signaled {
-                    signal: signal as i32,
-                    core_dumped,
-                },
-            )),
-            _ => None,
-        };
         loop {
-            // Look before reaping: while the exited worker is a zombie its pid, which is also
-            // its process group id, cannot be reused, so killing the group is race-free.
             let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            let pid = match waitid(Id::All, peek) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => match exit_of(status) {
-                    Some((pid, _)) => pid,
-                    None => continue,
-                },
-            };
-            if let Some(worker) = self.core.worker_by_pid(pid.as_raw()) {
-                if let Some(proc) = self.procs.remove(&worker.id) {
-                    if let Some(error) = proc.exec.failure() {
-                        error!(
-                            self.log,
-                            "cannot execute {}: {error}",
-                            self.command.program.to_string_lossy()
-                        );
-                    }
-                }
-                // What the worker started stays in its group and would keep serving on the
-                // inherited listeners (a SIGKILLed gunicorn master's workers do): end it now.
-                let _ = kill(Pid::from_raw(-pid.as_raw()), NixSignal::SIGKILL);
-            }
-            let Some((pid, status)) = waitpid(pid, Some(WaitPidFlag::WNOHANG))
-                .ok()
-                .and_then(exit_of)
-            else {
-                continue;
+            let (pid, status) = match waitid(Id::All, peek) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
+                    pid,
+                    ExitStatus::Signaled {
+                        signal: signal as i32,
+                        core_dumped,
+                    },
+                ),
+                _ => return,
             };
             if let Some(name) = self.hook_pids.remove(&pid.as_raw()) {
+                // Hooks are the shell's own children, not the core's.
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
                 match status {
                     ExitStatus::Exited(0) => debug!(self.log, "Hook {name} done"),
-                    other => warn!(self.log, "Hook {name} (pid:{pid}) failed: {other:?}"),
+                    other => warn!(self.log, "Hook {name} (pid:{pid}) failed: {other}"),
                 }
                 continue;
             }
             self.core.handle_exit(pid.as_raw(), status, now);
+            // The group kill, then the reap, then what the exit leads to.
+            self.execute_actions();
         }
     }
 
@@ -497,23 +472,6 @@ impl Runtime {
         }
     }
 
-    /// The next `WATCHDOG=1` to the service manager; only the main (promoted) master pings.
-    fn next_watchdog(&self) -> Option<Moment> {
-        let (_, next) = self.watchdog?;
-        self.core.parent_master().is_none().then_some(next)
-    }
-
-    fn ping_watchdog(&mut self, now: Moment) {
-        if let Some((interval, next)) = self.watchdog.as_mut() {
-            *next = now + *interval;
-            if let Some(supervisor) = &self.supervisor {
-                if let Err(e) = supervisor.send("WATCHDOG=1") {
-                    debug!(self.log, "watchdog ping failed: {e}");
-                }
-            }
-        }
-    }
-
     fn next_probe(&self) -> Option<Moment> {
         self.procs.values().filter_map(|p| p.probe_at).min()
     }
@@ -554,6 +512,17 @@ impl Drop for Runtime {
         // Listeners are closed by the core's CloseListeners; anything left (an error path)
         // is closed without unlinking.
         arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), false);
+    }
+}
+
+/// A pidfile written at the start, removed if the start fails after it.
+struct WrittenPidfile(Option<PathBuf>);
+
+impl Drop for WrittenPidfile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            pidfile::remove_if_ours(path, std::process::id());
+        }
     }
 }
 

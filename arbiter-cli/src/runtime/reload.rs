@@ -1,8 +1,9 @@
-//! HUP: re-reading the configuration and swapping it in, binds first.
+//! The core's `LoadConfig` (HUP, `ctl reload`): re-reading the configuration and swapping it
+//! in, binds first; the core hears the result.
 
 use arbiter_core::Moment;
 use arbiter_sockets::Listener;
-use slog::{error, info, warn};
+use slog::{info, warn};
 
 use crate::config::{self, Settings};
 use crate::os::heartbeat::{self};
@@ -17,19 +18,8 @@ impl Runtime {
             .map_err(|e| e.to_string())
             .and_then(|new| self.apply_settings(new).map_err(|e| e.to_string()));
         match applied {
-            Ok(config) => {
-                self.core.handle_reload(config, now);
-                self.fire_hook("on_reload", &[]);
-            }
-            Err(why) => {
-                // The master never exits over a bad reload: it says so and keeps its config.
-                error!(
-                    self.log,
-                    "reload failed, keeping the running configuration: {why}"
-                );
-                eprintln!("arbiter: reload failed, keeping the running configuration: {why}");
-                self.ops.on_reload_failed(&why, now);
-            }
+            Ok(config) => self.core.handle_reload(config, now),
+            Err(why) => self.core.handle_config_failed(why, now),
         }
     }
 
@@ -123,7 +113,8 @@ impl Runtime {
                 );
             }
         }
-        let config = setup::core_config(&new, command.key, gpus);
+        let mut config = setup::core_config(&new, command.key, gpus);
+        config.watchdog = self.watchdog;
         self.command = command;
         self.settings = new;
         Ok(config)

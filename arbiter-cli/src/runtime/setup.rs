@@ -258,6 +258,9 @@ pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig
         forward_usr1: settings.forward_usr1,
         command_key,
         gpus,
+        pidfile: settings.pidfile.is_some(),
+        // From the service manager's environment, not the settings: the caller adds it.
+        watchdog: None,
     }
 }
 

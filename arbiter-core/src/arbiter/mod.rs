@@ -1,13 +1,14 @@
-//! The arbiter state machine.
+//! The arbiter state machine: its inputs and the decisions they lead to.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use arbiter_gpu::Balancer;
 
-use crate::action::{Action, Event, Reason, SupervisorNote};
+use crate::action::{Action, Event, ExitCause, Reason, Refusal, SupervisorNote};
+use crate::input::Input;
 use crate::time::Moment;
-use crate::timers::Timers;
+use crate::timers::{Timer, Timers};
 use crate::types::{
     BootErrorPolicy, Command, Config, ExitStatus, Pid, ReadyMode, Role, Signal, Slot, WorkerId,
 };
@@ -49,11 +50,12 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum TimerKey {
-    Worker(WorkerId),
-    Backoff(Slot),
-    StopFinal,
+/// Which pidfile action the shell is carrying out (its report says how it went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PidfileOp {
+    Main,
+    Upgrade,
+    Promote,
 }
 
 /// Per-slot bookkeeping.
@@ -84,16 +86,20 @@ struct SlotState {
 
 /// The sans-IO arbiter: everything gunicorn's `Arbiter` decides, without doing any of it.
 ///
-/// Call order, as in quinn-proto: feed inputs with the `handle_*` methods, each stamped with
-/// the current [`Moment`]; after each input drain [`Arbiter::poll_action`] until `None` and
-/// carry the actions out in order (reporting spawn and re-exec results back at once); then
-/// sleep until [`Arbiter::poll_timeout`] or an fd is readable, and call
-/// [`Arbiter::handle_timeout`] when the deadline passes. After an [`Action::Exit`] the
-/// arbiter ignores every input.
+/// Call order, as in quinn-proto: feed inputs with [`Arbiter::handle`] (or the `handle_*`
+/// shorthands), each stamped with the current [`Moment`]; after each input drain
+/// [`Arbiter::poll_action`] until `None` and carry the actions out in order (reporting
+/// spawn, pidfile, configuration and re-exec results back at once); then sleep until
+/// [`Arbiter::poll_timeout`] or an fd is readable, and call [`Arbiter::handle_timeout`] when
+/// the deadline passes. A child's exit is reported while it is still a zombie (peeked with
+/// `WNOWAIT`): the actions that follow kill its process group ([`Action::KillGroup`]) and
+/// then reap it ([`Action::Reap`]). After an [`Action::Exit`] the arbiter ignores every input
+/// (exits still get their `Reap`).
 ///
-/// Invariants: no signal is ever emitted for a pid after its exit was reported; spawns
-/// happen only while the table holds fewer than `workers + max_surge` processes; during a
-/// reload an old worker is retired only once its slot has a ready new one.
+/// Invariants: no [`Action::Signal`] is ever emitted for a pid after its exit was reported;
+/// nothing is spawned before a fresh master's pidfile is written; spawns happen only while
+/// the table holds fewer than `workers + max_surge` processes; during a reload an old worker
+/// is retired only once its slot has a ready new one.
 #[derive(Debug)]
 pub struct Arbiter {
     config: Config,
@@ -118,7 +124,11 @@ pub struct Arbiter {
     old_active: usize,
     /// Active workers beyond the first in their slot (the reload surge).
     surge_active: usize,
-    timers: Timers<TimerKey>,
+    /// Workers in the `Ready` state.
+    ready: usize,
+    /// Workers in an active state (not being stopped).
+    active: usize,
+    timers: Timers<Timer>,
     actions: VecDeque<Action>,
     notify_commands: HashSet<u64>,
     gpus: Option<Balancer>,
@@ -126,13 +136,22 @@ pub struct Arbiter {
     parent: Option<Pid>,
     announced_ready: bool,
     ever_spawned: bool,
+    /// A fresh master's pidfile is being written: nothing is spawned until it is.
+    awaiting_pidfile: bool,
+    /// The pidfile action whose report is due.
+    pidfile_op: Option<PidfileOp>,
+    /// `PIDFILE.2` was asked for (once, when the upgrade child's workers were first ready).
+    upgrade_pidfile_asked: bool,
+    /// `PIDFILE.2` holds our pid.
+    upgrade_pidfile_written: bool,
     exit_code: i32,
     exit_reason: Reason,
     exited: bool,
 }
 
 impl Arbiter {
-    /// A new arbiter; its first actions (pidfile, spawns) are ready to poll.
+    /// A new arbiter; its first actions are ready to poll: a fresh master's pidfile (when it
+    /// keeps one; its spawns follow the report), or its spawns.
     pub fn new(config: Config, role: Role, now: Moment) -> Arbiter {
         let gpus = config
             .gpus
@@ -158,6 +177,8 @@ impl Arbiter {
             ready_slots: 0,
             old_active: 0,
             surge_active: 0,
+            ready: 0,
+            active: 0,
             timers: Timers::new(),
             actions: VecDeque::new(),
             notify_commands: HashSet::new(),
@@ -166,13 +187,28 @@ impl Arbiter {
             parent,
             announced_ready: false,
             ever_spawned: false,
+            awaiting_pidfile: false,
+            pidfile_op: None,
+            upgrade_pidfile_asked: false,
+            upgrade_pidfile_written: false,
             exit_code: 0,
             exit_reason: Reason::Shutdown,
             exited: false,
         };
-        arbiter.push(Action::WritePidfile {
-            upgrade_child: parent.is_some(),
-        });
+        if arbiter.config.pidfile && parent.is_none() {
+            // An upgrade child's PIDFILE.2 waits for its workers (see `notify_ready`).
+            arbiter.awaiting_pidfile = true;
+            arbiter.pidfile_op = Some(PidfileOp::Main);
+            arbiter.push(Action::WritePidfile {
+                upgrade_child: false,
+                reason: Reason::Boot,
+            });
+        }
+        if parent.is_none() {
+            // The first ping goes out at once.
+            let first = arbiter.config.watchdog.map(|_| now);
+            arbiter.timers.set(Timer::Watchdog, first);
+        }
         arbiter.manage(now);
         arbiter
     }
@@ -184,12 +220,21 @@ impl Arbiter {
         self.actions.pop_front()
     }
 
-    /// When [`Arbiter::handle_timeout`] must be called next, if ever.
+    /// When [`Arbiter::handle_timeout`] must be called next, if ever: the earliest of the
+    /// named deadlines.
     pub fn poll_timeout(&self) -> Option<Moment> {
         if self.exited {
             return None;
         }
         self.timers.next()
+    }
+
+    /// The earliest deadline and which one it is, for a trace of wake-ups.
+    pub fn next_deadline(&self) -> Option<(Moment, Timer)> {
+        if self.exited {
+            return None;
+        }
+        self.timers.first()
     }
 
     // ----- observers -----
@@ -229,12 +274,19 @@ impl Arbiter {
         self.slots.get(slot).map_or(0, |s| s.restarts)
     }
 
-    /// Ready workers that are not being stopped.
+    /// Ready workers that are not being stopped (kept as the table changes, not counted).
     pub fn ready_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count()
+        self.ready
+    }
+
+    /// Workers meant to keep running: spawning, booting or ready (kept, not counted).
+    pub fn active_count(&self) -> usize {
+        self.active
+    }
+
+    /// Workers in the table, whatever their state (those being stopped included).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
     }
 
     /// The pid of the new master this one re-exec'd, while it runs.
@@ -269,6 +321,13 @@ impl Arbiter {
         self.notify_commands.insert(key);
     }
 
+    /// Whether a fresh master's pidfile write is outstanding. While it is, its
+    /// [`Action::WritePidfile`] is the only action queued, and nothing is spawned before its
+    /// report: a shell may carry it out before it binds anything.
+    pub fn awaits_pidfile(&self) -> bool {
+        self.awaiting_pidfile
+    }
+
     /// Whether the arbiter has emitted its exit.
     pub fn has_exited(&self) -> bool {
         self.exited
@@ -276,30 +335,40 @@ impl Arbiter {
 
     // ----- inputs -----
 
-    /// A signal reached the master.
+    /// Any input: the one entry the `handle_*` shorthands below lead to. A shell that traces
+    /// prints `input` (one line) before handing it over.
+    pub fn handle(&mut self, input: Input, now: Moment) {
+        match input {
+            Input::Signal(signal) => self.handle_signal(signal, now),
+            Input::Command(command) => self.handle_command(command, now),
+            Input::Reload(config) => self.handle_reload(*config, now),
+            Input::ConfigFailed { error } => self.handle_config_failed(error, now),
+            Input::Spawned { id, pid } => self.handle_spawned(id, pid, now),
+            Input::SpawnFailed { id, error } => self.handle_spawn_failed(id, error, now),
+            Input::Exited { pid, status } => self.handle_exit(pid, status, now),
+            Input::Ready { pid } => self.handle_ready(pid, now),
+            Input::Heartbeat { pid, at } => self.handle_heartbeat(pid, at),
+            Input::Status { pid, text } => self.handle_status(pid, text),
+            Input::ReexecSpawned { pid } => self.handle_reexec_spawned(pid),
+            Input::ReexecFailed => self.handle_reexec_failed(),
+            Input::ParentExited => self.handle_parent_exited(now),
+            Input::PidfileWritten => self.handle_pidfile_written(now),
+            Input::PidfileFailed { error } => self.handle_pidfile_failed(error, now),
+            Input::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    /// A signal reached the master. HUP asks the shell for the configuration
+    /// ([`Action::LoadConfig`]); the roll starts when it comes back ([`Arbiter::handle_reload`]).
     pub fn handle_signal(&mut self, signal: Signal, now: Moment) {
         if self.exited {
             return;
         }
-        match signal {
-            Signal::Hup => {
-                let config = self.config.clone();
-                self.handle_reload(config, now);
-                return;
-            }
-            Signal::Term => self.begin_stop(false, Reason::Shutdown, 0, now),
-            Signal::Int | Signal::Quit => self.begin_stop(true, Reason::QuickShutdown, 0, now),
-            Signal::Ttin => {
-                if !self.is_stopping() {
-                    self.set_target(self.target + 1);
-                }
-            }
-            Signal::Ttou => {
-                if !self.is_stopping() && self.target > 1 {
-                    self.set_target(self.target - 1);
-                }
-            }
-            Signal::Usr1 => {
+        let stopping = self.is_stopping();
+        match (signal, stopping) {
+            (Signal::Term, _) => self.begin_stop(false, Reason::Shutdown, 0, now),
+            (Signal::Int | Signal::Quit, _) => self.begin_stop(true, Reason::QuickShutdown, 0, now),
+            (Signal::Usr1, _) => {
                 self.push(Action::ReopenLogs);
                 if self.config.forward_usr1 {
                     let targets: Vec<WorkerId> = self.workers.keys().copied().collect();
@@ -308,33 +377,34 @@ impl Arbiter {
                     }
                 }
             }
-            Signal::Usr2 => self.upgrade(),
-            Signal::Winch => {
-                if self.config.daemonized {
-                    if !self.is_stopping() {
-                        self.target = 0;
-                        self.all_dirty = true;
-                        if let Some(gpus) = self.gpus.as_mut() {
-                            gpus.set_workers(0);
-                        }
-                    }
-                } else {
-                    self.event(Event::SignalIgnored {
-                        signal,
-                        why: "SIGWINCH ignored. Not daemonized",
-                    });
-                }
+            (Signal::Usr2, _) => self.upgrade(),
+            (Signal::Hup | Signal::Ttin | Signal::Ttou | Signal::Winch, true) => {
+                self.refuse_signal(signal, Refusal::Stopping)
             }
-            Signal::Chld | Signal::Kill | Signal::Abrt => {}
+            (Signal::Hup, false) => self.push(Action::LoadConfig {
+                reason: Reason::Reload,
+            }),
+            (Signal::Ttin, false) => self.set_target(self.target + 1, Reason::ScaleUp),
+            (Signal::Ttou, false) if self.target > 1 => {
+                self.set_target(self.target - 1, Reason::Cull)
+            }
+            (Signal::Ttou, false) => self.refuse_signal(signal, Refusal::AtFloor),
+            (Signal::Winch, false) if self.config.daemonized => self.set_target(0, Reason::Winch),
+            (Signal::Winch, false) => self.refuse_signal(signal, Refusal::NotDaemonized),
+            (Signal::Chld | Signal::Kill | Signal::Abrt, _) => {
+                self.refuse_signal(signal, Refusal::NotAnOrder)
+            }
         }
         self.manage(now);
     }
 
-    /// HUP with a (re-read) configuration: start a rolling reload.
-    pub fn handle_reload(&mut self, config: Config, now: Moment) {
+    /// The configuration re-read for a reload (HUP, `Command::Reload`), validated by the
+    /// shell: start a rolling reload. `pidfile` keeps its value from the start.
+    pub fn handle_reload(&mut self, mut config: Config, now: Moment) {
         if self.exited || self.is_stopping() {
             return;
         }
+        config.pidfile = self.config.pidfile;
         if config.gpus != self.config.gpus {
             self.gpus = config
                 .gpus
@@ -342,6 +412,17 @@ impl Arbiter {
                 .map(|gpu| Balancer::new(gpu, config.workers));
         } else if let Some(gpus) = self.gpus.as_mut() {
             gpus.set_workers(config.workers);
+        }
+        if config.watchdog != self.config.watchdog && self.parent.is_none() {
+            self.timers
+                .set(Timer::Watchdog, config.watchdog.map(|every| now + every));
+        }
+        if config.workers != self.target {
+            self.event(Event::TargetChanged {
+                from: self.target,
+                to: config.workers,
+                reason: Reason::Reload,
+            });
         }
         self.target = config.workers;
         self.config = config;
@@ -367,18 +448,22 @@ impl Arbiter {
         self.manage(now);
     }
 
+    /// The configuration re-read for a reload could not be used: the running one stays.
+    pub fn handle_config_failed(&mut self, error: String, _now: Moment) {
+        if self.exited {
+            return;
+        }
+        self.event(Event::ConfigRejected { error });
+    }
+
     /// A control command.
     pub fn handle_command(&mut self, command: Command, now: Moment) {
         if self.exited {
             return;
         }
-        match command {
-            Command::Scale(n) => {
-                if !self.is_stopping() {
-                    self.set_target(n.max(1));
-                }
-            }
-            Command::Stop { quick } => {
+        let stopping = self.is_stopping();
+        match (command, stopping) {
+            (Command::Stop { quick }, _) => {
                 let reason = if quick {
                     Reason::QuickShutdown
                 } else {
@@ -386,11 +471,22 @@ impl Arbiter {
                 };
                 self.begin_stop(quick, reason, 0, now);
             }
-            Command::KillWorker(pid) => {
-                if let Some(&id) = self.by_pid.get(&pid) {
-                    if self.workers[&id].state.is_active() {
-                        self.retire(id, Reason::Requested, now);
-                    }
+            (command @ (Command::Scale(_) | Command::Reload), true) => {
+                self.refuse_command(command, Refusal::Stopping)
+            }
+            (Command::Scale(n), false) => self.set_target(n.max(1), Reason::Requested),
+            (Command::Reload, false) => self.push(Action::LoadConfig {
+                reason: Reason::Reload,
+            }),
+            (Command::KillWorker(pid), _) => {
+                let running = self
+                    .by_pid
+                    .get(&pid)
+                    .copied()
+                    .filter(|id| self.workers[id].state.is_active());
+                match running {
+                    Some(id) => self.retire(id, Reason::Requested, now),
+                    None => self.refuse_command(Command::KillWorker(pid), Refusal::NoSuchWorker),
                 }
             }
         }
@@ -414,10 +510,11 @@ impl Arbiter {
         worker.pid = Some(pid);
         worker.spawned_at = now;
         worker.awaits_ready = awaits_ready;
+        let (state, stop_reason) = (worker.state, worker.stop_reason);
         self.by_pid.insert(pid, id);
-        match worker.state {
+        match state {
             WorkerState::Spawning => {
-                worker.state = WorkerState::Booting;
+                self.set_state(id, WorkerState::Booting);
                 if !awaits_ready && self.config.ready_after.is_zero() {
                     self.mark_ready(id, now);
                 }
@@ -425,11 +522,12 @@ impl Arbiter {
             WorkerState::Retiring => {
                 // Asked to stop before its pid was known: tell it now.
                 let signal = self.stop_signal();
-                self.send(id, signal, false, Reason::Shutdown);
+                let reason = stop_reason.unwrap_or(Reason::Shutdown);
+                self.send(id, signal, false, reason);
             }
             _ => {}
         }
-        self.rearm(id);
+        self.arm(id);
         self.manage(now);
     }
 
@@ -450,20 +548,33 @@ impl Arbiter {
         self.manage(now);
     }
 
-    /// A child exited (reaped by the shell).
+    /// A child exited. Report it while the child is still a zombie (peeked at with
+    /// `WNOWAIT`, not reaped): a worker's process group is killed first
+    /// ([`Action::KillGroup`]), then the child is reaped ([`Action::Reap`]).
     pub fn handle_exit(&mut self, pid: Pid, status: ExitStatus, now: Moment) {
         if self.exited {
+            self.push(Action::Reap { pid });
             return;
         }
         if self.reexec_pid == Some(pid) {
             self.reexec_pid = None;
+            self.push(Action::Reap { pid });
             self.event(Event::ReexecExited { pid, status });
             return;
         }
         let Some(&id) = self.by_pid.get(&pid) else {
+            self.push(Action::Reap { pid });
             self.event(Event::OrphanReaped { pid, status });
             return;
         };
+        // What the worker started stays in its group and would keep serving on the inherited
+        // listeners (a SIGKILLed gunicorn master's workers do): it goes with the worker.
+        self.push(Action::KillGroup {
+            id,
+            pid,
+            reason: Reason::WorkerExited,
+        });
+        self.push(Action::Reap { pid });
         let Some(worker) = self.remove_worker(id) else {
             return;
         };
@@ -474,6 +585,7 @@ impl Arbiter {
             slot: worker.slot,
             status,
             expected,
+            cause: ExitCause::of(worker.stop_reason, status),
         });
         if !self.is_stopping() && !expected {
             self.unexpected_exit(&worker, status, now);
@@ -490,7 +602,7 @@ impl Arbiter {
         self.notify_commands.insert(worker.command_key);
         if worker.state == WorkerState::Booting {
             self.mark_ready(id, now);
-            self.rearm(id);
+            self.arm(id);
             self.manage(now);
         }
     }
@@ -505,7 +617,8 @@ impl Arbiter {
             return;
         }
         worker.last_heartbeat = Some(at);
-        self.rearm(id);
+        let deadline = self.heartbeat_deadline(&self.workers[&id]);
+        self.timers.set(Timer::Heartbeat(id), deadline);
     }
 
     /// The worker (by pid) sent `STATUS=...`.
@@ -527,29 +640,92 @@ impl Arbiter {
         self.reexec_pid = None;
     }
 
-    /// This master's parent master (it is an upgrade child) exited: promote.
-    pub fn handle_parent_exited(&mut self, _now: Moment) {
+    /// This master's parent master (it is an upgrade child) exited: promote. `PIDFILE.2` is
+    /// renamed if it was written, else the pidfile is written now; the watchdog pings start.
+    pub fn handle_parent_exited(&mut self, now: Moment) {
         if self.exited || self.parent.take().is_none() {
             return;
         }
         self.event(Event::Promoted);
-        self.push(Action::PromotePidfile);
+        if self.config.pidfile {
+            if self.upgrade_pidfile_written {
+                self.pidfile_op = Some(PidfileOp::Promote);
+                self.push(Action::PromotePidfile);
+            } else {
+                self.pidfile_op = Some(PidfileOp::Main);
+                self.push(Action::WritePidfile {
+                    upgrade_child: false,
+                    reason: Reason::Promoted,
+                });
+            }
+        }
         self.push(Action::Notify(SupervisorNote::MainPid));
+        if let Some(every) = self.config.watchdog {
+            self.push(Action::Notify(SupervisorNote::Watchdog));
+            self.timers.set(Timer::Watchdog, Some(now + every));
+        }
     }
 
-    /// A deadline from [`Arbiter::poll_timeout`] passed.
+    /// The last [`Action::WritePidfile`] or [`Action::PromotePidfile`] was carried out.
+    pub fn handle_pidfile_written(&mut self, now: Moment) {
+        match self.pidfile_op.take() {
+            Some(PidfileOp::Upgrade) => self.upgrade_pidfile_written = true,
+            Some(PidfileOp::Promote) => self.upgrade_pidfile_written = false,
+            Some(PidfileOp::Main) | None => {}
+        }
+        if self.awaiting_pidfile {
+            self.awaiting_pidfile = false;
+            self.manage(now);
+        }
+    }
+
+    /// The last [`Action::WritePidfile`] or [`Action::PromotePidfile`] failed. At start
+    /// (nothing spawned yet) the master exits 1; later the failure is reported
+    /// ([`Event::PidfileFailed`]) and the master keeps running.
+    pub fn handle_pidfile_failed(&mut self, error: String, _now: Moment) {
+        if self.exited {
+            return;
+        }
+        let op = self.pidfile_op.take();
+        if self.awaiting_pidfile {
+            self.awaiting_pidfile = false;
+            self.exit_code = 1;
+            self.exit_reason = Reason::PidfileFailure;
+            self.finish_exit();
+            return;
+        }
+        self.event(Event::PidfileFailed {
+            upgrade_child: matches!(op, Some(PidfileOp::Upgrade | PidfileOp::Promote)),
+            error,
+        });
+    }
+
+    /// A deadline from [`Arbiter::poll_timeout`] passed: every timer due fires, in order.
     pub fn handle_timeout(&mut self, now: Moment) {
         if self.exited {
             return;
         }
-        while let Some(key) = self.timers.pop_due(now) {
-            match key {
-                TimerKey::Worker(id) => self.worker_due(id, now),
-                TimerKey::Backoff(slot) => {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Boot(id) => self.expire(id, Reason::BootTimeout, now),
+                Timer::Heartbeat(id) => self.expire(id, Reason::HeartbeatTimeout, now),
+                Timer::ReadyAfter(id) => {
+                    if self.workers.get(&id).map(|w| w.state) == Some(WorkerState::Booting) {
+                        self.mark_ready(id, now);
+                        self.arm(id);
+                    }
+                }
+                Timer::Kill(id) => self.kill_due(id),
+                Timer::Backoff(slot) => {
                     self.slots[slot].backoff_until = None;
                     self.touch(slot);
                 }
-                TimerKey::StopFinal => {
+                Timer::Watchdog => {
+                    self.push(Action::Notify(SupervisorNote::Watchdog));
+                    let next = self.config.watchdog.map(|every| now + every);
+                    self.timers.set(Timer::Watchdog, next);
+                }
+                Timer::Stop => {
                     self.finish_exit();
                     return;
                 }
@@ -571,7 +747,15 @@ impl Arbiter {
         }
     }
 
-    fn set_target(&mut self, target: usize) {
+    fn set_target(&mut self, target: usize, reason: Reason) {
+        if target == self.target {
+            return;
+        }
+        self.event(Event::TargetChanged {
+            from: self.target,
+            to: target,
+            reason,
+        });
         self.target = target;
         self.all_dirty = true;
         if let Some(gpus) = self.gpus.as_mut() {
@@ -579,21 +763,27 @@ impl Arbiter {
         }
     }
 
+    fn refuse_signal(&mut self, signal: Signal, why: Refusal) {
+        self.event(Event::SignalRefused { signal, why });
+    }
+
+    fn refuse_command(&mut self, command: Command, why: Refusal) {
+        self.event(Event::CommandRefused { command, why });
+    }
+
     fn upgrade(&mut self) {
-        if self.reexec_pid.is_some() {
-            self.event(Event::UpgradeRefused {
-                why: "USR2 signal ignored. Child exists.",
-            });
+        let refusal = if self.reexec_pid.is_some() {
+            Some(Refusal::ChildExists)
         } else if self.parent.is_some() {
-            self.event(Event::UpgradeRefused {
-                why: "USR2 signal ignored. Parent exists.",
-            });
+            Some(Refusal::ParentExists)
         } else if self.is_stopping() {
-            self.event(Event::UpgradeRefused {
-                why: "USR2 signal ignored. Stopping.",
-            });
+            Some(Refusal::Stopping)
         } else {
-            self.push(Action::ReExec);
+            None
+        };
+        match refusal {
+            Some(why) => self.refuse_signal(Signal::Usr2, why),
+            None => self.push(Action::ReExec),
         }
     }
 
@@ -625,7 +815,7 @@ impl Arbiter {
         }
         let slots = self.slots.len();
         for slot in 0..slots {
-            self.timers.set(TimerKey::Backoff(slot), None);
+            self.timers.set(Timer::Backoff(slot), None);
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         let deadline = now + self.config.graceful_timeout;
@@ -642,13 +832,13 @@ impl Arbiter {
                     if quick {
                         self.send(id, self.config.quick_signal, false, reason);
                     }
-                    self.rearm(id);
+                    self.arm(id);
                 }
                 WorkerState::Aborted | WorkerState::Killed => {}
             }
         }
         let final_at = deadline + self.config.abort_grace + REAP_GRACE;
-        self.timers.set(TimerKey::StopFinal, Some(final_at));
+        self.timers.set(Timer::Stop, Some(final_at));
     }
 
     fn unexpected_exit(&mut self, worker: &Worker, status: ExitStatus, now: Moment) {
@@ -684,47 +874,36 @@ impl Arbiter {
         let until = now + delay;
         state.backoff_until = Some(until);
         self.touch(slot);
-        self.timers.set(TimerKey::Backoff(slot), Some(until));
+        self.timers.set(Timer::Backoff(slot), Some(until));
         self.event(Event::Backoff { slot, delay });
     }
 
-    fn worker_due(&mut self, id: WorkerId, now: Moment) {
+    /// A boot or heartbeat deadline passed: abort the worker if it still runs.
+    fn expire(&mut self, id: WorkerId, reason: Reason, now: Moment) {
+        let live = self
+            .workers
+            .get(&id)
+            .is_some_and(|w| matches!(w.state, WorkerState::Booting | WorkerState::Ready));
+        if live {
+            self.abort(id, reason, now);
+        }
+    }
+
+    /// A kill deadline passed: KILL the group of a worker still retiring or aborted.
+    fn kill_due(&mut self, id: WorkerId) {
         let Some(worker) = self.workers.get(&id) else {
             return;
         };
-        match worker.state {
-            WorkerState::Booting | WorkerState::Ready => {
-                let boot_due = self.boot_deadline(worker).is_some_and(|at| at <= now);
-                let heartbeat_due = self.heartbeat_deadline(worker).is_some_and(|at| at <= now);
-                let ready_due = self.exec_ready_deadline(worker).is_some_and(|at| at <= now);
-                if ready_due && !heartbeat_due {
-                    self.mark_ready(id, now);
-                    self.rearm(id);
-                } else if boot_due {
-                    self.abort(id, Reason::BootTimeout, now);
-                } else if heartbeat_due {
-                    self.abort(id, Reason::HeartbeatTimeout, now);
-                } else {
-                    self.rearm(id);
-                }
-            }
-            WorkerState::Retiring | WorkerState::Aborted => {
-                if worker.kill_at.is_some_and(|at| at <= now) {
-                    let reason = match (worker.state, self.phase) {
-                        (WorkerState::Aborted, _) => Reason::AbortGraceOver,
-                        (_, Phase::Stopping { .. }) => Reason::GraceOver,
-                        _ => Reason::RetireGraceOver,
-                    };
-                    self.send(id, Signal::Kill, true, reason);
-                    let worker = self.workers.get_mut(&id).expect("checked");
-                    worker.state = WorkerState::Killed;
-                    worker.kill_at = None;
-                } else {
-                    self.rearm(id);
-                }
-            }
-            WorkerState::Spawning | WorkerState::Killed => {}
-        }
+        let reason = match (worker.state, self.phase) {
+            (WorkerState::Aborted, _) => Reason::AbortGraceOver,
+            (WorkerState::Retiring, Phase::Stopping { .. }) => Reason::GraceOver,
+            (WorkerState::Retiring, _) => Reason::RetireGraceOver,
+            _ => return,
+        };
+        self.send(id, Signal::Kill, true, reason);
+        self.set_state(id, WorkerState::Killed);
+        self.workers.get_mut(&id).expect("checked").kill_at = None;
+        self.arm(id);
     }
 
     fn push(&mut self, action: Action) {

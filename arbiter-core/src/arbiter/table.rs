@@ -1,13 +1,14 @@
 //! The worker table's bookkeeping: keeping slots filled and rolled (`manage`), the per-slot
-//! caches that make each input cheap, spawning, retiring and aborting workers, and their
-//! deadlines.
+//! caches and counters that make each input cheap, spawning, retiring and aborting workers,
+//! and their deadlines (one named [`Timer`] per kind).
 
 use crate::action::{Action, Event, Reason, SupervisorNote};
 use crate::time::Moment;
+use crate::timers::Timer;
 use crate::types::{Signal, Slot, WorkerId};
 use crate::worker::{Worker, WorkerState};
 
-use super::{Arbiter, Phase, SlotState, TimerKey};
+use super::{Arbiter, Phase, PidfileOp, SlotState};
 
 impl Arbiter {
     /// Keeps the table at the target: spawns into empty slots, rolls reloads forward,
@@ -18,7 +19,7 @@ impl Arbiter {
     /// Every slot change goes through `touch`; the `want_*` sets and counters are exact
     /// once the dirty slots are refreshed (checked against a full scan in debug builds).
     pub(super) fn manage(&mut self, now: Moment) {
-        if self.exited {
+        if self.exited || self.awaiting_pidfile {
             return;
         }
         if self.is_stopping() {
@@ -196,6 +197,18 @@ impl Arbiter {
             })
             .sum();
         assert_eq!(self.surge_active, surge_active, "surge count drifted");
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        assert_eq!(self.ready, ready, "ready count drifted");
+        let active = self
+            .workers
+            .values()
+            .filter(|w| w.state.is_active())
+            .count();
+        assert_eq!(self.active, active, "active count drifted");
         for (slot, state) in self.slots.iter().enumerate() {
             let active = state
                 .members
@@ -240,6 +253,16 @@ impl Arbiter {
 
     pub(super) fn notify_ready(&mut self) {
         self.announced_ready = true;
+        if self.parent.is_some() && self.config.pidfile && !self.upgrade_pidfile_asked {
+            // Its appearance tells `arbiter upgrade` (and scripts) that the new generation
+            // serves, so an upgrade child writes it only now.
+            self.upgrade_pidfile_asked = true;
+            self.pidfile_op = Some(PidfileOp::Upgrade);
+            self.push(Action::WritePidfile {
+                upgrade_child: true,
+                reason: Reason::UpgradeReady,
+            });
+        }
         self.push(Action::Notify(SupervisorNote::Ready));
         let status = format!("{} workers ready", self.ready_count());
         self.push(Action::Notify(SupervisorNote::Status(status)));
@@ -282,6 +305,7 @@ impl Arbiter {
             stop_reason: None,
         };
         self.workers.insert(id, worker);
+        self.active += 1;
         let state = &mut self.slots[slot];
         state.members.push(id);
         state.used = true;
@@ -300,7 +324,11 @@ impl Arbiter {
         if let Some(pid) = worker.pid {
             self.by_pid.remove(&pid);
         }
-        self.timers.set(TimerKey::Worker(id), None);
+        self.ready -= usize::from(worker.state == WorkerState::Ready);
+        self.active -= usize::from(worker.state.is_active());
+        for timer in worker_timers(id) {
+            self.timers.set(timer, None);
+        }
         if let Some(gpus) = self.gpus.as_mut() {
             gpus.release(id.0);
         }
@@ -312,8 +340,8 @@ impl Arbiter {
     }
 
     pub(super) fn mark_ready(&mut self, id: WorkerId, now: Moment) {
+        self.set_state(id, WorkerState::Ready);
         let worker = self.workers.get_mut(&id).expect("caller checked");
-        worker.state = WorkerState::Ready;
         worker.ready_at = Some(now);
         let (pid, slot) = (worker.pid.expect("ready workers have a pid"), worker.slot);
         self.touch(slot);
@@ -327,8 +355,8 @@ impl Arbiter {
             _ => Signal::Term,
         };
         let grace = self.config.graceful_timeout;
+        self.set_state(id, WorkerState::Retiring);
         let worker = self.workers.get_mut(&id).expect("caller checked");
-        worker.state = WorkerState::Retiring;
         worker.kill_at = Some(now + grace);
         worker.stop_reason = Some(reason);
         let (has_pid, slot) = (worker.pid.is_some(), worker.slot);
@@ -336,21 +364,30 @@ impl Arbiter {
         if has_pid {
             self.send(id, signal, false, reason);
         }
-        self.rearm(id);
+        self.arm(id);
     }
 
     /// Sends the abort signal to a hung worker's process group; KILL after the abort grace.
     pub(super) fn abort(&mut self, id: WorkerId, reason: Reason, now: Moment) {
         let grace = self.config.abort_grace;
         let signal = self.config.abort_signal;
+        self.set_state(id, WorkerState::Aborted);
         let worker = self.workers.get_mut(&id).expect("caller checked");
-        worker.state = WorkerState::Aborted;
         worker.kill_at = Some(now + grace);
         worker.stop_reason = Some(reason);
         let slot = worker.slot;
         self.touch(slot);
         self.send(id, signal, true, reason);
-        self.rearm(id);
+        self.arm(id);
+    }
+
+    /// Moves a worker to `state`, keeping the ready and active counts.
+    pub(super) fn set_state(&mut self, id: WorkerId, state: WorkerState) {
+        let worker = self.workers.get_mut(&id).expect("caller checked");
+        let old = std::mem::replace(&mut worker.state, state);
+        self.ready = self.ready + usize::from(state == WorkerState::Ready)
+            - usize::from(old == WorkerState::Ready);
+        self.active = self.active + usize::from(state.is_active()) - usize::from(old.is_active());
     }
 
     pub(super) fn send(&mut self, id: WorkerId, signal: Signal, group: bool, reason: Reason) {
@@ -366,23 +403,21 @@ impl Arbiter {
         });
     }
 
-    /// Recomputes the one deadline of a worker.
-    pub(super) fn rearm(&mut self, id: WorkerId) {
-        let deadline = self.workers.get(&id).and_then(|worker| match worker.state {
-            WorkerState::Booting | WorkerState::Ready => [
-                self.boot_deadline(worker),
-                self.heartbeat_deadline(worker),
-                self.exec_ready_deadline(worker),
-            ]
-            .into_iter()
-            .flatten()
-            .min(),
-            WorkerState::Retiring | WorkerState::Aborted => worker.kill_at,
-            WorkerState::Spawning | WorkerState::Killed => None,
-        });
-        if self.timers.get(TimerKey::Worker(id)) != deadline {
-            self.timers.set(TimerKey::Worker(id), deadline);
-        }
+    /// Recomputes a worker's deadlines, one per kind, from its state.
+    pub(super) fn arm(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        let running = matches!(worker.state, WorkerState::Booting | WorkerState::Ready);
+        let stopping = matches!(worker.state, WorkerState::Retiring | WorkerState::Aborted);
+        let boot = self.boot_deadline(worker);
+        let heartbeat = self.heartbeat_deadline(worker).filter(|_| running);
+        let ready_after = self.exec_ready_deadline(worker);
+        let kill = worker.kill_at.filter(|_| stopping);
+        self.timers.set(Timer::Boot(id), boot);
+        self.timers.set(Timer::Heartbeat(id), heartbeat);
+        self.timers.set(Timer::ReadyAfter(id), ready_after);
+        self.timers.set(Timer::Kill(id), kill);
     }
 
     pub(super) fn boot_deadline(&self, worker: &Worker) -> Option<Moment> {
@@ -422,6 +457,16 @@ impl Arbiter {
             worker.state == WorkerState::Ready && worker.generation == self.generation
         })
     }
+}
+
+/// The deadlines a worker may have.
+fn worker_timers(id: WorkerId) -> [Timer; 4] {
+    [
+        Timer::Boot(id),
+        Timer::Heartbeat(id),
+        Timer::ReadyAfter(id),
+        Timer::Kill(id),
+    ]
 }
 
 /// A worker aborted for a timeout (then perhaps killed) and not reaped yet.

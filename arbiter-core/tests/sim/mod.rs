@@ -1,18 +1,20 @@
 //! A simulated world for the arbiter: a virtual clock and scripted worker processes.
 //!
-//! The world carries out every action the arbiter emits (spawn, signal, exit, pidfile,
-//! re-exec) against fake processes, and feeds their behaviour back (readiness, heartbeats,
-//! exits) at exact virtual moments. It checks the arbiter's safety invariants as it goes:
-//! it panics on a signal to a pid that exited or never existed, on a spawn that overfills the
-//! table, and on a hung worker not killed exactly at the end of its abort grace.
+//! The world carries out every action the arbiter emits (spawn, signal, group kill, reap,
+//! exit, pidfile, configuration, re-exec) against fake processes, and feeds their behaviour
+//! back (readiness, heartbeats, exits) at exact virtual moments. It checks the arbiter's
+//! safety invariants as it goes: it panics on a signal to a pid that exited or never existed,
+//! on a spawn that overfills the table or comes before a fresh master's pidfile, on a hung
+//! worker not killed exactly at the end of its abort grace, on a group kill of a child that
+//! is not a zombie, and on a reported exit that is not reaped (or reaped twice).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use arbiter_core::{
-    Action, Arbiter, Config, Event, ExitStatus, Moment, Pid, Reason, Role, Signal, Slot, WorkerId,
-    WorkerState,
+    Action, Arbiter, Config, Event, ExitStatus, Moment, Pid, Reason, Role, Signal, Slot,
+    SupervisorNote, WorkerId, WorkerState,
 };
 
 /// Milliseconds as a `Duration`.
@@ -206,6 +208,10 @@ pub struct World {
     pub children: BTreeSet<Pid>,
     /// Pids whose exit was reported to the arbiter.
     pub reaped: BTreeSet<Pid>,
+    /// Pids whose exit was reported and that are not reaped yet (zombies).
+    pub zombies: BTreeSet<Pid>,
+    /// Pids whose process group was killed after their exit, in order.
+    pub group_kills: Vec<Pid>,
     /// Every action, with the moment it was carried out.
     pub log: Vec<(Moment, Action)>,
     /// The exit, once the arbiter emitted it.
@@ -218,8 +224,14 @@ pub struct World {
     pub reexec: Option<Pid>,
     /// Whether the next re-exec fails.
     pub reexec_fails: bool,
+    /// Whether pidfile writes and renames fail.
+    pub pidfile_fails: bool,
+    /// What a configuration load (HUP) returns: the configuration, or an error.
+    pub config: Result<Config, String>,
     /// Exit codes that workers exited with, ever.
     pub exit_codes_seen: BTreeSet<i32>,
+    /// Whether the master started fresh (not as an upgrade child).
+    fresh: bool,
     /// Whether at least one spawn was requested while at the table limit.
     script: Script,
     agenda: BTreeSet<(Moment, u64, Happening)>,
@@ -241,19 +253,24 @@ impl World {
         let max_surge = config.max_surge.max(1);
         let abort_grace = config.abort_grace;
         let abort_signal = config.abort_signal;
-        let arbiter = Arbiter::new(config, role, Moment::ZERO);
+        let arbiter = Arbiter::new(config.clone(), role, Moment::ZERO);
         let mut world = World {
             arbiter,
             now: Moment::ZERO,
             procs: BTreeMap::new(),
             children: BTreeSet::new(),
             reaped: BTreeSet::new(),
+            zombies: BTreeSet::new(),
+            group_kills: Vec::new(),
             log: Vec::new(),
             exit: None,
             pidfiles: BTreeMap::new(),
             master_pid: 1,
             reexec: None,
             reexec_fails: false,
+            pidfile_fails: false,
+            config: Ok(config),
+            fresh: role == Role::Fresh,
             exit_codes_seen: BTreeSet::new(),
             script,
             agenda: BTreeSet::new(),
@@ -275,13 +292,10 @@ impl World {
         self.drain();
     }
 
-    /// HUP with a new configuration.
+    /// HUP with a new configuration: the configuration load it asks for returns `config`.
     pub fn reload(&mut self, config: Config) {
-        self.max_surge = config.max_surge.max(1);
-        self.abort_grace = config.abort_grace;
-        self.abort_signal = config.abort_signal;
-        self.arbiter.handle_reload(config, self.now);
-        self.drain();
+        self.config = Ok(config);
+        self.signal(Signal::Hup);
     }
 
     /// A control command now.
@@ -292,13 +306,19 @@ impl World {
 
     /// An unknown child (an orphan) is reaped now.
     pub fn orphan_exit(&mut self, pid: Pid, status: ExitStatus) {
-        self.arbiter.handle_exit(pid, status, self.now);
-        self.drain();
+        self.report_exit(pid, status);
     }
 
     /// The re-exec'd master exits now.
     pub fn reexec_exits(&mut self, status: ExitStatus) {
         let pid = self.reexec.take().expect("a re-exec'd master runs");
+        self.report_exit(pid, status);
+    }
+
+    /// Reports the exit of `pid`, a zombie until the arbiter's `Reap` for it.
+    fn report_exit(&mut self, pid: Pid, status: ExitStatus) {
+        self.reaped.insert(pid);
+        assert!(self.zombies.insert(pid), "exit of {pid} reported twice");
         self.arbiter.handle_exit(pid, status, self.now);
         self.drain();
     }
@@ -430,13 +450,11 @@ impl World {
             Happening::Exit(pid) => {
                 if self.children.remove(&pid) {
                     // A group child: the arbiter sees it as an orphan.
-                    self.reaped.insert(pid);
                     let status = ExitStatus::Signaled {
                         signal: 9,
                         core_dumped: false,
                     };
-                    self.arbiter.handle_exit(pid, status, now);
-                    self.drain();
+                    self.report_exit(pid, status);
                     return;
                 }
                 let Some(proc_) = self.procs.get_mut(&pid) else {
@@ -453,9 +471,7 @@ impl World {
                 if let Some(code) = status.code() {
                     self.exit_codes_seen.insert(code);
                 }
-                self.reaped.insert(pid);
-                self.arbiter.handle_exit(pid, status, now);
-                self.drain();
+                self.report_exit(pid, status);
             }
         }
     }
@@ -485,6 +501,20 @@ impl World {
             self.log.push((self.now, action.clone()));
             self.execute(action);
         }
+        assert!(
+            self.zombies.is_empty(),
+            "exits reported but never reaped: {:?}",
+            self.zombies
+        );
+    }
+
+    /// Every `WATCHDOG=1` sent to the service manager.
+    pub fn watchdog_pings(&self) -> Vec<Moment> {
+        self.log
+            .iter()
+            .filter(|(_, a)| *a == Action::Notify(SupervisorNote::Watchdog))
+            .map(|(at, _)| *at)
+            .collect()
     }
 
     fn execute(&mut self, action: Action) {
@@ -498,6 +528,12 @@ impl World {
                     "spawn of {id} with {table} workers in the table, limit {limit}"
                 );
                 assert!(!self.arbiter.has_exited(), "spawn after exit");
+                if self.fresh && self.arbiter.config().pidfile {
+                    assert!(
+                        self.pidfiles.contains_key("pidfile"),
+                        "spawn of {id} before the pidfile"
+                    );
+                }
                 let behavior = (self.script)(slot, id);
                 if behavior.spawn_fails {
                     self.arbiter
@@ -548,24 +584,61 @@ impl World {
                 group,
                 ..
             } => self.deliver(id, pid, signal, group),
+            Action::KillGroup { pid, .. } => {
+                assert!(
+                    self.zombies.contains(&pid),
+                    "group kill of {pid}, which is not a zombie"
+                );
+                self.group_kills.push(pid);
+                let children = self.procs.get(&pid).map(|p| p.children.clone());
+                for child in children.unwrap_or_default() {
+                    if self.children.contains(&child) {
+                        self.schedule(now, Happening::Exit(child));
+                    }
+                }
+            }
+            Action::Reap { pid } => {
+                assert!(self.zombies.remove(&pid), "reap of {pid}, not a zombie");
+            }
+            Action::LoadConfig { .. } => match self.config.clone() {
+                Ok(config) => {
+                    self.max_surge = config.max_surge.max(1);
+                    self.abort_grace = config.abort_grace;
+                    self.abort_signal = config.abort_signal;
+                    self.arbiter.handle_reload(config, now);
+                }
+                Err(error) => self.arbiter.handle_config_failed(error, now),
+            },
             Action::Exit { code, reason } => {
                 assert!(self.exit.is_none(), "a second exit");
                 self.exit = Some((now, code, reason));
             }
-            Action::WritePidfile { upgrade_child } => {
+            Action::WritePidfile { upgrade_child, .. } => {
+                if self.pidfile_fails {
+                    self.arbiter
+                        .handle_pidfile_failed("permission denied".into(), now);
+                    return;
+                }
                 let name = if upgrade_child {
                     "pidfile.2"
                 } else {
                     "pidfile"
                 };
                 self.pidfiles.insert(name.into(), self.master_pid);
+                self.arbiter.handle_pidfile_written(now);
             }
             Action::PromotePidfile => {
+                if self.pidfile_fails {
+                    self.arbiter
+                        .handle_pidfile_failed("permission denied".into(), now);
+                    return;
+                }
                 let pid = self
                     .pidfiles
                     .remove("pidfile.2")
                     .expect("promotion renames an existing pidfile.2");
                 self.pidfiles.insert("pidfile".into(), pid);
+                self.arbiter.handle_pidfile_written(now);
             }
             Action::ReExec => {
                 if self.reexec_fails {

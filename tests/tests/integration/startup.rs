@@ -280,3 +280,36 @@ fn a_pidfile_naming_a_dead_pid_is_replaced_and_removed_at_exit() {
 fn a_garbage_pidfile_is_replaced_and_removed_at_exit() {
     stale_pidfile_is_replaced("not a pid\n");
 }
+
+#[test]
+fn a_pidfile_that_cannot_be_written_exits_1_before_anything_is_bound_or_spawned() {
+    let fx = Fixture::new();
+    let pidfile = fx.join("no-such-dir/a.pid");
+    let socket = fx.join("s.sock");
+    let unix = format!("unix:{}", socket.display());
+    let hook_ran = fx.join("on-starting");
+    let on_starting = format!("touch {}", hook_ran.display());
+    let (code, _, stderr) = run(
+        &fx,
+        "arbiter",
+        &[
+            "-b",
+            &unix,
+            "-p",
+            pidfile.to_str().unwrap(),
+            "--on-starting",
+            &on_starting,
+        ],
+        EXIT,
+    );
+    assert_eq!(code, 1, "a startup failure, not a clean stop:\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("arbiter: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("a.pid"), "{stderr}");
+    assert!(!socket.exists(), "bound before the pidfile:\n{stderr}");
+    assert!(!hook_ran.exists(), "on_starting ran before the pidfile");
+    assert!(!stderr.contains("Booting worker"), "{stderr}");
+}
