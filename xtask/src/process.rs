@@ -189,8 +189,14 @@ impl Master {
     pub(crate) fn stop(&mut self) -> Result<(ExitStatus, Duration), String> {
         self.check_running()?;
         self.track();
-        let start = Instant::now();
         self.signal(Signal::SIGTERM)?;
+        self.wait_exit()
+    }
+
+    /// Waits up to the stop limit for the exit of the started process (a stop signal was sent
+    /// to it or to the process it runs); returns its status and how long it took.
+    pub(crate) fn wait_exit(&mut self) -> Result<(ExitStatus, Duration), String> {
+        let start = Instant::now();
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
@@ -202,7 +208,7 @@ impl Master {
             }
             if start.elapsed() > self.stop_limit {
                 return Err(format!(
-                    "TERM: the master did not exit within {:?}",
+                    "the master did not exit within {:?} of its stop signal",
                     self.stop_limit
                 ));
             }

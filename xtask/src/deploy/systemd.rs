@@ -14,7 +14,7 @@
 //! with `NOTIFY_SOCKET` ours and a 2 s watchdog instead of `WatchdogSec=`: the master (the
 //! activator's pid, after its exec) sends `READY=1`, `WATCHDOG=1`; the unit's reload
 //! (`ExecReload=`, or `ReloadSignal=` for notify-reload) gets `RELOADING=1` with a current
-//! `MONOTONIC_USEC=`, then `READY=1` once every worker was replaced; TERM to the master alone
+//! `MONOTONIC_USEC=`, then `READY=1` once N new workers run (the old ones then leave); TERM to the master alone
 //! (`KillMode=mixed`) gets `STOPPING=1` and exit 0 within `TimeoutStopSec=`, no process left.
 
 use std::fs;
@@ -401,12 +401,17 @@ fn sequence(
         from_master(n) && n.get("READY") == Some("1")
     })?;
     let reloaded = start.elapsed();
+    // READY=1 means the new generation serves: all its workers exist (the last old one may
+    // still be finishing its requests).
     let now = master.workers();
-    if !now.is_disjoint(&workers) {
+    let fresh = now.difference(&workers).count();
+    if fresh < count {
         return Err(format!(
-            "READY=1 after the reload while old workers still run: before {workers:?}, now {now:?}"
+            "READY=1 after the reload with {fresh} new workers of {count}: before {workers:?}, \
+             now {now:?}"
         ));
     }
+    master.wait_workers(|w| w.len() == count && w.is_disjoint(&workers))?;
     master.wait_serving(&http)?;
     master.track();
 
@@ -423,7 +428,7 @@ fn sequence(
     }
     Ok(format!(
         "serving in {}; READY=1 and WATCHDOG=1 from the master; {how}: RELOADING=1 with a \
-         current MONOTONIC_USEC, READY=1 {} later with all {count} workers replaced; TERM: STOPPING=1, \
+         current MONOTONIC_USEC, READY=1 {} later with {count} new workers, the old ones then gone; TERM: STOPPING=1, \
          exit 0 in {}, no process left",
         secs(serving),
         secs(reloaded),
