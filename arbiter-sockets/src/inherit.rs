@@ -179,15 +179,28 @@ pub fn resolve(
     if binds.is_empty() && inherited.origin == Some(Origin::Systemd) {
         return Ok(pool.into_iter().flatten().collect());
     }
-    let mut out = Vec::new();
+    // In bind order, each with whether it was bound here (not inherited): if a later spec
+    // fails, the unix paths bound here are removed, so a failed start leaves no socket file.
+    let mut out: Vec<(Listener, bool)> = Vec::new();
     for spec in binds {
-        let taken = take_matching(&mut pool, spec)?;
-        if taken.is_empty() {
-            out.extend(bind(spec, opts)?);
-        } else {
-            out.extend(taken);
+        let result = take_matching(&mut pool, spec).and_then(|taken| {
+            if taken.is_empty() {
+                bind(spec, opts).map(|bound| (bound, true))
+            } else {
+                Ok((taken, false))
+            }
+        });
+        match result {
+            Ok((listeners, fresh)) => out.extend(listeners.into_iter().map(|l| (l, fresh))),
+            Err(error) => {
+                for (listener, fresh) in out {
+                    listener.close(fresh);
+                }
+                return Err(error);
+            }
         }
     }
+    let out: Vec<Listener> = out.into_iter().map(|(listener, _)| listener).collect();
     // Unmatched inherited listeners are closed here, never unlinked.
     for listener in pool.into_iter().flatten() {
         listener.close(false);

@@ -70,6 +70,42 @@ pub enum ControlError {
     },
 }
 
+/// Where a master binds its control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPath {
+    /// The path bound now (`PATH.2` for an upgrade child).
+    pub bind_at: PathBuf,
+    /// Where an upgrade child moves it when promoted.
+    pub final_path: Option<PathBuf>,
+    /// Configured explicitly: a socket that cannot be bound stops the start.
+    pub explicit: bool,
+}
+
+/// The control socket a master with these settings binds, if any.
+pub fn control_socket(
+    settings: &Settings,
+    env: &[(OsString, OsString)],
+    upgrade_child: bool,
+) -> Option<ControlPath> {
+    let wanted = crate::protocol::path::for_master(
+        settings.control_socket.as_deref(),
+        settings.pidfile.as_deref(),
+        env,
+    )?;
+    let (bind_at, final_path) = match upgrade_child {
+        true => (
+            crate::protocol::path::with_suffix(&wanted.path, ".2"),
+            Some(wanted.path),
+        ),
+        false => (wanted.path, None),
+    };
+    Some(ControlPath {
+        bind_at,
+        final_path,
+        explicit: wanted.explicit,
+    })
+}
+
 /// The control socket, metrics endpoint and output capture of one master.
 pub struct Ops {
     control: Option<ControlServer>,
@@ -89,32 +125,23 @@ impl Ops {
         upgrade_child: bool,
         log: &Logger,
     ) -> Result<Ops, ControlError> {
-        let control = match crate::protocol::path::for_master(
-            settings.control_socket.as_deref(),
-            settings.pidfile.as_deref(),
-            env,
-        ) {
+        let control = match control_socket(settings, env, upgrade_child) {
             None => None,
-            Some(wanted) => {
-                let (bind_at, final_path) = match upgrade_child {
-                    true => (
-                        crate::protocol::path::with_suffix(&wanted.path, ".2"),
-                        Some(wanted.path.clone()),
-                    ),
-                    false => (wanted.path.clone(), None),
-                };
-                match socket::bind(&bind_at) {
-                    Ok((listener, identity)) => {
-                        info!(log, "Control socket: {}", bind_at.display());
-                        Some(ControlServer::new(listener, bind_at, identity, final_path))
-                    }
-                    Err(e) if wanted.explicit => return Err(e),
-                    Err(e) => {
-                        warn!(log, "running without a control socket: {e}");
-                        None
-                    }
+            Some(ControlPath {
+                bind_at,
+                final_path,
+                explicit,
+            }) => match socket::bind(&bind_at) {
+                Ok((listener, identity)) => {
+                    info!(log, "Control socket: {}", bind_at.display());
+                    Some(ControlServer::new(listener, bind_at, identity, final_path))
                 }
-            }
+                Err(e) if explicit => return Err(e),
+                Err(e) => {
+                    warn!(log, "running without a control socket: {e}");
+                    None
+                }
+            },
         };
         let metrics = match settings.metrics_bind {
             None => None,

@@ -10,10 +10,19 @@ use super::ControlError;
 /// The identity of a file, to unlink it at exit only if it is still ours.
 pub type Identity = (u64, u64);
 
-/// Binds a listening unix socket at `path` with mode 0600 after the safety checks: the
-/// parent directory is not world-writable without the sticky bit, nothing but a stale socket
-/// is in the way (a live one is refused). Returns the listener and the file's identity.
-pub fn bind(path: &Path) -> Result<(UnixListener, Identity), ControlError> {
+/// What [`check`] found at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: the socket can be created.
+    Nothing,
+    /// A socket nobody listens on (left by a master that died): [`bind`] replaces it.
+    Stale,
+}
+
+/// The safety checks of [`bind`], changing nothing: the parent directory exists, is writable
+/// and is not world-writable without the sticky bit; nothing but a stale socket is in the
+/// way (a live one is refused).
+pub fn check(path: &Path) -> Result<Found, ControlError> {
     let refuse = |why: String| ControlError::Unsafe {
         path: path.to_path_buf(),
         why,
@@ -24,25 +33,44 @@ pub fn bind(path: &Path) -> Result<(UnixListener, Identity), ControlError> {
     };
     let dir = std::fs::metadata(parent)
         .map_err(|e| refuse(format!("parent directory {}: {e}", parent.display())))?;
+    if !dir.is_dir() {
+        return Err(refuse(format!("{} is not a directory", parent.display())));
+    }
     if dir.mode() & 0o002 != 0 && dir.mode() & 0o1000 == 0 {
         return Err(refuse(format!(
             "parent directory {} is world-writable without the sticky bit",
             parent.display()
         )));
     }
+    let access = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+    nix::unistd::access(parent, access).map_err(|e| {
+        refuse(format!(
+            "parent directory {} is not writable: {}",
+            parent.display(),
+            io::Error::from(e)
+        ))
+    })?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(refuse("a file that is not a socket is in the way".into()));
+            Err(refuse("a file that is not a socket is in the way".into()))
         }
         Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => return Err(refuse("a live process listens on it".into())),
-            Err(_) => {
-                // Nobody answers: a stale socket from a master that died.
-                std::fs::remove_file(path).map_err(|e| refuse(format!("removing stale: {e}")))?;
-            }
+            Ok(_) => Err(refuse("a live process listens on it".into())),
+            Err(_) => Ok(Found::Stale),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(refuse(e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
+        Err(e) => Err(refuse(e.to_string())),
+    }
+}
+
+/// Binds a listening unix socket at `path` with mode 0600 after the checks of [`check`],
+/// replacing a stale socket. Returns the listener and the file's identity.
+pub fn bind(path: &Path) -> Result<(UnixListener, Identity), ControlError> {
+    if check(path)? == Found::Stale {
+        std::fs::remove_file(path).map_err(|e| ControlError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!("removing stale: {e}"),
+        })?;
     }
     // Single-threaded master: the umask change is seen by nothing else.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));

@@ -31,6 +31,7 @@ use setup::WorkerCommand;
 
 mod actions;
 pub mod log;
+pub mod preflight;
 mod reload;
 pub mod setup;
 
@@ -142,6 +143,8 @@ impl Runtime {
             },
             None => Role::Fresh,
         };
+        let upgrade_child = matches!(role, Role::UpgradeChild { .. });
+        preflight::check(&settings, &master_env, upgrade_child)?;
         if let (Some(path), Role::Fresh) = (&settings.pidfile, role) {
             if let Some(pid) = pidfile::read_pid(path) {
                 if pid as u32 != std::process::id() && pidfile::is_live_arbiter(pid) {
@@ -157,7 +160,13 @@ impl Runtime {
             settings.log_format,
             settings.log_level,
         )
-        .map_err(|e| StartError::Runtime(format!("--log-file: {e}")))?;
+        .map_err(|e| {
+            let path = settings
+                .log_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"));
+            StartError::Runtime(format!("--log-file {}: {e}", path.display()))
+        })?;
         let log = log_output.logger();
         info!(log, "Starting arbiter {}", env!("CARGO_PKG_VERSION"));
         if let Some(path) = sources.config_file() {
@@ -204,10 +213,19 @@ impl Runtime {
                 Err(e) => error!(log, "Hook on_starting could not start: {e}"),
             }
         }
+        // The control socket, metrics and statsd first: a failure there leaves no listener
+        // bound (a failure below removes the control socket again when `ops` drops).
+        let ops = Ops::open(&settings, &master_env, upgrade_child, &log)
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
         let listeners =
             arbiter_sockets::resolve(&specs, inherited, &setup::bind_options(&settings))
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
-        for listener in &listeners {
+        // Until the runtime owns them: a start that fails from here on leaves no socket file.
+        let mut listeners = BoundListeners {
+            listeners: Some(listeners),
+            unlink: arbiter_sockets::may_unlink(upgrade_child, settings.reuse_port),
+        };
+        for listener in listeners.get() {
             info!(log, "Listening at: {} ({})", listener, std::process::id());
         }
         info!(log, "Using worker: {}", command.display);
@@ -237,9 +255,6 @@ impl Runtime {
             &command,
             matches!(role, Role::UpgradeChild { .. }),
         );
-        let upgrade_child = matches!(role, Role::UpgradeChild { .. });
-        let ops = Ops::open(&settings, &master_env, upgrade_child, &log)
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
         // From here on the master removes its pidfile at its exit.
         written.0 = None;
         Ok(Runtime {
@@ -250,7 +265,7 @@ impl Runtime {
             env_snapshot,
             core,
             origin,
-            listeners,
+            listeners: listeners.take(),
             signals,
             notify,
             supervisor,
@@ -522,6 +537,32 @@ impl Drop for WrittenPidfile {
     fn drop(&mut self) {
         if let Some(path) = &self.0 {
             pidfile::remove_if_ours(path, std::process::id());
+        }
+    }
+}
+
+/// Listeners bound by a start that has not finished: closed (unix paths unlinked by the
+/// usual rules) if it fails.
+struct BoundListeners {
+    listeners: Option<Vec<Listener>>,
+    unlink: bool,
+}
+
+impl BoundListeners {
+    fn get(&self) -> &[Listener] {
+        self.listeners.as_deref().unwrap_or_default()
+    }
+
+    /// The start succeeded: the runtime owns them now.
+    fn take(&mut self) -> Vec<Listener> {
+        self.listeners.take().unwrap_or_default()
+    }
+}
+
+impl Drop for BoundListeners {
+    fn drop(&mut self) {
+        if let Some(listeners) = self.listeners.take() {
+            arbiter_sockets::close_listeners(listeners, self.unlink);
         }
     }
 }

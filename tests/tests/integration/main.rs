@@ -2,6 +2,7 @@
 //! fixture per test, every process cleaned up by pid (see `arbiter_tests`).
 
 mod liveness;
+mod preflight;
 mod protocol;
 mod reload;
 mod serve;
