@@ -15,12 +15,18 @@
 //! - the kernel itself merges a standard signal that arrives while one of the same kind is still
 //!   pending: that is the only other way two sends become one arrival;
 //! - [`SignalPipe::child_reset`] / [`reset_in_child`] are async-signal-safe and allocation-free,
-//!   for the child between `fork` and `exec`.
+//!   for the child between `fork` and `exec`; [`SignalPipe::forked_child_reset`] /
+//!   [`reset_in_forked_child`] for a forked child that runs on without `exec`.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 pub use nix::sys::signal::Signal;
+use nix::sys::signal::{
+    sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow,
+};
 
 /// The signals the arbiter handles, in the order their handlers are installed.
 pub const HANDLED: &[Signal] = &[
@@ -37,9 +43,9 @@ pub const HANDLED: &[Signal] = &[
 ];
 
 /// Size asked of the kernel for the pipe (a byte per signal: a million queued signals).
-const PIPE_SIZE: libc::c_int = 1 << 20;
+const PIPE_SIZE: i32 = 1 << 20;
 /// Fallback pipe size when the larger one is refused (above `/proc/sys/fs/pipe-max-size`).
-const PIPE_SIZE_FALLBACK: libc::c_int = 1 << 16;
+const PIPE_SIZE_FALLBACK: i32 = 1 << 16;
 /// One past the highest signal number on Linux (`_NSIG`).
 const NSIG: libc::c_int = 65;
 
@@ -77,24 +83,24 @@ pub struct SignalPipe {
     read: OwnedFd,
     write: OwnedFd,
     /// The dispositions in place before `install`, one per entry of `HANDLED`.
-    previous: Vec<libc::sigaction>,
+    previous: Vec<SigAction>,
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // SAFETY: __errno_location returns the calling thread's errno slot, valid for the thread's life.
-    let errno = unsafe { libc::__errno_location() };
-    // SAFETY: reading this thread's errno through its valid slot.
-    let saved = unsafe { *errno };
+    let saved = Errno::last_raw();
     let fd = WRITE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         // Signal numbers are below 65, so they fit in one byte.
-        let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the buffer is one valid byte on our stack. If the
-        // pipe is full (EAGAIN) nothing can be done in a handler: the loss is documented.
-        unsafe { libc::write(fd, std::ptr::from_ref(&byte).cast(), 1) };
+        let byte = [signal as u8];
+        // SAFETY: WRITE_FD holds the pipe's write end, which stays open while any handler is
+        // installed (Drop restores the dispositions before it clears WRITE_FD and closes the
+        // fd), or -1, checked above.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        // write(2) is async-signal-safe. If the pipe is full (EAGAIN) nothing can be done in
+        // a handler: the loss is documented.
+        let _ = nix::unistd::write(fd, &byte);
     }
-    // SAFETY: restoring this thread's errno through its valid slot.
-    unsafe { *errno = saved };
+    Errno::set_raw(saved);
 }
 
 impl SignalPipe {
@@ -114,17 +120,11 @@ impl SignalPipe {
     }
 
     fn install_unguarded() -> Result<SignalPipe, Error> {
-        let mut fds = [-1 as RawFd; 2];
-        // SAFETY: fds is a valid array of two ints for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(Error::Pipe(std::io::Error::last_os_error()));
-        }
-        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure only leaves the default size.
-        if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) } < 0 {
-            // SAFETY: as above.
-            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE_FALLBACK) };
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Pipe(e.into()))?;
+        // Failure only leaves the default size.
+        if fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)).is_err() {
+            let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE_FALLBACK));
         }
         WRITE_FD.store(write.as_raw_fd(), Ordering::Release);
         let mut pipe = SignalPipe {
@@ -132,24 +132,28 @@ impl SignalPipe {
             write,
             previous: Vec::with_capacity(HANDLED.len()),
         };
+        // Every signal is blocked while the handler runs, so the handlers of one thread never
+        // nest.
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::all(),
+        );
         for &signal in HANDLED {
-            // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, empty mask, no flags).
-            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            // SAFETY: sa_mask is a valid sigset_t inside `action`. Blocking every signal while the
-            // handler runs keeps the handlers of one thread from nesting.
-            unsafe { libc::sigfillset(&mut action.sa_mask) };
-            // SAFETY: as above, a zeroed sigaction is valid storage for the old disposition.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: both pointers are to valid sigaction values; the handler is async-signal-safe.
-            if unsafe { libc::sigaction(signal as libc::c_int, &action, &mut old) } != 0 {
-                let source = std::io::Error::last_os_error();
-                // Dropping `pipe` restores the handlers installed so far and clears INSTALLED.
-                drop(pipe);
-                return Err(Error::Install { signal, source });
+            // SAFETY: the handler is async-signal-safe: it reads and restores errno and
+            // writes one byte to a non-blocking pipe, nothing else (no allocation, no lock).
+            match unsafe { sigaction(signal, &action) } {
+                Ok(old) => pipe.previous.push(old),
+                Err(errno) => {
+                    // Dropping `pipe` restores the handlers installed so far and clears
+                    // INSTALLED.
+                    drop(pipe);
+                    return Err(Error::Install {
+                        signal,
+                        source: errno.into(),
+                    });
+                }
             }
-            pipe.previous.push(old);
         }
         Ok(pipe)
     }
@@ -163,29 +167,15 @@ impl SignalPipe {
     pub fn drain(&self, out: &mut Vec<Signal>) -> Result<(), Error> {
         let mut buffer = [0u8; 512];
         loop {
-            // SAFETY: the buffer is valid for its whole length; the fd is our open read end.
-            let n = unsafe {
-                libc::read(
-                    self.read.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                )
+            let n = match nix::unistd::read(&self.read, &mut buffer) {
+                Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(Error::Read(errno.into())),
+                Ok(n) => n,
             };
-            if n < 0 {
-                let error = std::io::Error::last_os_error();
-                match error.kind() {
-                    std::io::ErrorKind::WouldBlock => return Ok(()),
-                    std::io::ErrorKind::Interrupted => continue,
-                    _ => return Err(Error::Read(error)),
-                }
-            }
-            if n == 0 {
-                return Ok(());
-            }
-            let bytes = &buffer[..n as usize];
             // Only our handler writes here, and only numbers of HANDLED signals.
             out.extend(
-                bytes
+                buffer[..n]
                     .iter()
                     .filter_map(|&b| Signal::try_from(libc::c_int::from(b)).ok()),
             );
@@ -200,8 +190,22 @@ impl SignalPipe {
         // Stop the inherited handler from writing into the pipe shared with the parent first.
         WRITE_FD.store(-1, Ordering::Relaxed);
         reset_in_child();
-        // SAFETY: in the child these raw fds are the child's copies; closing them does not affect
-        // the parent, and the child never drops this value (it execs or _exits).
+        self.close_in_child();
+    }
+
+    /// For a forked child that runs on without `exec` (a library-mode worker):
+    /// [`reset_in_forked_child`], then closes both pipe ends. Async-signal-safe and
+    /// allocation-free.
+    pub fn forked_child_reset(&self) {
+        WRITE_FD.store(-1, Ordering::Relaxed);
+        reset_in_forked_child();
+        self.close_in_child();
+    }
+
+    fn close_in_child(&self) {
+        // SAFETY: in the child these fds are the child's copies; closing them does not affect
+        // the parent, and the child never drops this value (it execs or _exits), so they are
+        // not closed twice.
         unsafe {
             libc::close(self.read.as_raw_fd());
             libc::close(self.write.as_raw_fd());
@@ -215,49 +219,75 @@ impl SignalPipe {
 /// no [`SignalPipe`] is installed: ignored signals inherited from our own parent are reset too).
 /// Signals are blocked while the dispositions change, so no inherited handler runs half-way.
 pub fn reset_in_child() {
-    // SAFETY: sigset_t is plain data; sigfillset/sigemptyset initialise it fully.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `all` is valid storage for a sigset_t.
-    unsafe { libc::sigfillset(&mut all) };
-    // SAFETY: sigprocmask with a valid set and a null old-set pointer is async-signal-safe.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) };
+    reset(Scope::Exec);
+}
+
+/// As [`reset_in_child`], for a forked child that runs on without `exec`: the C library's own
+/// real-time signals (below `SIGRTMIN`, which it uses for thread cancellation and `setuid`)
+/// keep its handlers, and `SIGPIPE` is then ignored, as Rust's start-up code leaves it in a
+/// new program (a write to a closed socket is an `EPIPE` error, not death).
+pub fn reset_in_forked_child() {
+    reset(Scope::NoExec);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Exec,
+    NoExec,
+}
+
+fn reset(scope: Scope) {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
     WRITE_FD.store(-1, Ordering::Relaxed);
-    // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags.
-    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    let reserved = 32..libc::SIGRTMIN();
     for signal in 1..NSIG {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: valid sigaction pointer; a failure is handled below.
-        if unsafe { libc::sigaction(signal, &default, std::ptr::null_mut()) } != 0 {
+        if scope == Scope::NoExec && reserved.contains(&signal) {
+            continue;
+        }
+        set_disposition(signal, libc::SIG_DFL);
+    }
+    if scope == Scope::NoExec {
+        set_disposition(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Sets `signal` (a number: real-time signals have no `Signal` variant) to `SIG_DFL` or
+/// `SIG_IGN`, installing no handler code.
+fn set_disposition(signal: libc::c_int, disposition: libc::sighandler_t) {
+    // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags, and the only
+    // handler set is SIG_DFL or SIG_IGN; both calls take valid pointers (or null for the old
+    // action) and only change this process's dispositions.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = disposition;
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0
+            && disposition == libc::SIG_DFL
+        {
             // The C library refuses its reserved real-time signals (32, 33), yet one inherited
             // as ignored would stay ignored across exec: ask the kernel directly. An all-zero
-            // kernel sigaction is SIG_DFL, no flags, empty mask on every architecture.
+            // kernel sigaction is SIG_DFL, no flags, empty mask on every architecture; 8 is the
+            // kernel's sigset size.
             let kernel_default = [0u64; 4];
-            // SAFETY: rt_sigaction reads a kernel sigaction (at most 32 bytes here) and a null
-            // old-action pointer is allowed; 8 is the kernel's sigset size.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    kernel_default.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                )
-            };
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                kernel_default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
         }
     }
-    // SAFETY: `all` is valid storage; emptied, it clears the mask.
-    unsafe { libc::sigemptyset(&mut all) };
-    // SAFETY: as above.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) };
 }
 
 impl Drop for SignalPipe {
     fn drop(&mut self) {
         for (&signal, old) in HANDLED.iter().zip(&self.previous) {
             // SAFETY: `old` is the disposition sigaction returned for this signal at install.
-            unsafe { libc::sigaction(signal as libc::c_int, old, std::ptr::null_mut()) };
+            let _ = unsafe { sigaction(signal, old) };
         }
         // Every handler is gone now: no one writes to the fd after this point.
         WRITE_FD.store(-1, Ordering::Release);

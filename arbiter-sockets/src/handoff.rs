@@ -1,12 +1,16 @@
 //! Handing listeners to a worker as fds 3.. with the systemd variables, between fork and exec.
 //!
 //! Everything that allocates happens in [`HandoffPlan::new`], before the fork. In the child,
-//! [`HandoffPlan::apply_in_child`] only calls `fcntl`, `dup2`, `close`, `getpid` and writes
-//! digits into buffers it already owns: async-signal-safe, allocation-free, no panic paths.
+//! [`HandoffPlan::apply_in_child`] only calls `fcntl`, `dup2`, `close`, `close_range`, `getpid`
+//! (raw syscalls, through rustix) and writes digits into buffers it already owns:
+//! async-signal-safe, allocation-free, no panic paths.
 
 use std::ffi::c_char;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::mem::ManuallyDrop;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::io::{dup2, fcntl_dupfd_cloexec, fcntl_setfd, FdFlags};
 
 use crate::{Error, Listener, LISTEN_FDS_START};
 
@@ -68,34 +72,47 @@ impl PidEnvSlot {
     }
 }
 
+/// What happens, in the child, to the fds above the plan's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Others {
+    /// Marked close-on-exec: the child execs next, and the kernel closes them then.
+    CloseOnExec,
+    /// Closed now: the child runs on without exec (a library-mode worker), so only fds 0-2
+    /// and the plan's remain. The parent image's objects that held them are never dropped
+    /// in the child (it ends with `_exit`).
+    Close,
+}
+
 /// Moves listeners (then extra fds) to 3.. in a forked child and fills `LISTEN_PID`.
 ///
 /// Use: build the plan and the envp (your own `CString`s plus [`HandoffPlan::env_pointers`])
 /// before `fork`; in the child call signal reset, then [`HandoffPlan::apply_in_child`], then
-/// `execve`. The source fds must stay open until the fork.
+/// `execve` (or, without exec, the worker's code). The plan borrows the source fds, so they
+/// stay open until the fork.
 #[derive(Debug)]
-pub struct HandoffPlan {
-    /// Source fds: listeners first, then extras.
-    sources: Vec<RawFd>,
-    /// Scratch space for the out-of-the-way copies (filled in the child).
-    moved: Vec<RawFd>,
+pub struct HandoffPlan<'a> {
+    /// Source fds: listeners first, then extras; borrowed, so they stay open until the fork.
+    sources: Vec<BorrowedFd<'a>>,
+    /// Scratch space for the out-of-the-way copies (filled in the child, never allocating:
+    /// the slots exist before the fork).
+    moved: Vec<Option<OwnedFd>>,
     listener_count: usize,
     listen_fds: Vec<u8>,
     listen_fdnames: Vec<u8>,
     listen_pid: PidEnvSlot,
 }
 
-impl HandoffPlan {
+impl<'a> HandoffPlan<'a> {
     /// Plans fds 3..3+n for `listeners` (in order) and 3+n.. for `extra` fds.
-    pub fn new(listeners: &[&Listener], extra: &[RawFd]) -> Result<HandoffPlan, Error> {
-        let sources: Vec<RawFd> = listeners
+    pub fn new(
+        listeners: &[&'a Listener],
+        extra: &[BorrowedFd<'a>],
+    ) -> Result<HandoffPlan<'a>, Error> {
+        let sources: Vec<BorrowedFd<'a>> = listeners
             .iter()
-            .map(|l| l.fd().as_raw_fd())
+            .map(|l| l.fd())
             .chain(extra.iter().copied())
             .collect();
-        if sources.iter().any(|&fd| fd < 0) {
-            return Err(Error::Handoff("negative fd"));
-        }
         if sources.len() > 1000 {
             return Err(Error::Handoff("more than 1000 fds"));
         }
@@ -105,7 +122,7 @@ impl HandoffPlan {
         let mut listen_fdnames = format!("LISTEN_FDNAMES={}", names.join(":")).into_bytes();
         listen_fdnames.push(0);
         Ok(HandoffPlan {
-            moved: vec![-1; sources.len()],
+            moved: sources.iter().map(|_| None).collect(),
             sources,
             listener_count: listeners.len(),
             listen_fds,
@@ -138,55 +155,57 @@ impl HandoffPlan {
     }
 
     /// In the child: moves every source out of the way, then onto 3.. in order, clears
-    /// close-on-exec on each target (F_SETFD), closes the copies, marks every other fd above
-    /// the targets close-on-exec (`close_range`, Linux 5.11+; skipped where unsupported), and
-    /// writes this process's pid into `LISTEN_PID`.
+    /// close-on-exec on each target (F_SETFD), closes the copies, treats every other fd above
+    /// the targets as `others` says (`close_range`, Linux 5.11+ for close-on-exec, 5.9 for
+    /// closing; skipped where unsupported), and writes this process's pid into `LISTEN_PID`.
     ///
-    /// Async-signal-safe, allocation-free, no panics.
+    /// Async-signal-safe (raw syscalls through rustix), allocation-free, no panics.
     ///
     /// # Safety
     ///
-    /// Only in a child process between `fork` and `exec`: it overwrites fds 3.. (closing
-    /// whatever was there, which may be owned by Rust objects of the parent's image) and must
-    /// be followed by `exec` or `_exit`.
-    pub unsafe fn apply_in_child(&mut self) -> io::Result<()> {
+    /// Only in a child process between `fork` and `exec` (or, with [`Others::Close`], a child
+    /// that never returns to the parent's code): it overwrites fds 3.. (closing whatever was
+    /// there, which may be owned by Rust objects of the parent's image) and must end with
+    /// `exec` or `_exit`.
+    pub unsafe fn apply_in_child(&mut self, others: Others) -> io::Result<()> {
         let total = self.sources.len() as RawFd;
         let first_free = LISTEN_FDS_START + total;
         for (moved, &source) in self.moved.iter_mut().zip(&self.sources) {
-            // SAFETY: F_DUPFD_CLOEXEC copies an fd to the lowest free number >= first_free, so
-            // no copy sits on a target number and no source is clobbered yet.
-            *moved = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, first_free) };
-            if *moved < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // F_DUPFD_CLOEXEC copies each source to the lowest free number >= first_free, so no
+            // copy sits on a target number and no source is clobbered yet.
+            *moved = Some(fcntl_dupfd_cloexec(source, first_free)?);
         }
-        for (target, &moved) in (LISTEN_FDS_START..).zip(&self.moved) {
-            // SAFETY: dup2 onto a target number; moved != target (moved >= first_free).
-            if unsafe { libc::dup2(moved, target) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: F_SETFD on the fd just created; clears close-on-exec explicitly.
-            if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+        for (target, moved) in (LISTEN_FDS_START..).zip(&self.moved) {
+            let Some(moved) = moved else {
+                continue;
+            };
+            // SAFETY: the caller allows this child to overwrite fds 3..: dup2 replaces whatever
+            // the target number held, and ManuallyDrop keeps the target from being closed here.
+            let mut target = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(target) });
+            dup2(moved, &mut target)?;
+            // dup2 onto a new number leaves it without close-on-exec; said explicitly anyway.
+            fcntl_setfd(&*target, FdFlags::empty())?;
         }
-        for &moved in &self.moved {
-            // SAFETY: closing the temporary copies made above.
-            unsafe { libc::close(moved) };
+        for moved in &mut self.moved {
+            // Dropping the temporary copy closes it.
+            *moved = None;
         }
-        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets close-on-exec on fds above the
-        // targets; an old kernel answers ENOSYS/EINVAL and nothing changes.
+        let flags = match others {
+            Others::CloseOnExec => libc::CLOSE_RANGE_CLOEXEC,
+            Others::Close => 0,
+        };
+        // SAFETY: close_range on the numbers above the targets, which the caller gave up (see
+        // `# Safety`); an old kernel answers ENOSYS/EINVAL and nothing changes.
         unsafe {
             libc::syscall(
                 libc::SYS_close_range,
                 first_free as libc::c_uint,
                 libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
+                flags,
             )
         };
-        // SAFETY: getpid is async-signal-safe and cannot fail.
-        let pid = unsafe { libc::getpid() };
-        self.listen_pid.fill(pid as u32);
+        self.listen_pid
+            .fill(rustix::process::getpid().as_raw_nonzero().get() as u32);
         Ok(())
     }
 }
@@ -194,18 +213,12 @@ impl HandoffPlan {
 /// For a re-exec child between fork and exec: clears close-on-exec on `fds` (F_SETFD), keeping
 /// their numbers, so the new master finds them at the numbers in `ARBITER_LISTEN_FDS`.
 ///
-/// Async-signal-safe, allocation-free.
-///
-/// # Safety
-///
-/// Only in a child process between `fork` and `exec`: in the parent it would leak the fds
-/// into every later exec.
-pub unsafe fn clear_cloexec_in_child(fds: &[RawFd]) -> io::Result<()> {
+/// Async-signal-safe, allocation-free. Only for a child process between `fork` and `exec`:
+/// in the parent it would leak the fds into every later exec (a leak, not a memory or fd
+/// ownership hazard, so the function is safe, as `fcntl(F_SETFD)` on a borrowed fd is).
+pub fn clear_cloexec_in_child(fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     for &fd in fds {
-        // SAFETY: F_SETFD with flags 0 on a descriptor number; errors are returned.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fcntl_setfd(fd, FdFlags::empty())?;
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ mod spec;
 mod sys;
 
 pub use error::Error;
-pub use handoff::{clear_cloexec_in_child, HandoffPlan, PidEnvSlot};
+pub use handoff::{clear_cloexec_in_child, HandoffPlan, Others, PidEnvSlot};
 pub use inherit::{
     parse_inherited, reexec_env, resolve, take_inherited, InheritPlan, InheritVars, Inherited,
     ARBITER_LISTEN_FDS, ARBITER_MASTER_PID, LISTEN_FDS_START,

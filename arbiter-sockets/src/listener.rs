@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
@@ -111,7 +112,7 @@ impl Listener {
         origin: Origin,
         name: Option<String>,
     ) -> Result<Listener, Error> {
-        let local = sys::local_addr(fd.as_raw_fd()).map_err(|source| Error::Os {
+        let local = sys::local_addr(fd.as_fd()).map_err(|source| Error::Os {
             what: format!("getsockname of fd {}", fd.as_raw_fd()),
             source,
         })?;
@@ -119,7 +120,7 @@ impl Listener {
             LocalAddr::Unix(path) if !path.as_os_str().is_empty() => sys::path_identity(path)
                 .ok()
                 .flatten()
-                .map(|(dev, ino, _)| (dev, ino)),
+                .map(|id| (id.dev, id.ino)),
             _ => None,
         };
         let name = name.unwrap_or_else(|| match &local {
@@ -183,7 +184,8 @@ impl Listener {
             (unlink, &self.local, self.unix_identity)
         {
             let ours = matches!(self.origin, Origin::Bound | Origin::Reexec);
-            let same = matches!(sys::path_identity(path), Ok(Some((dev, ino, _))) if (dev, ino) == identity);
+            let same =
+                matches!(sys::path_identity(path), Ok(Some(id)) if (id.dev, id.ino) == identity);
             if ours && same {
                 unlinked = std::fs::remove_file(path).is_ok();
             }
@@ -258,14 +260,17 @@ pub(crate) fn adopt_fd(fd: RawFd, origin: Origin, name: Option<String>) -> Resul
             reason: "descriptors 0-2 are stdio".to_owned(),
         });
     }
-    sys::check_listening(fd).map_err(|reason| Error::NotAListener { fd, reason })?;
-    sys::set_cloexec(fd, true).map_err(|source| Error::Os {
+    // SAFETY: the caller hands the ownership of fd to us (it was inherited or configured for
+    // this process and nothing else wraps it). It stays in a ManuallyDrop until the checks
+    // below found it open and a listening socket, so a number that is not open is never
+    // closed; until then it is only passed to fstat, getsockopt and fcntl (EBADF if closed).
+    let owned = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    sys::check_listening(owned.as_fd()).map_err(|reason| Error::NotAListener { fd, reason })?;
+    sys::set_cloexec(owned.as_fd(), true).map_err(|source| Error::Os {
         what: format!("setting close-on-exec on fd {fd}"),
         source,
     })?;
-    // SAFETY: fd is open (fstat succeeded) and a socket; the caller hands its ownership to us
-    // (it was inherited or configured for this process and nobody else wraps it).
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = ManuallyDrop::into_inner(owned);
     Listener::adopt(owned, origin, name)
 }
 
@@ -279,9 +284,7 @@ fn with_retries(
         attempts += 1;
         match attempt() {
             Ok(fd) => return Ok(fd),
-            Err(error)
-                if error.raw_os_error() == Some(libc::EADDRINUSE) && attempts <= opts.retries =>
-            {
+            Err(error) if sys::is_addr_in_use(&error) && attempts <= opts.retries => {
                 std::thread::sleep(opts.retry_delay);
             }
             Err(source) => {
@@ -297,16 +300,16 @@ fn with_retries(
 
 fn bind_inet(addr: SocketAddr, opts: &BindOptions) -> io::Result<OwnedFd> {
     let family = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
+        SocketAddr::V4(_) => sys::Family::Inet,
+        SocketAddr::V6(_) => sys::Family::Inet6,
     };
     let fd = sys::stream_socket(family)?;
-    sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    sys::enable(fd.as_fd(), sys::BoolOption::ReuseAddr)?;
     if opts.reuse_port {
-        sys::set_int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        sys::enable(fd.as_fd(), sys::BoolOption::ReusePort)?;
     }
-    if family == libc::AF_INET6 {
-        sys::set_int_option(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    if family == sys::Family::Inet6 {
+        sys::enable(fd.as_fd(), sys::BoolOption::V6Only)?;
     }
     sys::bind(fd.as_fd(), &sys::inet_raw(addr))?;
     sys::listen(fd.as_fd(), opts.backlog)?;
@@ -325,13 +328,12 @@ fn bind_unix(path: &Path, opts: &BindOptions) -> Result<Listener, Error> {
     })?;
     let fd = with_retries(&shown, opts, || {
         clear_stale(path, &raw)?;
-        let fd = sys::stream_socket(libc::AF_UNIX)?;
-        // SAFETY: umask only swaps the process's file mode mask; restored right after bind.
-        // The master is single-threaded, so no other thread creates files meanwhile.
-        let old = unsafe { libc::umask(opts.umask as libc::mode_t) };
+        let fd = sys::stream_socket(sys::Family::Unix)?;
+        // The mask is the process's: restored right after bind. The master is
+        // single-threaded, so no other thread creates files meanwhile.
+        let old = sys::umask(opts.umask);
         let bound = sys::bind(fd.as_fd(), &raw);
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
+        sys::umask(old);
         bound?;
         Ok(fd)
     })
@@ -371,21 +373,19 @@ fn bind_unix(path: &Path, opts: &BindOptions) -> Result<Listener, Error> {
 /// Removes a stale socket file at `path`; refuses a non-socket (`AlreadyExists`) and a live
 /// socket (`ResourceBusy`).
 fn clear_stale(path: &Path, raw: &sys::RawAddr) -> io::Result<()> {
-    let Some((_, _, mode)) = sys::path_identity(path)? else {
+    let Some(identity) = sys::path_identity(path)? else {
         return Ok(());
     };
-    if mode & libc::S_IFMT != libc::S_IFSOCK {
+    if !identity.is_socket {
         return Err(io::ErrorKind::AlreadyExists.into());
     }
-    let probe = sys::stream_socket(libc::AF_UNIX)?;
+    let probe = sys::stream_socket(sys::Family::Unix)?;
     match sys::connect(probe.as_fd(), raw) {
         Ok(()) => Err(io::ErrorKind::ResourceBusy.into()),
-        Err(error) if error.raw_os_error() == Some(libc::ECONNREFUSED) => {
-            match std::fs::remove_file(path) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-                _ => Ok(()),
-            }
-        }
+        Err(error) if sys::is_conn_refused(&error) => match std::fs::remove_file(path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        },
         Err(error) => Err(error),
     }
 }

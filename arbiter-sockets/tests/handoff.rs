@@ -6,12 +6,12 @@
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use arbiter_signals::SignalPipe;
-use arbiter_sockets::{bind, BindOptions, BindSpec, HandoffPlan, LocalAddr};
+use arbiter_sockets::{bind, BindOptions, BindSpec, HandoffPlan, LocalAddr, Others};
 
 struct Reap(libc::pid_t);
 
@@ -60,7 +60,7 @@ fn probe_gets_listeners_env_and_clean_signals() {
         .remove(0);
     let heartbeat = tempfile::tempfile().unwrap();
 
-    let mut plan = HandoffPlan::new(&[&tcp, &unix], &[heartbeat.as_raw_fd()]).unwrap();
+    let mut plan = HandoffPlan::new(&[&tcp, &unix], &[heartbeat.as_fd()]).unwrap();
     assert_eq!(plan.listener_count(), 2);
     assert_eq!(plan.extra_fd_targets(), 5..6);
 
@@ -87,7 +87,7 @@ fn probe_gets_listeners_env_and_clean_signals() {
         // SAFETY: in the forked child: stdout becomes the report pipe; then the plan, then exec.
         unsafe {
             libc::dup2(report_fd, 1);
-            if plan.apply_in_child().is_ok() {
+            if plan.apply_in_child(Others::CloseOnExec).is_ok() {
                 libc::execve(probe.as_ptr(), argv.as_ptr(), envp.as_ptr());
             }
             libc::_exit(127);

@@ -9,7 +9,7 @@
 //! [`MAX_LINE`] bytes is relayed in pieces; bytes that are not UTF-8 are replaced.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::PollFlags;
@@ -59,8 +59,8 @@ impl WorkerPipes {
     }
 
     /// The write ends the child puts on fds 1 and 2.
-    pub fn child_fds(&self) -> (RawFd, RawFd) {
-        (self.write[0].as_raw_fd(), self.write[1].as_raw_fd())
+    pub fn child_fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.write[0].as_fd(), self.write[1].as_fd())
     }
 }
 

@@ -2,12 +2,17 @@
 //! startup result back to the process the user started, so it exits with that result.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
+
+use nix::unistd::{fork, ForkResult};
+use rustix::io::Errno;
+
+use crate::os::spawn::exit_child;
 
 /// The daemon's end of the pipe back to the process the user started: it reports whether the
 /// master came up, so `arbiter --daemon` exits 0 only once the master is bound and running.
 pub struct DaemonReport {
-    write: RawFd,
+    write: OwnedFd,
 }
 
 impl DaemonReport {
@@ -16,11 +21,7 @@ impl DaemonReport {
     pub fn report(self, code: u8, message: &str) {
         let mut bytes = vec![code];
         bytes.extend_from_slice(message.as_bytes());
-        // SAFETY: writing a buffer we own to the pipe's write end, then closing it.
-        unsafe {
-            libc::write(self.write, bytes.as_ptr().cast(), bytes.len());
-            libc::close(self.write);
-        }
+        let _ = rustix::io::write(&self.write, &bytes);
     }
 }
 
@@ -28,34 +29,14 @@ impl DaemonReport {
 /// original process waits for the daemon's [`DaemonReport`] and exits with its code (printing
 /// its message), or 1 if the daemon died without a word.
 pub fn daemonize() -> io::Result<DaemonReport> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (read, write) = (fds[0], fds[1]);
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // SAFETY: called from main before any thread exists.
-    match unsafe { libc::fork() } {
-        -1 => return Err(io::Error::last_os_error()),
-        0 => {}
-        child => {
-            // SAFETY: closing our copy of the write end, then reading the report into a
-            // buffer we own; the intermediate child is reaped.
-            let report = unsafe {
-                libc::close(write);
-                let mut buf = [0u8; 4096];
-                let mut len = 0;
-                loop {
-                    let n = libc::read(read, buf[len..].as_mut_ptr().cast(), buf.len() - len);
-                    if n <= 0 || len + n as usize >= buf.len() {
-                        len += n.max(0) as usize;
-                        break;
-                    }
-                    len += n as usize;
-                }
-                libc::waitpid(child, std::ptr::null_mut(), 0);
-                buf[..len].to_vec()
-            };
+    match unsafe { fork() }? {
+        ForkResult::Child => {}
+        ForkResult::Parent { child } => {
+            drop(write);
+            let report = read_report(&read);
+            let _ = nix::sys::wait::waitpid(child, None);
             let (code, message) = match report.split_first() {
                 Some((code, message)) => (*code, String::from_utf8_lossy(message).into_owned()),
                 None => (1, "the daemon exited during startup".to_owned()),
@@ -66,28 +47,37 @@ pub fn daemonize() -> io::Result<DaemonReport> {
             std::process::exit(i32::from(code));
         }
     }
-    // SAFETY: setsid and fork in the single-threaded child; the intermediate process exits
-    // at once with _exit (no destructors, no atexit handlers).
-    unsafe {
-        libc::close(read);
-        if libc::setsid() < 0 {
-            libc::_exit(1);
-        }
-        match libc::fork() {
-            -1 => libc::_exit(1),
-            0 => {}
-            _ => libc::_exit(0),
-        }
+    drop(read);
+    if rustix::process::setsid().is_err() {
+        exit_child(1);
+    }
+    // SAFETY: the intermediate process is single-threaded; it exits at once with _exit (no
+    // destructors, no atexit handlers).
+    match unsafe { fork() } {
+        Err(_) => exit_child(1),
+        Ok(ForkResult::Parent { .. }) => exit_child(0),
+        Ok(ForkResult::Child) => {}
     }
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    for target in 0..3 {
-        // SAFETY: dup2 of an fd we own onto the standard streams of this process.
-        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) } < 0 {
-            return Err(io::Error::last_os_error());
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
+    Ok(DaemonReport { write })
+}
+
+/// The report as the daemon wrote it: up to 4 KiB, until EOF.
+fn read_report(read: &OwnedFd) -> Vec<u8> {
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        match rustix::io::read(read, &mut buf[len..]) {
+            Err(Errno::INTR) => continue,
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
         }
     }
-    Ok(DaemonReport { write })
+    buf[..len].to_vec()
 }

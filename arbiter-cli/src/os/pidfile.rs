@@ -120,7 +120,7 @@ fn write_atomically(path: &Path, pid: u32) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&temp)?;
         // No fsync: the rename makes the content appear atomically, and a pid means nothing
         // after a crash of the machine; an fsync would stall the master's loop on a busy disk.

@@ -2,17 +2,23 @@
 //!
 //! Everything that allocates happens before `fork`. Between `fork` and `exec` the child only
 //! makes async-signal-safe calls on memory prepared in advance: no allocation, no lock, no
-//! logging. An exec failure is reported to the parent through a close-on-exec pipe (the
-//! errno, four bytes); EOF on that pipe means the exec succeeded.
+//! logging: the child's calls are rustix's raw syscalls, plus `execve` and `_exit`. An exec
+//! failure is reported to the parent through a close-on-exec pipe (the errno, four bytes); EOF
+//! on that pipe means the exec succeeded.
 
 use std::ffi::{c_char, CString, OsStr};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use arbiter_signals::SignalPipe;
-use arbiter_sockets::{HandoffPlan, PidEnvSlot};
+use arbiter_sockets::{HandoffPlan, Others, PidEnvSlot};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+use rustix::io::Errno;
+use rustix::process;
 
 /// Why a child could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -81,15 +87,15 @@ pub struct WorkerSpawn<'a> {
     /// `KEY=VALUE` entries (besides the plan's and the watchdog pid's).
     pub env: Vec<CString>,
     /// The fds and `LISTEN_*` variables.
-    pub plan: HandoffPlan,
+    pub plan: HandoffPlan<'a>,
     /// `WATCHDOG_PID=` filled with the worker's pid, when a watchdog is set.
     pub watchdog_pid: Option<PidEnvSlot>,
     /// The master's signal pipe, reset in the child.
     pub signals: &'a SignalPipe,
     /// Put on the child's fd 1 (output capture); `None` inherits the master's stdout.
-    pub stdout_fd: Option<RawFd>,
+    pub stdout_fd: Option<BorrowedFd<'a>>,
     /// Put on the child's fd 2 (output capture); `None` inherits the master's stderr.
-    pub stderr_fd: Option<RawFd>,
+    pub stderr_fd: Option<BorrowedFd<'a>>,
 }
 
 /// Forks and execs a worker in its own process group, with default signal dispositions, an
@@ -107,34 +113,48 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), Spaw
         entries.push(std::ptr::null());
         entries
     };
-    // SAFETY: getpid cannot fail; read before the fork so the child can compare getppid.
-    let master = unsafe { libc::getpid() };
+    let master = process::getpid();
     let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
-        // SAFETY: plain syscalls on this process; dup2 onto 1 and 2 of fds opened before the
-        // fork (the copies are not close-on-exec; the originals are).
-        let setup = unsafe {
-            libc::setpgid(0, 0) == 0
-                && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == 0
-                && libc::getppid() == master
-                && spawn.stdout_fd.is_none_or(|fd| libc::dup2(fd, 1) == 1)
-                && spawn.stderr_fd.is_none_or(|fd| libc::dup2(fd, 2) == 2)
-        };
-        if !setup {
-            return false;
-        }
+        worker_setup(master, spawn.stdout_fd, spawn.stderr_fd)?;
         if let Some(slot) = spawn.watchdog_pid.as_mut() {
-            // SAFETY: getpid is async-signal-safe.
-            slot.fill(unsafe { libc::getpid() } as u32);
+            slot.fill(process::getpid().as_raw_nonzero().get() as u32);
         }
         // SAFETY: we are the forked child, and exec or _exit follows.
-        unsafe { spawn.plan.apply_in_child() }.is_ok()
+        unsafe { spawn.plan.apply_in_child(Others::CloseOnExec) }.map_err(errno_of)
     })?;
-    // The child makes itself a group leader too; doing it here as well means the group exists
-    // as soon as fork returns, whichever runs first (EACCES once it has exec'd is fine).
-    // SAFETY: setpgid on our own child.
-    unsafe { libc::setpgid(pid, pid) };
+    make_group_leader(pid);
     Ok((pid, report.into_watch()))
+}
+
+/// In a new worker between fork and exec: its own process group, death with the master (and
+/// none if the master already died), output capture on fds 1 and 2. Async-signal-safe: raw
+/// syscalls through rustix, no allocation.
+fn worker_setup(
+    master: process::Pid,
+    stdout_fd: Option<BorrowedFd<'_>>,
+    stderr_fd: Option<BorrowedFd<'_>>,
+) -> Result<(), Errno> {
+    process::setpgid(None, None)?;
+    process::set_parent_process_death_signal(Some(process::Signal::KILL))?;
+    if process::getppid() != Some(master) {
+        return Err(Errno::SRCH);
+    }
+    if let Some(fd) = stdout_fd {
+        rustix::stdio::dup2_stdout(fd)?;
+    }
+    if let Some(fd) = stderr_fd {
+        rustix::stdio::dup2_stderr(fd)?;
+    }
+    Ok(())
+}
+
+/// The child makes itself a group leader too; doing it in the parent as well means the group
+/// exists as soon as fork returns, whichever runs first (EACCES once it has exec'd is fine).
+fn make_group_leader(pid: i32) {
+    if let Some(pid) = process::Pid::from_raw(pid) {
+        let _ = process::setpgid(Some(pid), Some(pid));
+    }
 }
 
 /// What a re-exec'd master is started with; built before the fork.
@@ -146,7 +166,7 @@ pub struct MasterSpawn<'a> {
     /// The environment, with `ARBITER_LISTEN_FDS` and `ARBITER_MASTER_PID`.
     pub env: &'a [CString],
     /// Listener fds, kept at their numbers.
-    pub listener_fds: &'a [RawFd],
+    pub listener_fds: &'a [BorrowedFd<'a>],
     /// The directory the first master was started in: the new one starts there too, so its
     /// argv means what it meant (gunicorn's reexec does the same).
     pub cwd: &'a CString,
@@ -160,14 +180,43 @@ pub fn spawn_master(spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
     let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
-        // SAFETY: we are the forked child; chdir to a C string prepared before the fork, and
-        // fcntl on fd numbers: both async-signal-safe.
-        unsafe {
-            libc::chdir(spawn.cwd.as_ptr()) == 0
-                && arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds).is_ok()
-        }
+        process::chdir(spawn.cwd.as_c_str())?;
+        arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds).map_err(errno_of)
     })?;
     report.wait(pid, spawn.program)
+}
+
+/// The errno of an error from a wrapper that speaks `io::Error`.
+fn errno_of(error: io::Error) -> Errno {
+    Errno::from_io_error(&error).unwrap_or(Errno::INVAL)
+}
+
+/// Forks with every signal blocked across the fork, and restores the mask in the parent.
+///
+/// A signal sent to the child before it has reset its dispositions would otherwise run the
+/// master's handler there, which writes into the master's signal pipe and swallows the signal
+/// (a TERM to a just-spawned worker was lost so). The child unblocks once its dispositions are
+/// the defaults (`child_reset`), so such a signal then acts on it; the parent restores its
+/// mask at once, losing nothing.
+///
+/// # Safety
+///
+/// As `fork`: the process must be single-threaded, and the child must only make
+/// async-signal-safe calls until it execs or `_exit`s (or, for a library-mode worker, until
+/// the user's function starts).
+unsafe fn fork_blocked() -> Result<ForkResult, SpawnError> {
+    let mut saved = SigSet::empty();
+    let _ = sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    );
+    // SAFETY: the caller's contract (single-threaded; async-signal-safe child).
+    let forked = unsafe { fork() };
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+    }
+    forked.map_err(|errno| SpawnError::Fork(errno.into()))
 }
 
 /// Forks; the child runs `prepare` (async-signal-safe and allocation-free: it runs between
@@ -177,48 +226,27 @@ fn fork_exec(
     program: &CString,
     argv: &[*const c_char],
     envp: &[*const c_char],
-    prepare: impl FnOnce() -> bool,
+    prepare: impl FnOnce() -> Result<(), Errno>,
 ) -> Result<(i32, ExecReport), SpawnError> {
     let report = ExecReport::new()?;
-    // Every signal is blocked across the fork: a signal sent to the child before it has reset
-    // its dispositions would otherwise run the master's handler there, which writes into the
-    // master's signal pipe and swallows the signal (a TERM to a just-spawned worker was lost
-    // so). The child unblocks once its dispositions are the defaults (`child_reset`), so such
-    // a signal then acts on it; the parent restores its mask at once, losing nothing.
-    // SAFETY: sigset_t is plain data that sigfillset initialises; sigprocmask with valid
-    // pointers.
-    let saved = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut saved: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_BLOCK, &all, &mut saved);
-        saved
-    };
     // SAFETY: the master is single-threaded when it forks (DESIGN: no thread in the master),
-    // so the child may run async-signal-safe code until exec.
-    let pid = unsafe { libc::fork() };
-    let fork_error = (pid < 0).then(io::Error::last_os_error);
-    if pid != 0 {
-        // SAFETY: restoring the mask saved above.
-        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
-    }
-    if let Some(error) = fork_error {
-        // SAFETY: closing both ends of the pipe we created; no child holds them.
-        unsafe {
-            libc::close(report.read);
-            libc::close(report.write);
+    // and the child below only runs `prepare` (async-signal-safe by its contract), execve and
+    // the report.
+    match unsafe { fork_blocked() }? {
+        ForkResult::Parent { child } => Ok((child.as_raw(), report)),
+        ForkResult::Child => {
+            let errno = match prepare() {
+                Err(errno) => errno,
+                Ok(()) => {
+                    // SAFETY: program, argv and envp are NUL-terminated arrays of C strings
+                    // prepared before the fork; they live until exec replaces this image.
+                    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+                    Errno::from_raw_os_error(nix::errno::Errno::last_raw())
+                }
+            };
+            report.fail_and_exit(errno)
         }
-        return Err(SpawnError::Fork(error));
     }
-    if pid == 0 {
-        if prepare() {
-            // SAFETY: program, argv and envp are NUL-terminated arrays of C strings prepared
-            // before the fork; they live until exec replaces this image.
-            unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        }
-        report.fail_and_exit();
-    }
-    Ok((pid, report))
 }
 
 fn pointers<'a>(items: impl Iterator<Item = *const c_char> + 'a) -> Vec<*const c_char> {
@@ -227,9 +255,16 @@ fn pointers<'a>(items: impl Iterator<Item = *const c_char> + 'a) -> Vec<*const c
     out
 }
 
+/// Ends a forked child at once: no destructors, no atexit handlers, no stdio flush of the
+/// parent's image. Async-signal-safe.
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and ends this process only.
+    unsafe { libc::_exit(code) }
+}
+
 /// The parent's end of a worker's exec report, kept until the worker exits.
 pub struct ExecWatch {
-    read: std::os::fd::OwnedFd,
+    read: OwnedFd,
 }
 
 impl ExecWatch {
@@ -237,94 +272,57 @@ impl ExecWatch {
     /// that succeeded closed the pipe without a word).
     pub fn failure(&self) -> Option<io::Error> {
         let mut bytes = [0u8; 4];
-        // SAFETY: a non-blocking read into a stack buffer from a pipe we own.
-        let n = unsafe {
-            libc::read(
-                std::os::fd::AsRawFd::as_raw_fd(&self.read),
-                bytes.as_mut_ptr().cast(),
-                bytes.len(),
-            )
-        };
+        let n = rustix::io::read(&self.read, &mut bytes).ok()?;
         (n == 4).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)))
     }
 }
 
 /// The close-on-exec pipe through which a child reports a failed exec.
 struct ExecReport {
-    read: RawFd,
-    write: RawFd,
+    read: OwnedFd,
+    write: OwnedFd,
 }
 
 impl ExecReport {
     fn new() -> Result<ExecReport, SpawnError> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two fds into the array on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            return Err(SpawnError::Fork(io::Error::last_os_error()));
-        }
-        Ok(ExecReport {
-            read: fds[0],
-            write: fds[1],
-        })
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| SpawnError::Fork(e.into()))?;
+        Ok(ExecReport { read, write })
     }
 
     /// In the child: writes errno and exits 127. Async-signal-safe.
-    fn fail_and_exit(&self) -> ! {
-        // SAFETY: __errno_location, write and _exit are async-signal-safe; the buffer is on
-        // the stack.
-        unsafe {
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(self.write, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127)
-        }
+    fn fail_and_exit(&self, errno: Errno) -> ! {
+        let _ = rustix::io::write(&self.write, &errno.raw_os_error().to_ne_bytes());
+        exit_child(127)
     }
 
     /// In the parent, without waiting: keeps the read end (non-blocking) for later.
     fn into_watch(self) -> ExecWatch {
-        // SAFETY: closing our copy of the write end (only the child's remains), making the
-        // read end non-blocking, and taking ownership of it.
-        unsafe {
-            libc::close(self.write);
-            libc::fcntl(self.read, libc::F_SETFL, libc::O_NONBLOCK);
-            ExecWatch {
-                read: std::os::fd::FromRawFd::from_raw_fd(self.read),
-            }
-        }
+        // Our copy of the write end closes here; only the child's remains.
+        drop(self.write);
+        let _ = rustix::fs::fcntl_setfl(&self.read, rustix::fs::OFlags::NONBLOCK);
+        ExecWatch { read: self.read }
     }
 
     /// In the parent: EOF means exec succeeded; four bytes are the child's errno, and the
     /// child is reaped here so it never reaches the worker table.
     fn wait(self, pid: i32, program: &CString) -> Result<i32, SpawnError> {
-        // SAFETY: closing our copy of the write end so EOF arrives once the child execs.
-        unsafe { libc::close(self.write) };
+        // Our copy of the write end closes here, so EOF arrives once the child execs.
+        drop(self.write);
         let mut bytes = [0u8; 4];
         let mut got = 0;
         while got < bytes.len() {
-            // SAFETY: reading into the remaining part of a stack buffer.
-            let n = unsafe {
-                libc::read(
-                    self.read,
-                    bytes[got..].as_mut_ptr().cast(),
-                    bytes.len() - got,
-                )
-            };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+            match rustix::io::read(&self.read, &mut bytes[got..]) {
+                Err(Errno::INTR) => continue,
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
             }
-            if n <= 0 {
-                break;
-            }
-            got += n as usize;
         }
-        // SAFETY: closing the read end we own.
-        unsafe { libc::close(self.read) };
+        drop(self.read);
         if got == 0 {
             return Ok(pid);
         }
-        let mut status = 0;
-        // SAFETY: reaping our own child, which is exiting.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let _ = waitpid(Pid::from_raw(pid), None);
         Err(SpawnError::Exec {
             program: program.to_string_lossy().into_owned(),
             error: io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)),

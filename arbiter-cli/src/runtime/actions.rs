@@ -3,7 +3,7 @@
 //! of its events.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Child;
@@ -195,7 +195,7 @@ impl Runtime {
     ) -> Result<i32, spawn::SpawnError> {
         let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(spawn::SpawnError::Fork)?;
         let listeners: Vec<&Listener> = self.listeners.iter().collect();
-        let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_raw_fd()])
+        let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;
         let mut env = Vec::with_capacity(self.worker_env.len() + 10);
@@ -348,7 +348,7 @@ impl Runtime {
                         .map_err(|e| e.to_string())?,
                 );
             }
-            let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd().as_raw_fd()).collect();
+            let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.fd()).collect();
             let cwd =
                 CString::new(self.start_dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
             spawn::spawn_master(MasterSpawn {

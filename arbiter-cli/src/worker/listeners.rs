@@ -6,6 +6,7 @@
 //! sibling workers, which is what gunicorn's workers do too (several workers accept on one
 //! socket, so `EAGAIN` on accept is normal).
 
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -37,15 +38,16 @@ fn adopt(raw: RawFd) -> Result<OwnedFd, WorkerError> {
     if raw < 0 {
         return Err(bad("is negative"));
     }
-    // SAFETY: F_GETFD takes no pointer argument; on any int it returns flags or fails (EBADF).
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+    // SAFETY: the descriptor was handed to this process by the worker protocol; nothing else
+    // in this process uses or owns this number, since callers adopt each number once and the
+    // standard library opens nothing at these numbers before `main` runs (fds 0-2 are never
+    // adopted). It stays in a ManuallyDrop until F_GETFD found it open (a closed number only
+    // makes fcntl fail with EBADF), so a number that is not open is never closed.
+    let owned = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    if fcntl(&*owned, FcntlArg::F_GETFD).is_err() {
         return Err(bad("is not open"));
     }
-    // SAFETY: the descriptor is open (checked above) and was handed to this process by the
-    // worker protocol; nothing else in this process uses or owns this number, since callers
-    // adopt each number once and the standard library opens nothing at these numbers before
-    // `main` runs (fds 0-2 are never adopted).
-    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    let owned = ManuallyDrop::into_inner(owned);
     fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|_| bad("refuses FD_CLOEXEC"))?;
     Ok(owned)
 }

@@ -290,7 +290,7 @@ mod switch_tests {
         assert_eq!(WorkerError::NoListeners.exit_code(), 3);
         let io = WorkerError::Io {
             what: "epoll wait",
-            source: std::io::Error::from_raw_os_error(libc::EBADF),
+            source: std::io::Error::from_raw_os_error(nix::errno::Errno::EBADF as i32),
         };
         assert_eq!(io.exit_code(), 1);
     }
