@@ -38,7 +38,8 @@ pub fn arbiter_release() -> Result<PathBuf, String> {
         .ok_or_else(|| "target/release/arbiter missing after build".into())
 }
 
-/// A Python venv under `target/xtask-venv` with `packages` installed (pip, from PyPI).
+/// A Python venv under `target/xtask-venv` with `packages` installed (pip, from PyPI). A
+/// package pinned with `NAME==VERSION` is reinstalled when another version is there.
 /// Returns the venv's `bin` directory.
 pub fn venv(packages: &[&str]) -> Result<PathBuf, String> {
     let dir = root().join("target/xtask-venv");
@@ -51,10 +52,21 @@ pub fn venv(packages: &[&str]) -> Result<PathBuf, String> {
         .copied()
         .filter(|p| {
             let name = p.split(['=', '<', '>', '[']).next().unwrap_or(p);
-            !Command::new(bin.join("python"))
-                .args(["-m", "pip", "show", "-q", name])
-                .output()
-                .is_ok_and(|o| o.status.success())
+            let shown = Command::new(bin.join("python"))
+                .args(["-m", "pip", "show", name])
+                .output();
+            let Ok(shown) = shown else {
+                return true;
+            };
+            if !shown.status.success() {
+                return true;
+            }
+            match p.split_once("==") {
+                None => false,
+                Some((_, pinned)) => !String::from_utf8_lossy(&shown.stdout)
+                    .lines()
+                    .any(|l| l.strip_prefix("Version: ") == Some(pinned)),
+            }
         })
         .collect();
     if !missing.is_empty() {

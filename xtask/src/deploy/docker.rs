@@ -184,6 +184,13 @@ fn image(instructions: &[Instruction]) -> Result<Image, String> {
     })
 }
 
+/// The image's `USER` (uid, gid).
+pub(crate) fn user() -> Result<(u32, u32), String> {
+    let path = common::root().join(DOCKERFILE);
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(image(&parse(&text))?.user)
+}
+
 /// Runs the file's steps; returns the report lines.
 pub(crate) fn check(scratch: &Path) -> Result<Vec<String>, String> {
     let path = common::root().join(DOCKERFILE);

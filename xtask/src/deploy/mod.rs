@@ -3,6 +3,8 @@
 //!
 //! - the container image ([`docker`]): the Dockerfile's build command and entrypoint run as
 //!   the image would run them, as PID 1 of a pid namespace under the image's user.
+//! - Kubernetes ([`kubernetes`]): the manifests validated offline against the API schemas and
+//!   checked against arbiter's flags (probes, grace period, drain, GPUs, `--check-config`).
 //! - systemd ([`systemd`]): `systemd-analyze verify` on the units; their `ExecStart=` run under
 //!   `systemd-socket-activate` with this task as the notify socket's receiver.
 //!
@@ -10,6 +12,7 @@
 //! fails), binds only loopback or paths in a scratch directory, and every wait is bounded.
 
 mod docker;
+mod kubernetes;
 mod notify;
 mod systemd;
 
@@ -33,6 +36,16 @@ pub fn run() -> Result<(), String> {
         Err(e) => {
             println!("systemd: FAILED: {e}");
             failed.push("systemd");
+        }
+    }
+    let kubernetes = docker::user().and_then(|(uid, _)| {
+        kubernetes::check(&dist.binary, uid, &scratch.path().join("kubernetes"))
+    });
+    match kubernetes {
+        Ok(lines) => lines.iter().for_each(|l| println!("kubernetes: {l}")),
+        Err(e) => {
+            println!("kubernetes: FAILED: {e}");
+            failed.push("kubernetes");
         }
     }
     if failed.is_empty() {
