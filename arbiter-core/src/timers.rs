@@ -86,6 +86,14 @@ impl<K: Ord + Hash + Copy> Timers<K> {
         self.by_time.first().copied()
     }
 
+    /// The keys due at `now`, earliest first.
+    pub(crate) fn due(&self, now: Moment) -> impl Iterator<Item = K> + '_ {
+        self.by_time
+            .iter()
+            .take_while(move |(at, _)| *at <= now)
+            .map(|(_, key)| *key)
+    }
+
     /// Removes and returns the earliest key due at `now`, if any.
     pub(crate) fn pop_due(&mut self, now: Moment) -> Option<K> {
         let (at, key) = *self.by_time.first()?;
@@ -116,6 +124,7 @@ mod tests {
         timers.set(2, Some(at(80)));
         assert_eq!(timers.next(), Some(at(50)));
         assert_eq!(timers.pop_due(at(49)), None);
+        assert_eq!(timers.due(at(50)).collect::<Vec<_>>(), [1]);
         assert_eq!(timers.pop_due(at(50)), Some(1));
         timers.set(2, None);
         assert_eq!(timers.next(), None);

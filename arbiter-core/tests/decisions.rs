@@ -829,3 +829,36 @@ fn handle_takes_every_input_as_the_shorthands_do() {
         })
     );
 }
+
+#[test]
+fn due_lists_only_the_deadlines_a_wake_up_judges() {
+    // Two workers heartbeating at different phases: at the first one's deadline only its
+    // heartbeat is due, so a shell re-reads one heartbeat file, not every worker's.
+    let mut world = World::scripted(
+        config(2),
+        Role::Fresh,
+        Box::new(|slot, _| Behavior {
+            heartbeat_every: Some(ms(1000 + 300 * slot as u64)),
+            ..Behavior::stopped(ms(1500))
+        }),
+    );
+    world.drive(ms(1400));
+    // Slot 0 beat at 1.0 s (deadline 3.0 s), slot 1 at 1.3 s (deadline 3.3 s).
+    assert_eq!(world.arbiter.due(at_ms(2999)).count(), 0);
+    assert_eq!(
+        world.arbiter.due(at_ms(3000)).collect::<Vec<_>>(),
+        [Timer::Heartbeat(WorkerId(1))]
+    );
+    assert_eq!(
+        world.arbiter.due(at_ms(3300)).collect::<Vec<_>>(),
+        [Timer::Heartbeat(WorkerId(1)), Timer::Heartbeat(WorkerId(2))]
+    );
+    world.signal(Signal::Term);
+    world.drive(secs(30));
+    assert!(world.exit.is_some());
+    assert_eq!(
+        world.arbiter.due(at_ms(u64::MAX / 2)).count(),
+        0,
+        "none after the exit"
+    );
+}

@@ -81,6 +81,7 @@ impl Runtime {
                         self.core.handle_spawned(id, pid, now);
                     }
                     Err(e) => {
+                        self.set_probe(id, None);
                         self.procs.remove(&id);
                         self.core.handle_spawn_failed(id, e.to_string(), now);
                     }
@@ -244,10 +245,11 @@ impl Runtime {
             WorkerProc {
                 pid,
                 heartbeat,
-                probe_at,
+                probe_at: None,
                 exec,
             },
         );
+        self.set_probe(id, probe_at);
         Ok(pid)
     }
 
@@ -269,6 +271,7 @@ impl Runtime {
                 status,
                 ..
             } => {
+                self.set_probe(*id, None);
                 if let Some(proc) = self.procs.remove(id) {
                     if let Some(error) = proc.exec.failure() {
                         error!(

@@ -4,12 +4,12 @@
 //! next deadline or an fd is readable. Decisions (when to write which pidfile, when to ping
 //! the watchdog, what a reload or an exit means) are the core's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use arbiter_core::{Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, WorkerId};
+use arbiter_core::{Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId};
 use arbiter_signals::SignalPipe;
 use arbiter_sockets::Listener;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -66,6 +66,8 @@ pub struct Runtime {
     _runtime_dir: tempfile::TempDir,
     heartbeat_dir: PathBuf,
     procs: HashMap<WorkerId, WorkerProc>,
+    /// Workers that have shown no heartbeat yet, by when their file is looked at next.
+    probes: BTreeSet<(Moment, WorkerId)>,
     command: WorkerCommand,
     master_env: Vec<(OsString, OsString)>,
     worker_env: Vec<(OsString, OsString)>,
@@ -272,6 +274,7 @@ impl Runtime {
             _runtime_dir: runtime_dir,
             heartbeat_dir,
             procs: HashMap::new(),
+            probes: BTreeSet::new(),
             command,
             master_env,
             worker_env,
@@ -359,7 +362,7 @@ impl Runtime {
             self.probe_heartbeats(now);
         }
         if self.core.poll_timeout().is_some_and(|at| at <= now) {
-            self.refresh_heartbeats(now);
+            self.refresh_due_heartbeats(now);
             self.core.handle_timeout(now);
         }
     }
@@ -488,36 +491,74 @@ impl Runtime {
     }
 
     fn next_probe(&self) -> Option<Moment> {
-        self.procs.values().filter_map(|p| p.probe_at).min()
+        self.probes.first().map(|(at, _)| *at)
+    }
+
+    /// Sets (or with `None`, ends) the probing of a worker's heartbeat file.
+    pub(super) fn set_probe(&mut self, id: WorkerId, at: Option<Moment>) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = std::mem::replace(&mut proc.probe_at, at) {
+            self.probes.remove(&(old, id));
+        }
+        if let Some(at) = at {
+            self.probes.insert((at, id));
+        }
     }
 
     /// Looks at the heartbeat files of workers that have not heartbeated yet.
     /// One wake-up looks at every file still unseen, not only the due ones, so probes of
-    /// workers spawned together are batched.
+    /// workers spawned together are batched; workers already heartbeating cost nothing here.
     fn probe_heartbeats(&mut self, now: Moment) {
         let period = self.settings.timeout.unwrap_or(Duration::from_secs(1));
-        for proc in self.procs.values_mut() {
-            let Some(probe_at) = proc.probe_at else {
-                continue;
-            };
-            match proc.heartbeat.check().map(|age| moment_before(now, age)) {
-                Some(at) => {
-                    proc.probe_at = None;
-                    self.core.handle_heartbeat(proc.pid, at);
-                }
-                None if probe_at <= now => proc.probe_at = Some(now + period),
-                None => {}
+        let unseen: Vec<(Moment, WorkerId)> = self.probes.iter().copied().collect();
+        for (probe_at, id) in unseen {
+            match self.look_at_heartbeat(id, now) {
+                true => self.set_probe(id, None),
+                false if probe_at <= now => self.set_probe(id, Some(now + period)),
+                false => {}
             }
         }
     }
 
-    /// Before deadlines are judged: every heartbeat file bumped since the last look.
+    /// Before deadlines are judged: the heartbeat files of the workers whose heartbeat
+    /// deadline is due (the others' bumps can wait for their own deadlines).
+    fn refresh_due_heartbeats(&mut self, now: Moment) {
+        let due: Vec<WorkerId> = self
+            .core
+            .due(now)
+            .filter_map(|timer| match timer {
+                Timer::Heartbeat(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in due {
+            self.look_at_heartbeat(id, now);
+        }
+    }
+
+    /// Before the workers' state is shown: every heartbeat file bumped since the last look.
     fn refresh_heartbeats(&mut self, now: Moment) {
-        for proc in self.procs.values_mut() {
-            if let Some(at) = proc.heartbeat.check().map(|age| moment_before(now, age)) {
-                proc.probe_at = None;
-                self.core.handle_heartbeat(proc.pid, at);
+        let ids: Vec<WorkerId> = self.procs.keys().copied().collect();
+        for id in ids {
+            if self.look_at_heartbeat(id, now) {
+                self.set_probe(id, None);
             }
+        }
+    }
+
+    /// Feeds a bump of the worker's heartbeat file since the last look; whether there was one.
+    fn look_at_heartbeat(&mut self, id: WorkerId, now: Moment) -> bool {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return false;
+        };
+        match proc.heartbeat.check().map(|age| moment_before(now, age)) {
+            Some(at) => {
+                self.core.handle_heartbeat(proc.pid, at);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -237,6 +237,15 @@ impl Arbiter {
         self.timers.first()
     }
 
+    /// The deadlines due at `now`, earliest first: what [`Arbiter::handle_timeout`] is about
+    /// to judge. A shell brings only their inputs up to date first (the heartbeat files of the
+    /// workers whose [`Timer::Heartbeat`] is due), so a wake-up costs what is due, not one
+    /// look per worker.
+    pub fn due(&self, now: Moment) -> impl Iterator<Item = Timer> + '_ {
+        let exited = self.exited;
+        self.timers.due(now).filter(move |_| !exited)
+    }
+
     // ----- observers -----
 
     /// The current phase.
