@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// Times a failed bind is retried, one second apart [default: 5]
     #[arg(long, value_name = "N")]
     bind_retries: Option<String>,
-    /// debug, info, warning, error or critical [default: info]
+    /// trace, debug, info, warning, error or critical [default: info]
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
     /// Log file; - for stderr [default: -]
@@ -76,9 +76,18 @@ pub struct ServeArgs {
     /// text or json [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Colour worker lines by pid: auto (a terminal without NO_COLOR), always or never [default: auto]
+    #[arg(long, value_name = "WHEN")]
+    color: Option<String>,
     /// Directory for worker heartbeat files [default: the system temp directory]
     #[arg(long, value_name = "DIR")]
     worker_tmp_dir: Option<String>,
+    /// Run workers as this user (name or uid); the master keeps its own
+    #[arg(short = 'u', long, value_name = "USER")]
+    user: Option<String>,
+    /// Run workers with this group (name or gid) [default: the user's primary group]
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    group: Option<String>,
     /// On a worker's boot error (exit 3 or 4): halt or backoff [default: halt]
     #[arg(long, value_name = "POLICY")]
     on_boot_error: Option<String>,
@@ -182,11 +191,14 @@ impl ServeArgs {
         put("log_level", "--log-level", one(&self.log_level));
         put("log_file", "--log-file", one(&self.log_file));
         put("log_format", "--log-format", one(&self.log_format));
+        put("color", "--color", one(&self.color));
         put(
             "worker_tmp_dir",
             "--worker-tmp-dir",
             one(&self.worker_tmp_dir),
         );
+        put("user", "--user", one(&self.user));
+        put("group", "--group", one(&self.group));
         put("on_boot_error", "--on-boot-error", one(&self.on_boot_error));
         put("ready", "--ready", one(&self.ready));
         put("ready_after", "--ready-after", one(&self.ready_after));

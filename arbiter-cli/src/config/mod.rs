@@ -34,7 +34,8 @@ use clap::Parser;
 pub use cli::ServeArgs;
 pub use error::{ConfigError, Origin};
 pub use settings::{
-    BootErrorPolicy, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
+    BootErrorPolicy, ColorChoice, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode,
+    Settings,
 };
 
 /// What the command line asks for.

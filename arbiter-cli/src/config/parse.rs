@@ -84,6 +84,17 @@ pub(crate) fn text(raw: &Raw) -> Parsed<String> {
     }
 }
 
+/// A user or group: a name, or a number (a TOML integer or digits); looked up at start.
+pub(crate) fn account(raw: &Raw) -> Parsed<String> {
+    match raw {
+        Raw::Int(n) if *n >= 0 && *n < i64::from(u32::MAX) => Ok(n.to_string()),
+        Raw::Int(_) => Err("expected a name or an id from 0 to 4294967294".to_owned()),
+        Raw::Str(s) if s.trim().is_empty() => Err("must not be empty".to_owned()),
+        Raw::Str(s) => Ok(s.trim().to_owned()),
+        _ => Err("expected a name or a number".to_owned()),
+    }
+}
+
 /// A non-empty path.
 pub(crate) fn path(raw: &Raw) -> Parsed<PathBuf> {
     text(raw).map(PathBuf::from)

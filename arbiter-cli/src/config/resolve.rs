@@ -5,7 +5,8 @@ use super::error::ConfigError;
 use super::parse::{self, Parsed};
 use super::raw::{Layer, Raw, Sourced};
 use super::settings::{
-    BootErrorPolicy, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode, Settings,
+    BootErrorPolicy, ColorChoice, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode,
+    Settings,
 };
 
 /// The layers of one resolution, highest precedence first.
@@ -83,9 +84,14 @@ pub(crate) fn settings(
         log_format: layers.value("log_format", d.log_format, |r| {
             parse::name_of(r, LogFormat::NAMES, LogFormat::from_name)
         })?,
+        color: layers.value("color", d.color, |r| {
+            parse::name_of(r, ColorChoice::NAMES, ColorChoice::from_name)
+        })?,
         worker_tmp_dir: layers.value("worker_tmp_dir", d.worker_tmp_dir, |r| {
             parse::path(r).map(Some)
         })?,
+        user: layers.value("user", d.user, |r| parse::account(r).map(Some))?,
+        group: layers.value("group", d.group, |r| parse::account(r).map(Some))?,
         on_boot_error: layers.value("on_boot_error", d.on_boot_error, |r| {
             parse::name_of(r, BootErrorPolicy::NAMES, BootErrorPolicy::from_name)
         })?,

@@ -48,8 +48,15 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     /// Log record format.
     pub log_format: LogFormat,
+    /// When text log lines about a worker are coloured by that worker's pid.
+    pub color: ColorChoice,
     /// Directory for heartbeat files; `None` means the system temp directory.
     pub worker_tmp_dir: Option<PathBuf>,
+    /// The user workers run as (a name or a number); `None` keeps the master's.
+    pub user: Option<String>,
+    /// The group workers run as (a name or a number); `None` means the user's primary group,
+    /// or the master's group without a user.
+    pub group: Option<String>,
     /// What to do when a worker exits with 3 (boot error) or 4 (app load error).
     pub on_boot_error: BootErrorPolicy,
     /// When a worker counts as ready.
@@ -150,7 +157,9 @@ macro_rules! named_enum {
 named_enum! {
     /// Lowest severity that is logged.
     LogLevel {
-        /// Everything, including each decision's details.
+        /// Every input the core receives and every action it takes, with its reason.
+        Trace = "trace",
+        /// Everything else, including each decision's details.
         Debug = "debug",
         /// Normal operation.
         Info = "info",
@@ -170,6 +179,18 @@ named_enum! {
         Text = "text",
         /// One JSON object per line.
         Json = "json",
+    }
+}
+
+named_enum! {
+    /// Whether text log lines about a worker carry that worker's colour.
+    ColorChoice {
+        /// Only when the log goes to a terminal and `NO_COLOR` is unset.
+        Auto = "auto",
+        /// Always (text logs; JSON never has colour codes).
+        Always = "always",
+        /// Never.
+        Never = "never",
     }
 }
 
@@ -231,7 +252,10 @@ impl Default for Settings {
             log_level: LogLevel::Info,
             log_file: None,
             log_format: LogFormat::Text,
+            color: ColorChoice::Auto,
             worker_tmp_dir: None,
+            user: None,
+            group: None,
             on_boot_error: BootErrorPolicy::Halt,
             ready: ReadyMode::Auto,
             ready_after: Duration::ZERO,
@@ -313,10 +337,21 @@ impl Settings {
             "logs go to stderr",
         );
         line("log_format", Some(quote(self.log_format.as_str())), "");
+        line("color", Some(quote(self.color.as_str())), "");
         line(
             "worker_tmp_dir",
             self.worker_tmp_dir.as_deref().map(path_str),
             "the system temp directory",
+        );
+        line(
+            "user",
+            self.user.as_deref().map(quote),
+            "workers run as the master's user",
+        );
+        line(
+            "group",
+            self.group.as_deref().map(quote),
+            "the user's primary group, else the master's",
         );
         line(
             "on_boot_error",

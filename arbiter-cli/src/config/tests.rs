@@ -397,7 +397,7 @@ fn value_errors_name_the_source_and_the_value() {
     assert!(error(&["--timeout=-1"], &[]).starts_with("--timeout \"-1\": invalid duration"));
     assert_eq!(
         error(&["--log-level", "loud"], &[]),
-        "--log-level \"loud\": expected one of debug, info, warning, error, critical"
+        "--log-level \"loud\": expected one of trace, debug, info, warning, error, critical"
     );
     assert_eq!(
         error(&["--log-format", "xml"], &[]),
@@ -759,5 +759,73 @@ fn to_toml_reads_like_a_config_file() {
     assert!(
         bound.lines().any(|l| l == "bind = [\"127.0.0.1:8000\"]"),
         "{bound}"
+    );
+}
+
+#[test]
+fn color_from_each_source_and_bad_values_name_their_source() {
+    assert_eq!(run(&[], &[]).unwrap().color, ColorChoice::Auto);
+    assert_eq!(
+        run(&["--color", "always"], &[]).unwrap().color,
+        ColorChoice::Always
+    );
+    assert_eq!(
+        run(&[], &[("ARBITER_COLOR", "never")]).unwrap().color,
+        ColorChoice::Never
+    );
+    assert_eq!(
+        with_file("color = \"always\"\n", &[], &[("ARBITER_COLOR", "never")])
+            .unwrap()
+            .color,
+        ColorChoice::Never,
+        "the environment wins over the file"
+    );
+    assert_eq!(
+        error(&["--color", "rainbow"], &[]),
+        "--color \"rainbow\": expected one of auto, always, never"
+    );
+    assert_eq!(
+        error(&[], &[("ARBITER_COLOR", "yes")]),
+        "ARBITER_COLOR=\"yes\": expected one of auto, always, never"
+    );
+    let (message, path) = file_error("color = true\n");
+    assert_eq!(
+        message,
+        format!(
+            "color = true in {}: expected one of auto, always, never",
+            path.display()
+        )
+    );
+    assert_eq!(
+        run(&["--log-level", "trace"], &[]).unwrap().log_level,
+        LogLevel::Trace
+    );
+}
+
+#[test]
+fn user_and_group_from_each_source_as_names_or_numbers() {
+    let settings = run(&["--user", "nobody", "-g", "65534"], &[]).unwrap();
+    assert_eq!(settings.user.as_deref(), Some("nobody"));
+    assert_eq!(settings.group.as_deref(), Some("65534"));
+    let settings = run(&[], &[("ARBITER_USER", "www"), ("ARBITER_GROUP", "web")]).unwrap();
+    assert_eq!(
+        (settings.user.as_deref(), settings.group.as_deref()),
+        (Some("www"), Some("web"))
+    );
+    let settings = with_file("user = 65534\ngroup = \"nogroup\"\n", &[], &[]).unwrap();
+    assert_eq!(settings.user.as_deref(), Some("65534"));
+    assert_eq!(settings.group.as_deref(), Some("nogroup"));
+    assert_eq!(run(&[], &[]).unwrap().user, None);
+    assert_eq!(
+        error(&["--user", ""], &[]),
+        "--user \"\": must not be empty"
+    );
+    let (message, path) = file_error("group = -1\n");
+    assert_eq!(
+        message,
+        format!(
+            "group = -1 in {}: expected a name or an id from 0 to 4294967294",
+            path.display()
+        )
     );
 }

@@ -332,9 +332,14 @@ impl Ops {
     }
 }
 
+/// The log field that marks a record as being about a worker (its pid): the runtime's log
+/// gives such a line the worker's colour.
+pub const WORKER_PID: &str = "worker_pid";
+
 fn relay(log: &Logger, line: capture::Line<'_>) {
     info!(log, "[{} {}] {}", line.pid, line.stream.name(), line.text;
-        "pid" => line.pid, "slot" => line.slot, "stream" => line.stream.name());
+        "pid" => line.pid, "slot" => line.slot, "stream" => line.stream.name(),
+        WORKER_PID => line.pid);
 }
 
 /// The `status` answer line.

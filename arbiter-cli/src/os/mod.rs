@@ -8,6 +8,7 @@
 
 pub mod daemon;
 pub mod heartbeat;
+pub mod identity;
 pub mod notify;
 pub mod pidfile;
 pub mod spawn;

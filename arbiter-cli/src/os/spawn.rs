@@ -20,6 +20,8 @@ use nix::unistd::{fork, ForkResult, Pid};
 use rustix::io::Errno;
 use rustix::process;
 
+use crate::os::identity::Identity;
+
 /// Why a child could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -34,6 +36,9 @@ pub enum SpawnError {
         /// The errno the child reported.
         error: io::Error,
     },
+    /// A file the worker gets could not be prepared for it (given to its user).
+    #[error("preparing the worker: {0}")]
+    Prepare(io::Error),
     /// A NUL byte in an argument or variable.
     #[error("NUL byte in {0}")]
     Nul(String),
@@ -96,10 +101,13 @@ pub struct WorkerSpawn<'a> {
     pub stdout_fd: Option<BorrowedFd<'a>>,
     /// Put on the child's fd 2 (output capture); `None` inherits the master's stderr.
     pub stderr_fd: Option<BorrowedFd<'a>>,
+    /// The user and groups to switch to (`--user`, `--group`); `None` keeps the master's.
+    pub identity: Option<&'a Identity>,
 }
 
 /// Forks and execs a worker in its own process group, with default signal dispositions, an
-/// empty mask, a parent-death signal, and only fds 0-2 plus the plan's. Returns its pid at
+/// empty mask, the configured identity, a parent-death signal, and only fds 0-2 plus the
+/// plan's. Returns its pid at
 /// once, without waiting for the exec (so the master stays free to take signals), and the
 /// watch that tells, once the worker has exited, whether its exec failed.
 pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), SpawnError> {
@@ -116,7 +124,7 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), Spaw
     let master = process::getpid();
     let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
         spawn.signals.child_reset();
-        worker_setup(master, spawn.stdout_fd, spawn.stderr_fd)?;
+        worker_setup(master, spawn.identity, spawn.stdout_fd, spawn.stderr_fd)?;
         if let Some(slot) = spawn.watchdog_pid.as_mut() {
             slot.fill(process::getpid().as_raw_nonzero().get() as u32);
         }
@@ -127,15 +135,20 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), Spaw
     Ok((pid, report.into_watch()))
 }
 
-/// In a new worker between fork and exec: its own process group, death with the master (and
-/// none if the master already died), output capture on fds 1 and 2. Async-signal-safe: raw
-/// syscalls through rustix, no allocation.
+/// In a new worker between fork and exec: its own process group, the configured user and
+/// groups, death with the master (and none if the master already died), output capture on
+/// fds 1 and 2. Async-signal-safe: raw syscalls, no allocation.
 fn worker_setup(
     master: process::Pid,
+    identity: Option<&Identity>,
     stdout_fd: Option<BorrowedFd<'_>>,
     stderr_fd: Option<BorrowedFd<'_>>,
 ) -> Result<(), Errno> {
     process::setpgid(None, None)?;
+    // Before the parent-death signal: a change of effective uid or gid clears it.
+    if let Some(identity) = identity {
+        identity.switch_in_child()?;
+    }
     process::set_parent_process_death_signal(Some(process::Signal::KILL))?;
     if process::getppid() != Some(master) {
         return Err(Errno::SRCH);

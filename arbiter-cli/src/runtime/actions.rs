@@ -21,6 +21,7 @@ use crate::ops::hooks;
 use crate::os::heartbeat::Heartbeat;
 use crate::os::pidfile;
 use crate::os::spawn::{self, MasterSpawn, WorkerSpawn};
+use crate::runtime::log::WORKER_PID;
 use crate::runtime::setup::{self, env_entry, WorkerCommand};
 
 use super::{Runtime, WorkerProc};
@@ -77,7 +78,8 @@ impl Runtime {
                         };
                         info!(self.log, "Booting worker with pid: {pid}{placement}";
                             "slot" => slot, "id" => id.0, "generation" => generation,
-                            "gpus" => gpus.join(","), "reason" => reason.to_string());
+                            "gpus" => gpus.join(","), "reason" => reason.to_string(),
+                            WORKER_PID => pid);
                         self.core.handle_spawned(id, pid, now);
                     }
                     Err(e) => {
@@ -94,16 +96,14 @@ impl Runtime {
                 reason,
                 ..
             } => {
+                let log = self.log.new(slog::o!(WORKER_PID => pid));
                 match reason {
-                    Reason::HeartbeatTimeout => error!(self.log, "WORKER TIMEOUT (pid:{pid})"),
-                    Reason::BootTimeout => error!(self.log, "WORKER BOOT TIMEOUT (pid:{pid})"),
+                    Reason::HeartbeatTimeout => error!(log, "WORKER TIMEOUT (pid:{pid})"),
+                    Reason::BootTimeout => error!(log, "WORKER BOOT TIMEOUT (pid:{pid})"),
                     _ if signal == Signal::Kill => {
-                        warn!(
-                            self.log,
-                            "Killing worker (pid:{pid}) with SIGKILL: {reason}"
-                        )
+                        warn!(log, "Killing worker (pid:{pid}) with SIGKILL: {reason}")
                     }
-                    _ => debug!(self.log, "Sending {signal} to worker (pid:{pid}): {reason}"),
+                    _ => debug!(log, "Sending {signal} to worker (pid:{pid}): {reason}"),
                 }
                 let target = if group { -pid } else { pid };
                 if let Some(nix_signal) = nix_signal(signal) {
@@ -195,6 +195,12 @@ impl Runtime {
         gpus: &[String],
     ) -> Result<i32, spawn::SpawnError> {
         let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(spawn::SpawnError::Fork)?;
+        if let Some(identity) = &self.identity {
+            // The worker bumps its heartbeat with fchmod, which only the file's owner may do.
+            identity
+                .give_file(heartbeat.file())
+                .map_err(spawn::SpawnError::Prepare)?;
+        }
         let listeners: Vec<&Listener> = self.listeners.iter().collect();
         let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
@@ -237,6 +243,7 @@ impl Runtime {
             signals: &self.signals,
             stdout_fd: output_fds.map(|fds| fds.0),
             stderr_fd: output_fds.map(|fds| fds.1),
+            identity: self.identity.as_ref(),
         })?;
         self.ops.on_spawned(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
@@ -277,7 +284,8 @@ impl Runtime {
                         error!(
                             self.log,
                             "cannot execute {}: {error}",
-                            self.command.program.to_string_lossy()
+                            self.command.program.to_string_lossy();
+                            WORKER_PID => *pid
                         );
                     }
                 }
@@ -400,7 +408,12 @@ impl Runtime {
     }
 
     fn log_event(&self, event: Event) {
-        let log = &self.log;
+        let log = &match &event {
+            Event::WorkerExited { pid, .. } | Event::WorkerReady { pid, .. } => {
+                self.log.new(slog::o!(WORKER_PID => *pid))
+            }
+            _ => self.log.clone(),
+        };
         match event {
             Event::WorkerExited {
                 pid,

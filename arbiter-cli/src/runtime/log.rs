@@ -1,15 +1,32 @@
 //! Logging: slog with a synchronous, mutex-guarded drain (no thread, unlike slog-async),
 //! gunicorn's text layout or one JSON object per line, reopened on USR1.
+//!
+//! Colour (the seed's annotated arbiter): a text record about a worker carries the
+//! [`WORKER_PID`] field, and with colour on the whole line takes that worker's colour (pid
+//! modulo 5 over red, green, blue, yellow, cyan, as the seed); the master's own lines stay
+//! plain, and JSON records never carry colour codes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use slog::{Drain, Key, Level, OwnedKVList, Record, Serializer, KV};
 
-use crate::config::{LogFormat, LogLevel};
+use crate::config::{ColorChoice, LogFormat, LogLevel};
+
+pub use crate::ops::WORKER_PID;
+
+/// The seed's colours, by pid modulo 5: red, green, blue, yellow, cyan.
+const COLOURS: [&str; 5] = ["\x1b[31m", "\x1b[32m", "\x1b[34m", "\x1b[33m", "\x1b[36m"];
+/// Back to the terminal's default.
+const RESET: &str = "\x1b[0m";
+
+/// The colour of the lines about the worker `pid`.
+pub fn worker_colour(pid: i32) -> &'static str {
+    COLOURS[pid.rem_euclid(5) as usize]
+}
 
 /// Where log lines go.
 enum Sink {
@@ -28,6 +45,8 @@ pub struct LogOutput {
     inner: Arc<Mutex<Inner>>,
     format: LogFormat,
     level: Level,
+    /// Whether worker lines are coloured (text format only).
+    colour: bool,
 }
 
 impl LogOutput {
@@ -42,7 +61,33 @@ impl LogOutput {
             inner: Arc::new(Mutex::new(Inner { sink, path })),
             format,
             level: slog_level(level),
+            colour: false,
         })
+    }
+
+    /// Decides colour: `always`, `never`, or `auto`, on only when the log goes to a terminal
+    /// and `NO_COLOR` is unset or empty (as cargo and ripgrep do). Never for JSON.
+    pub fn with_colour(mut self, choice: ColorChoice, no_color: bool) -> LogOutput {
+        self.colour = self.format == LogFormat::Text
+            && match choice {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => !no_color && self.is_terminal(),
+            };
+        self
+    }
+
+    fn is_terminal(&self) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match &inner.sink {
+            Sink::Stderr => io::stderr().is_terminal(),
+            Sink::File(file) => file.is_terminal(),
+        }
+    }
+
+    /// Whether trace records (every core input and action) are written.
+    pub fn traces(&self) -> bool {
+        self.level == Level::Trace
     }
 
     /// Reopens the log file (after rotation); stderr needs nothing.
@@ -66,6 +111,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 fn slog_level(level: LogLevel) -> Level {
     match level {
+        LogLevel::Trace => Level::Trace,
         LogLevel::Debug => Level::Debug,
         LogLevel::Info => Level::Info,
         LogLevel::Warning => Level::Warning,
@@ -80,7 +126,8 @@ fn level_name(level: Level) -> &'static str {
         Level::Error => "ERROR",
         Level::Warning => "WARNING",
         Level::Info => "INFO",
-        Level::Debug | Level::Trace => "DEBUG",
+        Level::Debug => "DEBUG",
+        Level::Trace => "TRACE",
     }
 }
 
@@ -102,12 +149,19 @@ impl Drain for LogOutput {
         let line = match self.format {
             LogFormat::Text => {
                 // gunicorn's layout: the message only; JSON lines carry every field.
+                let colour = self
+                    .colour
+                    .then(|| fields.worker_pid())
+                    .flatten()
+                    .map(worker_colour);
                 let mut line = format!(
-                    "[{}] [{}] [{}] {}",
+                    "{}[{}] [{}] [{}] {}{}",
+                    colour.unwrap_or(""),
                     format_utc(now.as_secs()),
                     pid,
                     level_name(record.level()),
-                    record.msg()
+                    record.msg(),
+                    if colour.is_some() { RESET } else { "" },
                 );
                 line.push('\n');
                 line
@@ -143,9 +197,24 @@ struct Fields {
     pairs: Vec<(String, String)>,
 }
 
+impl Fields {
+    /// The worker a record is about, if it says.
+    fn worker_pid(&self) -> Option<i32> {
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == WORKER_PID)
+            .and_then(|(_, value)| value.parse().ok())
+    }
+}
+
 impl Serializer for Fields {
     fn emit_arguments(&mut self, key: Key, value: &std::fmt::Arguments<'_>) -> slog::Result {
         self.pairs.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    /// An absent optional field (`"worker_pid" => None`) is left out.
+    fn emit_none(&mut self, _key: Key) -> slog::Result {
         Ok(())
     }
 }
@@ -175,6 +244,48 @@ pub fn format_utc(unix_seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_colours_follow_the_seed_by_pid_modulo_five() {
+        assert_eq!(worker_colour(10), "\x1b[31m");
+        assert_eq!(worker_colour(11), "\x1b[32m");
+        assert_eq!(worker_colour(12), "\x1b[34m");
+        assert_eq!(worker_colour(13), "\x1b[33m");
+        assert_eq!(worker_colour(14), "\x1b[36m");
+    }
+
+    #[test]
+    fn only_worker_lines_are_coloured_and_only_in_text_with_colour_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, format: LogFormat, choice: ColorChoice| {
+            let path = dir.path().join(name);
+            let output = LogOutput::open(Some(&path), format, LogLevel::Trace)
+                .unwrap()
+                .with_colour(choice, false);
+            let log = output.logger();
+            slog::info!(log, "Booting worker with pid: 12"; WORKER_PID => 12);
+            slog::info!(log, "Listening at: somewhere");
+            slog::trace!(log, "input: signal SIGTTIN"; WORKER_PID => None::<i32>);
+            std::fs::read_to_string(&path).unwrap()
+        };
+        let coloured = write("always", LogFormat::Text, ColorChoice::Always);
+        let lines: Vec<&str> = coloured.lines().collect();
+        assert!(lines[0].starts_with("\x1b[34m[") && lines[0].ends_with("pid: 12\x1b[0m"));
+        assert!(lines[1].starts_with('[') && !lines[1].contains('\x1b'));
+        assert!(lines[2].contains("[TRACE] input: signal SIGTTIN") && !lines[2].contains('\x1b'));
+        // A file is no terminal: auto stays plain.
+        assert!(!write("auto", LogFormat::Text, ColorChoice::Auto).contains('\x1b'));
+        assert!(!write("never", LogFormat::Text, ColorChoice::Never).contains('\x1b'));
+        let json = write("json", LogFormat::Json, ColorChoice::Always);
+        assert!(
+            !json.contains('\x1b') && !json.contains("\\u001b"),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"worker_pid\":\"12\"") && !json.contains("None"),
+            "{json}"
+        );
+    }
 
     #[test]
     fn utc_dates_match_known_instants() {

@@ -22,6 +22,7 @@ use crate::config::{Settings, Sources};
 use crate::ops::hooks;
 use crate::ops::{Ops, Order};
 use crate::os::heartbeat::{self, Heartbeat};
+use crate::os::identity::Identity;
 use crate::os::notify::{NotifySocket, Supervisor};
 use crate::os::pidfile;
 use crate::os::spawn;
@@ -34,6 +35,7 @@ pub mod log;
 pub mod preflight;
 mod reload;
 pub mod setup;
+mod trace;
 
 use actions::set_title;
 
@@ -57,18 +59,22 @@ pub struct Runtime {
     settings: Settings,
     sources: Sources,
     env_snapshot: BTreeMap<String, String>,
-    core: Arbiter,
+    /// The core; every input and action passes through its trace.
+    core: trace::Core,
     origin: Instant,
     listeners: Vec<Listener>,
     signals: SignalPipe,
     notify: NotifySocket,
     supervisor: Option<Supervisor>,
-    _runtime_dir: tempfile::TempDir,
+    /// Holds the notify socket; removed on drop.
+    runtime_dir: tempfile::TempDir,
     heartbeat_dir: PathBuf,
     procs: HashMap<WorkerId, WorkerProc>,
     /// Workers that have shown no heartbeat yet, by when their file is looked at next.
     probes: BTreeSet<(Moment, WorkerId)>,
     command: WorkerCommand,
+    /// The user and groups workers switch to (`--user`, `--group`).
+    identity: Option<Identity>,
     master_env: Vec<(OsString, OsString)>,
     worker_env: Vec<(OsString, OsString)>,
     exe: PathBuf,
@@ -126,7 +132,11 @@ impl Runtime {
         let start_dir = std::env::current_dir()
             .map_err(|e| StartError::Runtime(format!("current directory: {e}")))?;
         setup::absolutize(&mut settings, &start_dir);
-        let setup::Prepared { command, gpus } = setup::prepare(&settings, &master_env)?;
+        let setup::Prepared {
+            command,
+            gpus,
+            identity,
+        } = setup::prepare(&settings, &master_env)?;
         // Socket-activated with no bind configured: serve on what systemd passed.
         let systemd_only =
             inherited.origin == Some(arbiter_sockets::Origin::Systemd) && !settings.bind_explicit;
@@ -168,7 +178,8 @@ impl Runtime {
                 .as_deref()
                 .unwrap_or(std::path::Path::new("-"));
             StartError::Runtime(format!("--log-file {}: {e}", path.display()))
-        })?;
+        })?
+        .with_colour(settings.color, no_color(&master_env));
         let log = log_output.logger();
         info!(log, "Starting arbiter {}", env!("CARGO_PKG_VERSION"));
         if let Some(path) = sources.config_file() {
@@ -182,6 +193,7 @@ impl Runtime {
         for key in notify_keys {
             core.learn_notify_command(key);
         }
+        let mut core = trace::Core::new(core, log.clone(), log_output.traces());
         // A fresh master's pidfile comes first: one that cannot be written is a startup
         // failure before anything is bound or spawned; a later failure removes it.
         let mut written = WrittenPidfile(None);
@@ -231,12 +243,21 @@ impl Runtime {
             info!(log, "Listening at: {} ({})", listener, std::process::id());
         }
         info!(log, "Using worker: {}", command.display);
+        if let Some(identity) = &identity {
+            info!(log, "Workers run as {}", identity.display);
+            give_unix_listeners(identity, listeners.get())
+                .map_err(|e| StartError::Runtime(format!("giving the unix sockets: {e}")))?;
+        }
         let runtime_dir = tempfile::Builder::new()
             .prefix("arbiter.")
-            .tempdir_in(setup::runtime_parent(&master_env))
+            .tempdir_in(setup::runtime_parent(&master_env, identity.is_some()))
             .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
         let notify = NotifySocket::bind(&runtime_dir.path().join("notify"))
             .map_err(|e| StartError::Runtime(format!("notify socket: {e}")))?;
+        if let Some(identity) = &identity {
+            share_runtime_dir(identity, runtime_dir.path(), notify.path())
+                .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
+        }
         let supervisor = master_env
             .iter()
             .find(|(k, _)| k == "NOTIFY_SOCKET")
@@ -271,11 +292,12 @@ impl Runtime {
             signals,
             notify,
             supervisor,
-            _runtime_dir: runtime_dir,
+            runtime_dir,
             heartbeat_dir,
             procs: HashMap::new(),
             probes: BTreeSet::new(),
             command,
+            identity,
             master_env,
             worker_env,
             exe,
@@ -465,7 +487,7 @@ impl Runtime {
                 self.core.handle_ready(pid, now);
             }
             if message.stopping {
-                debug!(self.log, "Worker (pid:{pid}) is stopping");
+                debug!(self.log, "Worker (pid:{pid}) is stopping"; log::WORKER_PID => pid);
             }
         }
     }
@@ -606,6 +628,40 @@ impl Drop for BoundListeners {
             arbiter_sockets::close_listeners(listeners, self.unlink);
         }
     }
+}
+
+/// Gives the unix socket files this master bound to the workers' user, as gunicorn does.
+fn give_unix_listeners(identity: &Identity, listeners: &[Listener]) -> std::io::Result<()> {
+    for listener in listeners {
+        let ours = matches!(
+            listener.origin(),
+            arbiter_sockets::Origin::Bound | arbiter_sockets::Origin::Reexec
+        );
+        if let (true, arbiter_sockets::LocalAddr::Unix(path)) = (ours, listener.local_addr()) {
+            if !path.as_os_str().is_empty() {
+                identity.give_path(path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lets workers of another user reach the notify socket: the runtime directory and the socket
+/// get the workers' group (search, and connect), and stay the master's.
+fn share_runtime_dir(
+    identity: &Identity,
+    dir: &std::path::Path,
+    notify: &std::path::Path,
+) -> std::io::Result<()> {
+    identity.share_path(dir, 0o710)?;
+    identity.share_path(notify, 0o660)
+}
+
+/// Whether `NO_COLOR` asks for no colour: set and not empty (no-color.org).
+pub(super) fn no_color(master_env: &[(OsString, OsString)]) -> bool {
+    master_env
+        .iter()
+        .any(|(k, v)| k == "NO_COLOR" && !v.is_empty())
 }
 
 /// The old master's pid for an upgrade child.

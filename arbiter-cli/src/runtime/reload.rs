@@ -32,7 +32,11 @@ impl Runtime {
                 dir.display()
             )));
         }
-        let setup::Prepared { command, gpus } = setup::prepare(&new, &self.master_env)?;
+        let setup::Prepared {
+            command,
+            gpus,
+            identity,
+        } = setup::prepare(&new, &self.master_env)?;
         if new.bind != self.settings.bind {
             let specs = setup::bind_specs(&new)?;
             let mut kept: Vec<Option<Listener>> = std::mem::take(&mut self.listeners)
@@ -94,10 +98,13 @@ impl Runtime {
         if new.log_level != self.settings.log_level
             || new.log_format != self.settings.log_format
             || new.log_file != self.settings.log_file
+            || new.color != self.settings.color
         {
             match LogOutput::open(new.log_file.as_deref(), new.log_format, new.log_level) {
                 Ok(output) => {
+                    let output = output.with_colour(new.color, super::no_color(&self.master_env));
                     self.log = output.logger();
+                    self.core.set_log(self.log.clone(), output.traces());
                     self.log_output = output;
                 }
                 Err(e) => warn!(self.log, "keeping the old log file: {e}"),
@@ -113,8 +120,20 @@ impl Runtime {
                 );
             }
         }
+        if let Some(identity) = &identity {
+            if self.identity.as_ref() != Some(identity) {
+                info!(self.log, "Workers run as {}", identity.display);
+            }
+            let shared = super::give_unix_listeners(identity, &self.listeners).and_then(|()| {
+                super::share_runtime_dir(identity, self.runtime_dir.path(), self.notify.path())
+            });
+            if let Err(e) = shared {
+                warn!(self.log, "giving sockets to the workers' user: {e}");
+            }
+        }
         let mut config = setup::core_config(&new, command.key, gpus);
         config.watchdog = self.watchdog;
+        self.identity = identity;
         self.command = command;
         self.settings = new;
         Ok(config)

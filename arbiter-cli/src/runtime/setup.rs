@@ -10,6 +10,7 @@ use arbiter_core::{BootErrorPolicy, Config, GpuConfig, ReadyMode, Signal};
 use arbiter_sockets::{BindOptions, BindSpec};
 
 use crate::config::{self, GpuSelection, QuickSignal, Settings};
+use crate::os::identity::{self, Identity};
 use crate::os::spawn::{cstring, resolve_program};
 
 /// A startup failure, with the exit code it gets.
@@ -137,13 +138,16 @@ pub fn absolutize(settings: &mut Settings, base: &std::path::Path) {
 }
 
 /// What settings resolve to against the master's environment: the worker command (found on
-/// its `PATH`) and the GPU pool (`auto` reads its GPU variable). One function for the start, a
-/// HUP and `--check-config`, so all three accept and refuse the same things.
+/// its `PATH`), the GPU pool (`auto` reads its GPU variable) and the workers' identity (looked
+/// up in the user database). One function for the start, a HUP and `--check-config`, so all
+/// three accept and refuse the same things.
 pub struct Prepared {
     /// The worker command.
     pub command: WorkerCommand,
     /// The GPU pool, when balancing.
     pub gpus: Option<GpuConfig>,
+    /// The user and groups workers switch to, when `--user` or `--group` asks for a change.
+    pub identity: Option<Identity>,
 }
 
 /// Resolves the worker command and the GPU pool of `settings`.
@@ -160,7 +164,13 @@ pub fn prepare(
     let command = worker_command(&settings.command, var(b"PATH"))?;
     let own_visible = var(settings.gpu_env.as_bytes()).map(|v| v.to_string_lossy().into_owned());
     let gpus = gpu_config(settings, own_visible.as_deref())?;
-    Ok(Prepared { command, gpus })
+    let identity = identity::resolve(settings.user.as_deref(), settings.group.as_deref())
+        .map_err(StartError::Usage)?;
+    Ok(Prepared {
+        command,
+        gpus,
+        identity,
+    })
 }
 
 /// Parses the bind strings.
@@ -297,8 +307,13 @@ pub fn env_entry(key: &[u8], value: &[u8]) -> Result<CString, crate::os::spawn::
     cstring(&bytes, &String::from_utf8_lossy(key))
 }
 
-/// The runtime directory for the notify socket: `$XDG_RUNTIME_DIR` or the temp dir.
-pub fn runtime_parent(master_env: &[(OsString, OsString)]) -> PathBuf {
+/// The runtime directory for the notify socket: `$XDG_RUNTIME_DIR` or the temp dir. Workers
+/// of another user (`--user`) cannot reach the master's private `$XDG_RUNTIME_DIR`: theirs is
+/// always under the temp dir.
+pub fn runtime_parent(master_env: &[(OsString, OsString)], switching_user: bool) -> PathBuf {
+    if switching_user {
+        return std::env::temp_dir();
+    }
     master_env
         .iter()
         .find(|(k, _)| k == "XDG_RUNTIME_DIR")

@@ -1,6 +1,8 @@
 //! Real-process integration tests of the `arbiter` binary: one test binary, one temp-dir
 //! fixture per test, every process cleaned up by pid (see `arbiter_tests`).
 
+mod annotated;
+mod identity;
 mod liveness;
 mod preflight;
 mod protocol;
