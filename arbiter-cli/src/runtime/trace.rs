@@ -225,3 +225,73 @@ fn action_pid(action: &Action) -> Option<Pid> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ColorChoice, LogFormat, LogLevel};
+    use crate::runtime::log::LogOutput;
+    use arbiter_core::Role;
+
+    /// Drives a wrapped core; returns the log written at `level`.
+    fn drive(level: LogLevel) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let output = LogOutput::open(Some(&path), LogFormat::Text, level)
+            .unwrap()
+            .with_colour(ColorChoice::Always, false);
+        let config = arbiter_core::Config {
+            workers: 1,
+            ..arbiter_core::Config::default()
+        };
+        let arbiter = Arbiter::new(config, Role::Fresh, Moment::ZERO);
+        let mut core = Core::new(arbiter, output.logger(), output.traces());
+        let mut next_pid = 100;
+        let mut run = |core: &mut Core| {
+            while let Some(action) = core.poll_action() {
+                if let Action::Spawn { id, .. } = action {
+                    next_pid += 1;
+                    core.handle_spawned(id, next_pid, Moment::ZERO);
+                }
+            }
+        };
+        run(&mut core);
+        core.handle_signal(Signal::Ttin, Moment::ZERO);
+        run(&mut core);
+        core.handle_exit(102, ExitStatus::Exited(0), Moment::ZERO);
+        run(&mut core);
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn every_input_and_action_is_one_trace_line_and_worker_lines_are_coloured() {
+        let log = drive(LogLevel::Trace);
+        let lines: Vec<&str> = log.lines().collect();
+        let find = |needle: &str| {
+            *lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+        };
+        find("[TRACE] start: 1 workers");
+        find("[TRACE] action: spawn worker 1 in slot 0, generation 0: boot");
+        find("[TRACE] input: signal SIGTTIN");
+        find("[TRACE] action: event: target 1 -> 2: scale up");
+        find("[TRACE] action: spawn worker 2 in slot 1, generation 0: scale up");
+        // Lines about worker 2 (pid 102) are in its colour, pid 102 % 5 = 2: blue.
+        for needle in [
+            "[TRACE] input: worker 2 spawned as pid 102",
+            "[TRACE] input: pid 102 exited 0",
+            "[TRACE] action: reap 102",
+        ] {
+            let line = find(needle);
+            assert!(line.starts_with("\x1b[34m"), "{line:?}");
+        }
+        assert!(!find("input: signal SIGTTIN").contains('\x1b'));
+    }
+
+    #[test]
+    fn nothing_is_traced_below_the_trace_level() {
+        assert!(!drive(LogLevel::Debug).contains("TRACE"));
+    }
+}
