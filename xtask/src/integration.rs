@@ -1,5 +1,6 @@
 //! `cargo xtask integration`: the release arbiter with real servers no one here wrote
-//! (uvicorn, gunicorn, node) as its workers, and under `systemd-socket-activate`.
+//! (uvicorn, gunicorn, node) as its workers, under `systemd-socket-activate`, and with the
+//! worker protocol spoken and the metrics parsed by other people's clients ([`clients`]).
 //!
 //! For each server: start `arbiter -w 2`, wait until it serves, make 50 requests, find the two
 //! workers among the master's children in `/proc`, SIGKILL one and see it replaced (and its own
@@ -15,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+
+mod clients;
 
 use crate::common;
 use crate::process::{
@@ -54,14 +57,34 @@ def wsgi(environ, start_response):
     return [b"ok"]
 "#;
 
-/// Runs every check; fails if any failed (after running the others).
-pub fn run() -> Result<(), String> {
+/// The groups of checks, in order; `cargo xtask integration GROUP...` runs only those named.
+const GROUPS: &[&str] = &["peers", "systemd", "clients"];
+
+/// Runs every check (or the groups named in `only`); fails if any failed (after running the
+/// others).
+pub fn run(only: &[String]) -> Result<(), String> {
+    if let Some(unknown) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        return Err(format!(
+            "unknown group {unknown:?}; groups: {}",
+            GROUPS.join(", ")
+        ));
+    }
+    let wanted = |group: &str| only.is_empty() || only.iter().any(|g| g == group);
     let arbiter = common::arbiter_release()?;
-    let venv = common::venv(&["uvicorn", "gunicorn>=23"])?;
+    let venv = common::venv(&[
+        "uvicorn",
+        "gunicorn>=23",
+        "sdnotify==0.3.2",
+        "prometheus-client==0.26.0",
+    ])?;
     let scratch = Scratch::new("integration")?;
     fs::write(scratch.path().join("app.py"), APP_PY).map_err(|e| format!("app.py: {e}"))?;
 
-    let peers = peers(&venv)?;
+    let peers = if wanted("peers") {
+        peers(&venv)?
+    } else {
+        Vec::new()
+    };
     let mut failed = Vec::new();
     for peer in &peers {
         match check_peer(&arbiter, scratch.path(), peer) {
@@ -72,8 +95,11 @@ pub fn run() -> Result<(), String> {
             }
         }
     }
-    match find_in_path("systemd-socket-activate") {
-        None => println!("systemd: skipped: systemd-socket-activate not installed"),
+    match find_in_path("systemd-socket-activate").filter(|_| wanted("systemd")) {
+        None if wanted("systemd") => {
+            println!("systemd: skipped: systemd-socket-activate not installed")
+        }
+        None => {}
         Some(activate) => {
             for (name, check) in [
                 ("systemd tcp", check_systemd_tcp as SystemdCheck),
@@ -86,6 +112,20 @@ pub fn run() -> Result<(), String> {
                         failed.push(name);
                     }
                 }
+            }
+        }
+    }
+    let clients = if wanted("clients") {
+        clients::run(&arbiter, &venv, &scratch.path().join("clients"))
+    } else {
+        Vec::new()
+    };
+    for (name, result) in clients {
+        match result {
+            Ok(line) => println!("{name}: {line}"),
+            Err(e) => {
+                println!("{name}: FAILED: {e}");
+                failed.push("protocol clients");
             }
         }
     }

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         "dist" => dist::run(),
         "fuzz" => fuzz::run(&args[1..]),
         "gpu-check" => gpu_check::run(),
-        "integration" => integration::run(),
+        "integration" => integration::run(&args[1..]),
         other => Err(format!(
             "unknown task {other:?}; tasks: {}",
             TASKS.join(", ")
