@@ -289,6 +289,18 @@ pub enum Event {
     },
     /// This master's parent master exited: it is the master now.
     Promoted,
+    /// A graceful stop began with a drain: the master reports not ready and keeps serving
+    /// with every listener open for `delay` (`shutdown_delay`), then stops.
+    DrainStarted {
+        /// How long.
+        delay: Duration,
+    },
+    /// The drain is over and the stop begins: at its end, or `early`, cut short by another
+    /// stop order (a second TERM, INT, QUIT, `ctl stop`).
+    DrainOver {
+        /// Cut short.
+        early: bool,
+    },
     /// A signal was declined.
     SignalRefused {
         /// The signal.
@@ -353,6 +365,13 @@ impl fmt::Display for Event {
             }
             Event::ReexecExited { pid, status } => write!(f, "new master {pid} {status}"),
             Event::Promoted => f.write_str("promoted"),
+            Event::DrainStarted { delay } => {
+                write!(f, "draining for {delay:?}: not ready, still serving")
+            }
+            Event::DrainOver { early: false } => f.write_str("drain over: stopping"),
+            Event::DrainOver { early: true } => {
+                f.write_str("drain cut short by another stop order: stopping")
+            }
             // gunicorn's words: "USR2 signal ignored. Child exists.", "SIGWINCH ignored. Not
             // daemonized".
             Event::SignalRefused {

@@ -196,6 +196,11 @@ pub struct Config {
     /// How often to send `WATCHDOG=1` to the service manager (half its `WATCHDOG_USEC`), if
     /// it asked for pings. Only the main master pings: an upgrade child starts at promotion.
     pub watchdog: Option<Duration>,
+    /// On a graceful stop (TERM, `Command::Stop`): how long to report not ready while still
+    /// serving with every listener open before the stop begins (zero: stop at once). A
+    /// second stop order, or a quick one, cuts it short; skipped while an upgrade is under
+    /// way, where the other master serves on the same listeners.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Config {
@@ -218,6 +223,7 @@ impl Default for Config {
             gpus: None,
             pidfile: false,
             watchdog: None,
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

@@ -7,11 +7,12 @@
 mod sim;
 
 use arbiter_core::{
-    Action, Command, Config, ExitStatus, GpuConfig, Pid, ReadyMode, Role, Signal, SupervisorNote,
-    WorkerState, REAP_GRACE,
+    Action, Command, Config, ExitStatus, GpuConfig, Phase, Pid, ReadyMode, Role, Signal,
+    SupervisorNote, WorkerState, REAP_GRACE,
 };
 use proptest::prelude::*;
 use sim::{ms, secs, Behavior, World};
+use std::time::Duration;
 
 const DEVICES: usize = 3;
 
@@ -92,6 +93,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         any::<bool>(),
         any::<bool>(),
         prop_oneof![Just(None), (200u64..3_000).prop_map(|t| Some(ms(t)))],
+        prop_oneof![Just(Duration::ZERO), (100u64..2_000).prop_map(ms)],
     )
         .prop_map(
             |(
@@ -105,10 +107,12 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 daemon,
                 pidfile,
                 watchdog,
+                shutdown_delay,
             )| {
                 Config {
                     pidfile,
                     watchdog,
+                    shutdown_delay,
                     workers,
                     max_surge,
                     ready,
@@ -220,6 +224,36 @@ fn check(world: &World, config: &Config) {
     if let Some(write) = upgrade_write {
         assert_eq!(first_ready, Some(write + 1), "PIDFILE.2 and READY=1");
     }
+    // Once a stop is ordered the service manager hears STOPPING=1 once and never READY=1
+    // again; while the master drains, its listeners stay open.
+    let notes: Vec<&SupervisorNote> = world
+        .log
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Notify(note) => Some(note),
+            _ => None,
+        })
+        .collect();
+    if let Some(stop) = notes.iter().position(|n| **n == SupervisorNote::Stopping) {
+        assert!(
+            !notes[stop..].contains(&&SupervisorNote::Ready),
+            "READY=1 after STOPPING=1: {notes:?}"
+        );
+        let stops = notes
+            .iter()
+            .filter(|n| ***n == SupervisorNote::Stopping)
+            .count();
+        assert_eq!(stops, 1, "{notes:?}");
+    }
+    if matches!(world.arbiter.phase(), Phase::Draining { .. }) {
+        assert!(
+            !world
+                .log
+                .iter()
+                .any(|(_, a)| matches!(a, Action::CloseListeners { .. })),
+            "listeners closed while draining"
+        );
+    }
     // A pidfile failure after the start (every one here) never stops the master.
     if let Some((_, _, reason)) = world.exit {
         assert_ne!(reason, arbiter_core::Reason::PidfileFailure);
@@ -292,7 +326,8 @@ fn run(config: Config, behaviors: Vec<Behavior>, ops: Vec<Op>, upgrade_child: bo
     }
     // Every stop terminates within its bound.
     world.signal(Signal::Term);
-    let bound = config.graceful_timeout + config.abort_grace + REAP_GRACE + ms(1);
+    let bound =
+        config.shutdown_delay + config.graceful_timeout + config.abort_grace + REAP_GRACE + ms(1);
     let done = world.drive_until(bound, |w| w.exit.is_some());
     assert!(done.is_some(), "no exit within {bound:?} of TERM");
     check(&world, &config);

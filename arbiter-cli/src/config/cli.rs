@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Time between the abort signal and KILL for a hung worker [default: 1s]
     #[arg(long, value_name = "DURATION")]
     abort_grace: Option<String>,
+    /// On TERM or ctl stop: report not ready, keep serving this long, then stop [default: 0]
+    #[arg(long, value_name = "DURATION")]
+    shutdown_delay: Option<String>,
     /// Write the master's pid to this file
     #[arg(short, long, value_name = "PATH")]
     pidfile: Option<String>,
@@ -180,6 +183,11 @@ impl ServeArgs {
             one(&self.graceful_timeout),
         );
         put("abort_grace", "--abort-grace", one(&self.abort_grace));
+        put(
+            "shutdown_delay",
+            "--shutdown-delay",
+            one(&self.shutdown_delay),
+        );
         put("pidfile", "--pidfile", one(&self.pidfile));
         put("name", "--name", one(&self.name));
         put("env", "--env", many(&self.env));

@@ -65,6 +65,7 @@ pub(crate) fn settings(
         boot_timeout: layers.value("boot_timeout", d.boot_timeout, parse::duration_or_off)?,
         graceful_timeout: layers.value("graceful_timeout", d.graceful_timeout, parse::duration)?,
         abort_grace: layers.value("abort_grace", d.abort_grace, parse::duration)?,
+        shutdown_delay: layers.value("shutdown_delay", d.shutdown_delay, parse::duration)?,
         pidfile: layers.value("pidfile", d.pidfile, |r| parse::path(r).map(Some))?,
         name: layers.value("name", d.name, |r| parse::text(r).map(Some))?,
         env: layers.value("env", d.env, parse::env_pairs)?,

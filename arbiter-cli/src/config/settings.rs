@@ -26,6 +26,9 @@ pub struct Settings {
     pub graceful_timeout: Duration,
     /// Time between the abort signal and KILL for a hung worker.
     pub abort_grace: Duration,
+    /// On a graceful stop: how long to report not ready while still serving before the
+    /// listeners close (zero: none).
+    pub shutdown_delay: Duration,
     /// Where to write the master's pid.
     pub pidfile: Option<PathBuf>,
     /// Name shown in the process title.
@@ -241,6 +244,7 @@ impl Default for Settings {
             boot_timeout: Some(Duration::from_secs(60)),
             graceful_timeout: Duration::from_secs(30),
             abort_grace: Duration::from_secs(1),
+            shutdown_delay: Duration::ZERO,
             pidfile: None,
             name: None,
             env: Vec::new(),
@@ -309,6 +313,7 @@ impl Settings {
             "",
         );
         line("abort_grace", Some(duration(self.abort_grace)), "");
+        line("shutdown_delay", Some(duration(self.shutdown_delay)), "");
         line(
             "pidfile",
             self.pidfile.as_deref().map(path_str),

@@ -829,3 +829,24 @@ fn user_and_group_from_each_source_as_names_or_numbers() {
         )
     );
 }
+
+#[test]
+fn shutdown_delay_from_each_source_and_its_errors() {
+    assert_eq!(
+        run(&[], &[]).expect("default").shutdown_delay,
+        Duration::ZERO
+    );
+    let flag = run(&["--shutdown-delay", "15s"], &[]).expect("flag");
+    assert_eq!(flag.shutdown_delay, Duration::from_secs(15));
+    let var = run(&[], &[("ARBITER_SHUTDOWN_DELAY", "500ms")]).expect("variable");
+    assert_eq!(var.shutdown_delay, Duration::from_millis(500));
+    let file = with_file("shutdown_delay = \"1m\"\n", &[], &[]).expect("file");
+    assert_eq!(file.shutdown_delay, Duration::from_secs(60));
+    assert!(error(&["--shutdown-delay", "soon"], &[])
+        .starts_with("--shutdown-delay \"soon\": invalid duration"));
+    assert!(error(&[], &[("ARBITER_SHUTDOWN_DELAY", "-1")])
+        .starts_with("ARBITER_SHUTDOWN_DELAY=\"-1\": invalid duration"));
+    let (message, path) = file_error("shutdown_delay = \"x\"\n");
+    assert!(message.contains("shutdown_delay"), "{message}");
+    assert!(message.contains(path.to_str().unwrap()), "{message}");
+}

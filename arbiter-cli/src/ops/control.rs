@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arbiter_core::{Arbiter, Config, Event, Moment, Phase, Slot};
+use arbiter_core::{Arbiter, Config, Event, Moment, Slot};
 use nix::poll::PollFlags;
 
 use super::conns::{self, Fill, Server, Wire};
@@ -171,7 +171,7 @@ impl ControlServer {
     /// After the master carried out the actions: answers the orders that are done, fails the
     /// ones past their deadline, and drops connections past theirs.
     pub fn settle(&mut self, core: &Arbiter, now: Moment) {
-        let stopping = matches!(core.phase(), Phase::Stopping { .. });
+        let stopping = core.stop_requested();
         for conn in self.server.conns_mut() {
             let late = conn.deadline.is_some_and(|at| at <= now);
             let line = match (conn.wire(), conn.state) {
@@ -268,7 +268,7 @@ fn start(
             return None;
         }
     };
-    let stopping = matches!(core.phase(), Phase::Stopping { .. });
+    let stopping = core.stop_requested();
     let config = core.config();
     let (order, pending, limit) = match request {
         Request::Status => {

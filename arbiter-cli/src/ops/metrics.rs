@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use arbiter_core::{Arbiter, Event, ExitCause, Moment, Phase, Signal};
+use arbiter_core::{Arbiter, Event, ExitCause, Moment, Signal};
 use nix::poll::PollFlags;
 
 use super::conns::{Fill, Server};
@@ -111,11 +111,11 @@ impl Counters {
             "Reload generation now wanted.",
             &plain(core.generation() as f64),
         );
-        let stopping = matches!(core.phase(), Phase::Stopping { .. });
+        let stopping = core.stop_requested();
         family(
             "arbiter_stopping",
             "gauge",
-            "1 while the master is stopping.",
+            "1 once a stop was ordered (draining or stopping).",
             &plain(f64::from(u8::from(stopping))),
         );
         family(
@@ -390,12 +390,11 @@ pub fn route(
         ),
         "/healthz" => (200, "ok\n".to_owned(), TEXT),
         "/readyz" => {
-            let stopping = matches!(core.phase(), Phase::Stopping { .. });
             let (ready, target) = (core.ready_count(), core.target());
-            if !stopping && ready >= target {
+            if !core.stop_requested() && ready >= target {
                 (200, format!("ready: {ready} of {target} workers\n"), TEXT)
-            } else if stopping {
-                (503, "not ready: stopping\n".to_owned(), TEXT)
+            } else if core.stop_requested() {
+                (503, format!("not ready: {}\n", core.phase().name()), TEXT)
             } else {
                 (
                     503,

@@ -471,6 +471,13 @@ impl Runtime {
                 "reload failed, keeping the running configuration: {error}"
             ),
             Event::Promoted => {}
+            Event::DrainStarted { delay } => info!(
+                log,
+                "Draining for {}: not ready, still serving (TERM again to stop now)",
+                humantime::format_duration(delay)
+            ),
+            Event::DrainOver { early: false } => info!(log, "Drain over"),
+            Event::DrainOver { early: true } => info!(log, "Drain cut short"),
             Event::SpawnFailed { slot, error } => {
                 error!(log, "Cannot start worker in slot {slot}: {error}")
             }

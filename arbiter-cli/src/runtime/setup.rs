@@ -246,6 +246,7 @@ pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig
         boot_timeout: settings.boot_timeout,
         graceful_timeout: settings.graceful_timeout,
         abort_grace: settings.abort_grace,
+        shutdown_delay: settings.shutdown_delay,
         abort_signal: Signal::Abrt,
         quick_signal: match settings.quick_signal {
             QuickSignal::Quit => Signal::Quit,

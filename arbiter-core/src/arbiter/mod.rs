@@ -32,6 +32,13 @@ pub enum Phase {
     Running,
     /// Rolling a new generation in (HUP).
     Reloading,
+    /// A graceful stop was ordered with a `shutdown_delay`: not ready (`STOPPING=1` sent),
+    /// still serving with every listener open, workers kept (and replaced) as while running,
+    /// until the delay is over; then `Stopping`.
+    Draining {
+        /// When the stop begins.
+        until: Moment,
+    },
     /// Stopping every worker, then exiting.
     Stopping {
         /// Whether the quick signal was sent.
@@ -45,6 +52,7 @@ impl Phase {
         match self {
             Phase::Running => "running",
             Phase::Reloading => "reloading",
+            Phase::Draining { .. } => "draining",
             Phase::Stopping { .. } => "stopping",
         }
     }
@@ -373,10 +381,10 @@ impl Arbiter {
         if self.exited {
             return;
         }
-        let stopping = self.is_stopping();
+        let stopping = self.stop_requested();
         match (signal, stopping) {
-            (Signal::Term, _) => self.begin_stop(false, Reason::Shutdown, 0, now),
-            (Signal::Int | Signal::Quit, _) => self.begin_stop(true, Reason::QuickShutdown, 0, now),
+            (Signal::Term, _) => self.order_stop(false, now),
+            (Signal::Int | Signal::Quit, _) => self.order_stop(true, now),
             (Signal::Usr1, _) => {
                 self.push(Action::ReopenLogs);
                 if self.config.forward_usr1 {
@@ -410,7 +418,7 @@ impl Arbiter {
     /// The configuration re-read for a reload (HUP, `Command::Reload`), validated by the
     /// shell: start a rolling reload. `pidfile` keeps its value from the start.
     pub fn handle_reload(&mut self, mut config: Config, now: Moment) {
-        if self.exited || self.is_stopping() {
+        if self.exited || self.stop_requested() {
             return;
         }
         config.pidfile = self.config.pidfile;
@@ -470,16 +478,9 @@ impl Arbiter {
         if self.exited {
             return;
         }
-        let stopping = self.is_stopping();
+        let stopping = self.stop_requested();
         match (command, stopping) {
-            (Command::Stop { quick }, _) => {
-                let reason = if quick {
-                    Reason::QuickShutdown
-                } else {
-                    Reason::Shutdown
-                };
-                self.begin_stop(quick, reason, 0, now);
-            }
+            (Command::Stop { quick }, _) => self.order_stop(quick, now),
             (command @ (Command::Scale(_) | Command::Reload), true) => {
                 self.refuse_command(command, Refusal::Stopping)
             }
@@ -734,6 +735,10 @@ impl Arbiter {
                     let next = self.config.watchdog.map(|every| now + every);
                     self.timers.set(Timer::Watchdog, next);
                 }
+                Timer::Drain => {
+                    self.event(Event::DrainOver { early: false });
+                    self.begin_stop(false, Reason::Shutdown, 0, now);
+                }
                 Timer::Stop => {
                     self.finish_exit();
                     return;
@@ -745,8 +750,44 @@ impl Arbiter {
 
     // ----- decisions -----
 
+    /// Workers are being stopped (not while draining: then they still serve).
     fn is_stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// A stop was ordered: draining or stopping. Orders that would change the workers
+    /// (HUP, TTIN, TTOU, WINCH, USR2, scale, reload) are refused from then on.
+    pub fn stop_requested(&self) -> bool {
+        matches!(self.phase, Phase::Draining { .. } | Phase::Stopping { .. })
+    }
+
+    /// TERM, INT, QUIT or `Command::Stop`. A graceful one with a `shutdown_delay` drains
+    /// first (not while an upgrade is under way: the other master serves the same
+    /// listeners, so nothing needs to be told). A stop order during the drain, graceful or
+    /// quick, ends it at once.
+    fn order_stop(&mut self, quick: bool, now: Moment) {
+        let reason = if quick {
+            Reason::QuickShutdown
+        } else {
+            Reason::Shutdown
+        };
+        match self.phase {
+            Phase::Draining { .. } => {
+                self.event(Event::DrainOver { early: true });
+                self.begin_stop(quick, reason, 0, now);
+            }
+            Phase::Running | Phase::Reloading
+                if !quick && !self.config.shutdown_delay.is_zero() && !self.is_upgrading() =>
+            {
+                let delay = self.config.shutdown_delay;
+                let until = now + delay;
+                self.phase = Phase::Draining { until };
+                self.push(Action::Notify(SupervisorNote::Stopping));
+                self.event(Event::DrainStarted { delay });
+                self.timers.set(Timer::Drain, Some(until));
+            }
+            _ => self.begin_stop(quick, reason, 0, now),
+        }
     }
 
     fn stop_signal(&self) -> Signal {
@@ -785,7 +826,7 @@ impl Arbiter {
             Some(Refusal::ChildExists)
         } else if self.parent.is_some() {
             Some(Refusal::ParentExists)
-        } else if self.is_stopping() {
+        } else if self.stop_requested() {
             Some(Refusal::Stopping)
         } else {
             None
@@ -812,10 +853,15 @@ impl Arbiter {
             }
             return;
         }
+        let drained = matches!(self.phase, Phase::Draining { .. });
+        self.timers.set(Timer::Drain, None);
         self.phase = Phase::Stopping { quick };
         self.exit_code = code;
         self.exit_reason = reason;
-        self.push(Action::Notify(SupervisorNote::Stopping));
+        if !drained {
+            // A drain told the service manager when it began.
+            self.push(Action::Notify(SupervisorNote::Stopping));
+        }
         self.push(Action::CloseListeners {
             unlink: !self.is_upgrading(),
         });

@@ -240,6 +240,10 @@ impl Arbiter {
         if self.ready_slots < self.target || self.old_active > 0 {
             return;
         }
+        if matches!(self.phase, Phase::Draining { .. }) {
+            // STOPPING=1 was sent: a READY=1 now would put the endpoint back.
+            return;
+        }
         if self.phase == Phase::Reloading {
             self.phase = Phase::Running;
             self.event(Event::ReloadFinished {

@@ -12,15 +12,15 @@ use arbiter_tests::{wait_until, Fixture, SOON};
 
 use crate::{bin, s};
 
-/// The datagrams received on a socket, each with its arrival time.
-struct Manager {
+/// A service manager's notify socket: the datagrams received, each with its arrival time.
+pub(crate) struct Manager {
     messages: Arc<Mutex<Vec<(Instant, String)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Manager {
-    fn bind(path: &std::path::Path) -> Manager {
+    pub(crate) fn bind(path: &std::path::Path) -> Manager {
         let socket = UnixDatagram::bind(path).expect("binding the notify socket");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -44,18 +44,18 @@ impl Manager {
         }
     }
 
-    fn all(&self) -> Vec<(Instant, String)> {
+    pub(crate) fn all(&self) -> Vec<(Instant, String)> {
         self.messages.lock().expect("lock").clone()
     }
 
     /// The arrival of the first message after `after` that has the line `line`.
-    fn first(&self, line: &str, after: Instant) -> Option<(Instant, String)> {
+    pub(crate) fn first(&self, line: &str, after: Instant) -> Option<(Instant, String)> {
         self.all()
             .into_iter()
             .find(|(at, text)| *at >= after && text.lines().any(|l| l == line))
     }
 
-    fn wait(&self, line: &str, after: Instant) -> (Instant, String) {
+    pub(crate) fn wait(&self, line: &str, after: Instant) -> (Instant, String) {
         let mut found = None;
         wait_until(SOON, || {
             found = self.first(line, after);
