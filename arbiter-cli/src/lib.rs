@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod library;
 pub mod ops;
 pub mod os;
 pub mod protocol;

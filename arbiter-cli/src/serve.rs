@@ -4,13 +4,21 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 
+use std::rc::Rc;
+
 use crate::config::{self, Invocation, ServeArgs, Settings};
+use crate::library::WorkerFn;
 use crate::os::daemon;
 use crate::runtime::{setup, Runtime, Start, StartError};
 use crate::Failure;
 
 /// Runs the arbiter with these options; returns its exit code.
 pub fn main(args: ServeArgs) -> Result<u8, Failure> {
+    main_with(args, None)
+}
+
+/// Runs the arbiter with these options and, in library mode, `function` as every worker.
+pub(crate) fn main_with(args: ServeArgs, function: Option<Rc<WorkerFn>>) -> Result<u8, Failure> {
     // SAFETY: no other thread exists yet, so nothing else reads or writes the environment.
     let inherited = unsafe { arbiter_sockets::take_inherited() }
         .map_err(|e| Failure::new(format!("arbiter: error: inherited sockets: {e}"), 1))?;
@@ -41,14 +49,14 @@ pub fn main(args: ServeArgs) -> Result<u8, Failure> {
     let started = if daemon {
         let report = daemon::daemonize()
             .map_err(|e| Failure::new(format!("arbiter: error: cannot daemonize: {e}"), 1))?;
-        let started = Runtime::start(start);
+        let started = Runtime::start_with(start, function.clone());
         match &started {
             Ok(_) => report.report(0, ""),
             Err(e) => report.report(e.exit_code(), &e.to_string()),
         }
         started
     } else {
-        Runtime::start(start)
+        Runtime::start_with(start, function.clone())
     };
     let code = started.map_err(start_failure)?.run();
     Ok(code.clamp(0, 255) as u8)

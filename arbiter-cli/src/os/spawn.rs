@@ -170,6 +170,82 @@ fn make_group_leader(pid: i32) {
     }
 }
 
+/// What a library-mode worker is started with; built before the fork.
+pub struct FunctionSpawn<'a> {
+    /// The fds; the plan's `LISTEN_*` variables are not used (nothing is exec'd).
+    pub plan: HandoffPlan<'a>,
+    /// The master's signal pipe, reset in the child.
+    pub signals: &'a SignalPipe,
+    /// The user and groups to switch to (`--user`, `--group`), prepared before the fork.
+    pub identity: Option<&'a Identity>,
+    /// Put on the child's fd 1 (output capture); `None` inherits the master's stdout.
+    pub stdout_fd: Option<BorrowedFd<'a>>,
+    /// Put on the child's fd 2 (output capture); `None` inherits the master's stderr.
+    pub stderr_fd: Option<BorrowedFd<'a>>,
+}
+
+/// Forks a library-mode worker: the set-up of [`spawn_worker`] (own process group, the
+/// configured user and groups, death with the master, default signal dispositions and an empty mask, fds 0-2 plus the plan's, every
+/// other fd closed), then, without exec, `run` with the child's pid; its return value is the
+/// child's exit status (`_exit`, so nothing of the master's image is dropped or flushed).
+///
+/// The master must be single-threaded (checked: an error names the thread count). Until
+/// `run` starts, the child only makes async-signal-safe calls on memory prepared before the
+/// fork. `run` must not return into the master's code by unwinding: a panic in it ends the
+/// child with status 101, as a panicking `main` does.
+pub fn spawn_function(
+    spawn: FunctionSpawn<'_>,
+    run: impl FnOnce(u32) -> i32,
+) -> Result<(i32, ExecWatch), SpawnError> {
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(SpawnError::Fork(io::Error::other(format!(
+            "the master has {threads} threads: library mode forks only a single-threaded master"
+        ))));
+    }
+    let FunctionSpawn {
+        mut plan,
+        signals,
+        identity,
+        stdout_fd,
+        stderr_fd,
+    } = spawn;
+    let report = ExecReport::new()?;
+    let master = process::getpid();
+    // SAFETY: the master is single-threaded (checked above); until `run` starts the child only
+    // makes the async-signal-safe calls below.
+    match unsafe { fork_blocked() }? {
+        ForkResult::Parent { child } => {
+            make_group_leader(child.as_raw());
+            Ok((child.as_raw(), report.into_watch()))
+        }
+        ForkResult::Child => {
+            signals.forked_child_reset();
+            if let Err(errno) = worker_setup(master, identity, stdout_fd, stderr_fd) {
+                report.fail_and_exit(errno);
+            }
+            // The report's fds are closed by the plan (they sit above its targets): the value
+            // must never be dropped in this child.
+            let report = std::mem::ManuallyDrop::new(report);
+            // SAFETY: this forked child never returns to the master's code: it ends with
+            // _exit below, so the objects of the master's image that held the fds the plan
+            // closes or overwrites are never used or dropped here.
+            if let Err(error) = unsafe { plan.apply_in_child(Others::Close) } {
+                report.fail_and_exit(errno_of(error));
+            }
+            let pid = process::getpid().as_raw_nonzero().get() as u32;
+            let code =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(pid))).unwrap_or(101);
+            exit_child(code)
+        }
+    }
+}
+
+/// The master's thread count, from `/proc/self/task` (1 if it cannot be read).
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(1, |entries| entries.count())
+}
+
 /// What a re-exec'd master is started with; built before the fork.
 pub struct MasterSpawn<'a> {
     /// The arbiter's binary, re-resolved.

@@ -194,6 +194,9 @@ impl Runtime {
         slot: usize,
         gpus: &[String],
     ) -> Result<i32, spawn::SpawnError> {
+        if self.function.is_some() {
+            return self.spawn_function(id, slot, gpus);
+        }
         let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(spawn::SpawnError::Fork)?;
         if let Some(identity) = &self.identity {
             // The worker bumps its heartbeat with fchmod, which only the file's owner may do.

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use arbiter_core::{Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId};
@@ -19,6 +20,7 @@ use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Settings, Sources};
+use crate::library::WorkerFn;
 use crate::ops::hooks;
 use crate::ops::{Ops, Order};
 use crate::os::heartbeat::{self, Heartbeat};
@@ -31,6 +33,7 @@ pub use setup::StartError;
 use setup::WorkerCommand;
 
 mod actions;
+mod function;
 pub mod log;
 pub mod preflight;
 mod reload;
@@ -92,6 +95,8 @@ pub struct Runtime {
     ops: Ops,
     /// The service manager's watchdog ping interval, for the core's config on each reload.
     watchdog: Option<Duration>,
+    /// Library mode: the function every worker runs, forked without exec.
+    function: Option<Rc<WorkerFn>>,
 }
 
 /// What `main` hands over: settings, the sources for HUP, the inherited listeners, and the
@@ -114,6 +119,12 @@ pub struct Start {
 impl Runtime {
     /// Binds, writes the pidfile, installs signal handlers, and boots the workers' core.
     pub fn start(start: Start) -> Result<Runtime, StartError> {
+        Self::start_with(start, None)
+    }
+
+    /// As [`Runtime::start`]; with `function`, in library mode: every worker is forked from
+    /// this master without exec and runs `function` ([`crate::library`]).
+    pub fn start_with(start: Start, function: Option<Rc<WorkerFn>>) -> Result<Runtime, StartError> {
         let Start {
             mut settings,
             sources,
@@ -137,6 +148,7 @@ impl Runtime {
             gpus,
             identity,
         } = setup::prepare(&settings, &master_env)?;
+        let command = function::worker_command(function.is_some(), &settings, command, &argv)?;
         // Socket-activated with no bind configured: serve on what systemd passed.
         let systemd_only =
             inherited.origin == Some(arbiter_sockets::Origin::Systemd) && !settings.bind_explicit;
@@ -310,6 +322,7 @@ impl Runtime {
             pending_signals: Vec::new(),
             ops,
             watchdog,
+            function,
         })
     }
 

@@ -37,6 +37,8 @@ impl Runtime {
             gpus,
             identity,
         } = setup::prepare(&new, &self.master_env)?;
+        let command =
+            super::function::worker_command(self.function.is_some(), &new, command, &self.argv)?;
         if new.bind != self.settings.bind {
             let specs = setup::bind_specs(&new)?;
             let mut kept: Vec<Option<Listener>> = std::mem::take(&mut self.listeners)

@@ -1,0 +1,157 @@
+//! Library mode in the loop: the worker "command" a function stands for, and forking a
+//! worker that runs the function without exec ([`crate::library`]).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+
+use arbiter_core::WorkerId;
+use arbiter_sockets::{HandoffPlan, Listener};
+
+use crate::config::Settings;
+use crate::library::WorkerContext;
+use crate::os::heartbeat::Heartbeat;
+use crate::os::spawn::{self, cstring, FunctionSpawn, SpawnError};
+use crate::runtime::setup::{command_key, StartError, WorkerCommand};
+
+use super::{Runtime, WorkerProc};
+
+/// The worker command to run: `resolved` for exec'd workers; in library mode, the function,
+/// named after the program (a worker command in the settings is then refused).
+pub(super) fn worker_command(
+    library: bool,
+    settings: &Settings,
+    resolved: WorkerCommand,
+    argv: &[OsString],
+) -> Result<WorkerCommand, StartError> {
+    if !library {
+        return Ok(resolved);
+    }
+    if !settings.command.is_empty() {
+        return Err(StartError::Usage(
+            "library mode: the worker is the program's function, a worker command (-- COMMAND) \
+             cannot be given"
+                .to_owned(),
+        ));
+    }
+    let program = argv.first().cloned().unwrap_or_else(|| "arbiter".into());
+    let name = std::path::Path::new(&program)
+        .file_name()
+        .map_or_else(|| program.to_string_lossy(), |n| n.to_string_lossy())
+        .into_owned();
+    let display = format!("{name} (library mode)");
+    let nul = |e| StartError::Usage(format!("library mode: {e}"));
+    Ok(WorkerCommand {
+        program: cstring(program.as_bytes(), "the program name").map_err(nul)?,
+        argv: Vec::new(),
+        key: command_key(&display),
+        display,
+    })
+}
+
+impl Runtime {
+    /// Forks a worker that runs the library-mode function, with the same fds, protocol and
+    /// bookkeeping as an exec'd worker.
+    pub(super) fn spawn_function(
+        &mut self,
+        id: WorkerId,
+        slot: usize,
+        gpus: &[String],
+    ) -> Result<i32, SpawnError> {
+        let Some(function) = self.function.clone() else {
+            return Err(SpawnError::Fork(std::io::Error::other(
+                "no worker function in library mode",
+            )));
+        };
+        let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(SpawnError::Fork)?;
+        if let Some(identity) = &self.identity {
+            // The worker bumps its heartbeat with fchmod, which only the file's owner may do.
+            identity
+                .give_file(heartbeat.file())
+                .map_err(SpawnError::Prepare)?;
+        }
+        let listeners: Vec<&Listener> = self.listeners.iter().collect();
+        let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
+            .map_err(|e| SpawnError::Fork(std::io::Error::other(e.to_string())))?;
+        let heartbeat_fd = plan.extra_fd_targets().start;
+        let listener_names: Vec<String> = listeners.iter().map(|l| l.name().to_owned()).collect();
+        // What an exec'd worker finds in its environment (LISTEN_PID and WATCHDOG_PID are
+        // added by the context, which knows the child's pid).
+        let mut env = self.worker_env.clone();
+        let mut add = |key: &str, value: String| env.push((key.into(), value.into()));
+        add("LISTEN_FDS", listeners.len().to_string());
+        add("LISTEN_FDNAMES", listener_names.join(":"));
+        add(
+            "NOTIFY_SOCKET",
+            self.notify.path().to_string_lossy().into_owned(),
+        );
+        add("ARBITER_HEARTBEAT_FD", heartbeat_fd.to_string());
+        add("ARBITER_WORKER_ID", id.0.to_string());
+        add("ARBITER_WORKER_SLOT", slot.to_string());
+        add(
+            "SERVER_SOFTWARE",
+            concat!("arbiter/", env!("CARGO_PKG_VERSION")).to_owned(),
+        );
+        if self.settings.gpus.is_some() {
+            add(&self.settings.gpu_env, gpus.join(","));
+            add("ARBITER_GPU_ENV", self.settings.gpu_env.clone());
+        }
+        if let Some(timeout) = self.settings.timeout {
+            add("WATCHDOG_USEC", timeout.as_micros().to_string());
+        }
+        let context = WorkerContext {
+            id: id.0,
+            slot,
+            pid: 0,
+            listener_names,
+            listeners_taken: false,
+            heartbeat_fd: Some(heartbeat_fd),
+            notify_socket: self.notify.path().to_path_buf(),
+            watchdog: self.settings.timeout,
+            gpus: gpus.to_vec(),
+            env,
+        };
+        let pipes = self.ops.worker_pipes().map_err(SpawnError::Fork)?;
+        let output_fds = pipes.as_ref().map(|p| p.child_fds());
+        let spawn = FunctionSpawn {
+            plan,
+            signals: &self.signals,
+            identity: self.identity.as_ref(),
+            stdout_fd: output_fds.map(|fds| fds.0),
+            stderr_fd: output_fds.map(|fds| fds.1),
+        };
+        let name = self.settings.name.clone().unwrap_or_else(|| {
+            let display = &self.command.display;
+            display
+                .split_whitespace()
+                .next()
+                .unwrap_or(display)
+                .to_owned()
+        });
+        let title = format!("worker [{name}]");
+        // Everything the child needs is built above; the closure runs in the child only, once
+        // its set-up is done: from here on it is the worker's own code.
+        let (pid, exec) = spawn::spawn_function(spawn, move |pid| {
+            crate::os::title::set(&title);
+            let mut context = context;
+            context.pid = pid;
+            let code = (*function)(context);
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            i32::from(code)
+        })?;
+        self.ops.on_spawned(pid, slot, pipes);
+        let probe_at = self.settings.timeout.map(|t| self.now() + t);
+        self.procs.insert(
+            id,
+            WorkerProc {
+                pid,
+                heartbeat,
+                probe_at,
+                exec,
+            },
+        );
+        Ok(pid)
+    }
+}

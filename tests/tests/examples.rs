@@ -1,0 +1,155 @@
+//! Every example runs: `arbiter-core`'s minimal shell to its own exit 0, and `arbiter-cli`'s
+//! library-mode server through start, requests, a crash, a HUP roll and a TERM.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arbiter_tests::{example_bin, get, wait_until, Fixture};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+#[test]
+fn the_core_example_shell_runs_its_script_and_exits_0() {
+    let bin = example_bin("arbiter-core", "minimal_shell");
+    let fixture = Fixture::new();
+    let out = fixture.join("shell.stdout");
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("spawning the example");
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // Its whole group: the shell and the workers it started.
+            let _ = arbiter_tests::signal(-pid, libc::SIGKILL);
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("still running after {BOUND:?}:\n{log}"));
+    assert_eq!(status.code(), Some(0), "{status:?}\n{log}");
+    for step in [
+        "spawn worker 4 in slot 0, generation 0: respawn",
+        "spawn worker 5 in slot 3, generation 0: scale up",
+        "graceful timeout over",
+        "exit 0: shutdown",
+    ] {
+        assert!(log.contains(step), "no {step:?} in:\n{log}");
+    }
+}
+
+/// `pid=P slot=S ...` from the example's `/`.
+fn served_by(port: u16) -> Option<i32> {
+    let response = get(port, "/").ok()?;
+    (response.status == 200).then_some(())?;
+    response
+        .body
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("pid="))?
+        .parse()
+        .ok()
+}
+
+/// The fd numbers a process holds.
+fn fds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
+}
+
+#[test]
+fn the_library_mode_example_serves_its_table_survives_a_crash_and_a_hup_and_stops_on_term() {
+    let bin = example_bin("arbiter-cli", "preload");
+    let fixture = Fixture::new();
+    let mut master = fixture.start_program(
+        "preload",
+        &bin,
+        &[
+            "--table-mib",
+            "8",
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:0",
+            "--timeout",
+            "2s",
+        ],
+        &[],
+    );
+    let port = master.port();
+    let workers = master.wait_children(2, BOUND);
+    assert!(
+        wait_until(BOUND, || served_by(port).is_some()),
+        "not serving:\n{}",
+        master.stderr()
+    );
+    let lookup = get(port, "/lookup/4096").expect("lookup");
+    assert_eq!(lookup.status, 200, "{}", lookup.body);
+    assert!(
+        lookup.body.starts_with("index=4096 value="),
+        "{}",
+        lookup.body
+    );
+    assert_eq!(get(port, "/lookup/999999999").unwrap().status, 404);
+    // A forked worker holds only stdio, its listener (3) and its heartbeat file (4).
+    for &worker in &workers {
+        assert_eq!(fds(worker), [0, 1, 2, 3, 4], "fds of worker {worker}");
+    }
+
+    // A crash is replaced by a fork of the same master.
+    arbiter_tests::signal(workers[0], libc::SIGKILL).unwrap();
+    let mut now = Vec::new();
+    assert!(
+        wait_until(BOUND, || {
+            now = master.children();
+            now.len() == 2 && !now.contains(&workers[0])
+        }),
+        "no replacement: {now:?}\n{}",
+        master.stderr()
+    );
+    master.track_tree();
+
+    // HUP rolls every worker, forked from the same master.
+    let before = master.children();
+    master.signal(libc::SIGHUP);
+    assert!(
+        wait_until(BOUND, || {
+            now = master.children();
+            now.len() == 2 && now.iter().all(|pid| !before.contains(pid))
+        }),
+        "HUP did not roll the workers: {before:?} -> {now:?}\n{}",
+        master.stderr()
+    );
+    master.track_tree();
+    assert!(
+        wait_until(BOUND, || served_by(port)
+            .is_some_and(|pid| now.contains(&pid))),
+        "the new workers do not serve\n{}",
+        master.stderr()
+    );
+
+    master.signal(libc::SIGTERM);
+    let status = master.wait_exit(BOUND).expect("exits on TERM");
+    assert_eq!(status.code(), Some(0), "{status:?} {:?}", status.signal());
+    master.assert_no_process_left();
+    let log = master.stderr();
+    assert!(
+        log.contains("Using worker: preload (library mode)"),
+        "{log}"
+    );
+}
