@@ -1,23 +1,35 @@
-//! The sd_notify protocol, both ways: the socket the master's workers talk to
+//! The sd_notify protocol, both ways: the sockets the master's workers talk to
 //! (`NOTIFY_SOCKET` in their environment), and the master's own messages to the service
 //! manager above it.
+//!
+//! Each worker gets its own socket ([`NotifyHub`]). A unix datagram socket queues only
+//! `net.unix.max_dgram_qlen` messages (often 10) before a blocking sender waits and a
+//! non-blocking one gets `EAGAIN`, whatever `SO_RCVBUF` says; one shared socket would make
+//! a thousand workers that each send `WATCHDOG=1` once a second wait on the master unless it
+//! woke for nearly every message. With one queue per worker the master can leave a ready
+//! worker's messages queued and read them all at once, about once a second: it wakes at once
+//! only for the sockets marked urgent (workers whose `READY=1` is awaited) and for those
+//! that send too fast to be left queued. The kernel stamps each datagram as it is queued, so
+//! a message read late is still dated when it was sent.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{
-    bind, recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
+    bind, recvmmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
+    MultiHeaders, SockFlag, SockType, UnixAddr,
 };
+use nix::sys::time::TimeSpec;
 
-/// One message from a worker (or one of its descendants).
+/// One message on a worker's socket (from the worker or one of its descendants).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Message {
-    /// The sender's pid, from the kernel's credentials.
-    pub pid: i32,
     /// `READY=1`.
     pub ready: bool,
     /// `WATCHDOG=1`.
@@ -26,14 +38,13 @@ pub struct Message {
     pub stopping: bool,
     /// `STATUS=...`.
     pub status: Option<String>,
+    /// How long ago the kernel queued it, when the socket stamps datagrams.
+    pub age: Option<Duration>,
 }
 
 /// Parses the newline-separated assignments of one datagram.
-pub fn parse(pid: i32, payload: &[u8]) -> Message {
-    let mut message = Message {
-        pid,
-        ..Message::default()
-    };
+pub fn parse(payload: &[u8]) -> Message {
+    let mut message = Message::default();
     for line in String::from_utf8_lossy(payload).lines() {
         match line.split_once('=') {
             Some(("READY", "1")) => message.ready = true,
@@ -46,15 +57,16 @@ pub fn parse(pid: i32, payload: &[u8]) -> Message {
     message
 }
 
-/// The master's receiving socket, bound at a path in its private runtime directory.
+/// One receiving socket, bound at a path in the master's private runtime directory;
+/// unlinked when dropped.
 pub struct NotifySocket {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl NotifySocket {
-    /// Binds a non-blocking, close-on-exec datagram socket at `path` that receives senders'
-    /// credentials.
+    /// Binds a non-blocking, close-on-exec datagram socket at `path` whose datagrams the
+    /// kernel stamps as they are queued.
     pub fn bind(path: &Path) -> io::Result<NotifySocket> {
         let fd = socket(
             AddressFamily::Unix,
@@ -62,7 +74,7 @@ impl NotifySocket {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )?;
-        setsockopt(&fd, sockopt::PassCred, &true)?;
+        setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
         let addr = UnixAddr::new(path)?;
         bind(fd.as_raw_fd(), &addr)?;
         Ok(NotifySocket {
@@ -71,49 +83,244 @@ impl NotifySocket {
         })
     }
 
-    /// Its path, for the workers' `NOTIFY_SOCKET`.
+    /// Its path, for a worker's `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The fd to poll.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Reads every pending datagram. File descriptors passed along (systemd-notify's
-    /// `BARRIER=1`) are closed at once so the sender never waits on them.
-    pub fn drain(&self, out: &mut Vec<Message>) {
-        let mut buf = [0u8; 4096];
-        loop {
-            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [i32; 16]);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let received = recvmsg::<()>(
+    /// Reads what is queued, up to one batch per call (more than the kernel queues), and
+    /// hands each message to `each`, aged against the wall clock `wall` (the stamps' clock).
+    /// File descriptors passed along (systemd-notify's `BARRIER=1`) are closed at once so
+    /// the sender never waits on them. Returns how many datagrams were read.
+    fn read_batch(
+        &self,
+        headers: &mut MultiHeaders<()>,
+        buffers: &mut [u8],
+        wall: Duration,
+        mut each: impl FnMut(Message),
+    ) -> u32 {
+        let mut received = [(0usize, None::<Duration>); BATCH];
+        let count = {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+                .chunks_mut(DATAGRAM_MAX)
+                .map(|chunk| [IoSliceMut::new(chunk)])
+                .collect();
+            let Ok(results) = recvmmsg(
                 self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
+                headers,
+                slices.iter_mut(),
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-            );
-            let Ok(message) = received else {
-                return;
+                None,
+            ) else {
+                return 0;
             };
-            let len = message.bytes;
-            let mut pid = 0;
-            if let Ok(cmsgs) = message.cmsgs() {
-                for cmsg in cmsgs {
-                    match cmsg {
-                        ControlMessageOwned::ScmCredentials(creds) => pid = creds.pid(),
-                        ControlMessageOwned::ScmRights(fds) => {
-                            for fd in fds {
-                                let _ = nix::unistd::close(fd);
+            let mut count = 0;
+            for (slot, message) in received.iter_mut().zip(results) {
+                let mut stamp = None;
+                if let Ok(cmsgs) = message.cmsgs() {
+                    for cmsg in cmsgs {
+                        match cmsg {
+                            ControlMessageOwned::ScmTimestampns(at) => stamp = Some(at),
+                            ControlMessageOwned::ScmRights(fds) => {
+                                for fd in fds {
+                                    let _ = nix::unistd::close(fd);
+                                }
                             }
+                            _ => {}
                         }
-                        _ => {}
                     }
                 }
+                *slot = (
+                    message.bytes,
+                    stamp.map(|at| wall.saturating_sub(since_epoch(at))),
+                );
+                count += 1;
             }
-            if pid > 0 {
-                out.push(parse(pid, &buf[..len]));
+            count
+        };
+        for (i, (len, age)) in received[..count].iter().enumerate() {
+            let start = i * DATAGRAM_MAX;
+            let mut message = parse(&buffers[start..start + len.min(&DATAGRAM_MAX)]);
+            message.age = *age;
+            each(message);
+        }
+        count as u32
+    }
+}
+
+fn since_epoch(at: TimeSpec) -> Duration {
+    Duration::new(at.tv_sec().max(0) as u64, at.tv_nsec().max(0) as u32)
+}
+
+/// The most datagrams read from one socket per call, and the buffer for each.
+const BATCH: usize = 16;
+const DATAGRAM_MAX: usize = 4096;
+/// A lazily read socket found holding this many messages is read at once from then on: the
+/// kernel queue (11 here) would soon make it wait.
+const CHATTY_AT: u32 = 6;
+/// A socket read at once for being chatty goes back to lazy reading once it sends at most
+/// this many messages between two lazy rounds.
+const QUIET_AT: u32 = 2;
+
+/// One socket per worker, keyed by the caller's number for that worker (its id).
+///
+/// Every socket is in the lazy set, read by [`NotifyHub::read_lazy`] on the caller's
+/// schedule (or when [`NotifyHub::lazy_fd`] is readable, if the caller polls it); sockets
+/// marked urgent, or found chatty, are also in the eager set, whose fd the caller polls so
+/// their messages are read at once ([`NotifyHub::read_eager`]).
+pub struct NotifyHub {
+    dir: PathBuf,
+    eager: Epoll,
+    lazy: Epoll,
+    endpoints: HashMap<u64, Endpoint>,
+    chatty: HashSet<u64>,
+    buffers: Vec<u8>,
+    headers: MultiHeaders<()>,
+    events: Vec<EpollEvent>,
+}
+
+struct Endpoint {
+    socket: NotifySocket,
+    urgent: bool,
+    /// Messages read since the last lazy round.
+    recent: u32,
+}
+
+impl Endpoint {
+    fn eager(&self, chatty: &HashSet<u64>, key: u64) -> bool {
+        self.urgent || chatty.contains(&key)
+    }
+}
+
+impl NotifyHub {
+    /// A hub binding its sockets in `dir` (a private directory: who can write there can
+    /// speak for a worker).
+    pub fn new(dir: &Path) -> io::Result<NotifyHub> {
+        let cmsg = nix::cmsg_space!(TimeSpec, [i32; 16]);
+        Ok(NotifyHub {
+            dir: dir.to_path_buf(),
+            eager: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            lazy: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            endpoints: HashMap::new(),
+            chatty: HashSet::new(),
+            buffers: vec![0; BATCH * DATAGRAM_MAX],
+            headers: MultiHeaders::preallocate(BATCH, Some(cmsg)),
+            events: vec![EpollEvent::empty(); 256],
+        })
+    }
+
+    /// Binds the socket for `key`, urgent (read at once) until told otherwise; returns its
+    /// path for the worker's `NOTIFY_SOCKET`.
+    pub fn open(&mut self, key: u64) -> io::Result<PathBuf> {
+        let path = self.dir.join(format!("n{key}"));
+        let _ = std::fs::remove_file(&path);
+        let socket = NotifySocket::bind(&path)?;
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, key);
+        self.lazy.add(&socket.fd, event)?;
+        self.eager.add(&socket.fd, event)?;
+        self.endpoints.insert(
+            key,
+            Endpoint {
+                socket,
+                urgent: true,
+                recent: 0,
+            },
+        );
+        Ok(path)
+    }
+
+    /// Closes and unlinks the socket for `key`.
+    pub fn close(&mut self, key: u64) {
+        self.chatty.remove(&key);
+        // Closing the fd takes it out of both epoll sets.
+        self.endpoints.remove(&key);
+    }
+
+    /// Marks the socket for `key` urgent (read at once) or not.
+    pub fn set_urgent(&mut self, key: u64, urgent: bool) {
+        let Some(endpoint) = self.endpoints.get_mut(&key) else {
+            return;
+        };
+        let was = endpoint.eager(&self.chatty, key);
+        endpoint.urgent = urgent;
+        let now = endpoint.eager(&self.chatty, key);
+        Self::move_set(&self.eager, &endpoint.socket, key, was, now);
+    }
+
+    fn move_set(eager: &Epoll, socket: &NotifySocket, key: u64, was: bool, now: bool) {
+        let _ = match (was, now) {
+            (false, true) => eager.add(&socket.fd, EpollEvent::new(EpollFlags::EPOLLIN, key)),
+            (true, false) => eager.delete(&socket.fd),
+            _ => Ok(()),
+        };
+    }
+
+    /// The fd that is readable while an urgent or chatty socket holds a message.
+    pub fn eager_fd(&self) -> BorrowedFd<'_> {
+        self.eager.0.as_fd()
+    }
+
+    /// The fd that is readable while any socket holds a message.
+    pub fn lazy_fd(&self) -> BorrowedFd<'_> {
+        self.lazy.0.as_fd()
+    }
+
+    /// Reads the urgent and chatty sockets that hold messages.
+    pub fn read_eager(&mut self, out: &mut Vec<(u64, Message)>) {
+        self.read_set(true, out);
+    }
+
+    /// Reads every socket that holds messages; a socket found holding many becomes chatty
+    /// (read at once), a chatty one that was quiet since the last round becomes lazy again.
+    /// Returns how many messages were read.
+    pub fn read_lazy(&mut self, out: &mut Vec<(u64, Message)>) -> usize {
+        let before = out.len();
+        let chatty: Vec<u64> = self.chatty.iter().copied().collect();
+        for key in chatty {
+            if let Some(endpoint) = self.endpoints.get_mut(&key) {
+                if endpoint.recent <= QUIET_AT {
+                    self.chatty.remove(&key);
+                    if !endpoint.urgent {
+                        let _ = self.eager.delete(&endpoint.socket.fd);
+                    }
+                }
+                endpoint.recent = 0;
+            }
+        }
+        self.read_set(false, out);
+        out.len() - before
+    }
+
+    fn read_set(&mut self, eager: bool, out: &mut Vec<(u64, Message)>) {
+        loop {
+            let set = if eager { &self.eager } else { &self.lazy };
+            let n = set.wait(&mut self.events, EpollTimeout::ZERO).unwrap_or(0);
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            for i in 0..n {
+                let key = self.events[i].data();
+                let Some(endpoint) = self.endpoints.get_mut(&key) else {
+                    continue;
+                };
+                let got = endpoint.socket.read_batch(
+                    &mut self.headers,
+                    &mut self.buffers,
+                    wall,
+                    |message| out.push((key, message)),
+                );
+                if endpoint.eager(&self.chatty, key) {
+                    // Counted between lazy rounds, to tell when a chatty one has calmed.
+                    endpoint.recent += got;
+                } else if got >= CHATTY_AT {
+                    self.chatty.insert(key);
+                    endpoint.recent = 0;
+                    Self::move_set(&self.eager, &endpoint.socket, key, false, true);
+                }
+            }
+            // A full batch of events may leave more ready sockets behind.
+            if n < self.events.len() {
+                return;
             }
         }
     }
@@ -154,38 +361,103 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
     #[test]
     fn parses_every_known_assignment() {
-        let message = parse(
-            7,
-            b"READY=1\nSTATUS=serving 3\nWATCHDOG=1\nSTOPPING=1\nBOGUS=2",
-        );
+        let message = parse(b"READY=1\nSTATUS=serving 3\nWATCHDOG=1\nSTOPPING=1\nBOGUS=2");
         assert_eq!(
             message,
             Message {
-                pid: 7,
                 ready: true,
                 watchdog: true,
                 stopping: true,
-                status: Some("serving 3".into())
+                status: Some("serving 3".into()),
+                age: None,
             }
         );
-        assert!(!parse(7, b"READY=0").ready);
+        assert!(!parse(b"READY=0").ready);
+    }
+
+    fn readable(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    fn sender(path: &Path) -> Supervisor {
+        Supervisor::new(path.to_str().unwrap()).unwrap()
     }
 
     #[test]
-    fn receives_with_the_senders_pid() {
+    fn an_urgent_socket_wakes_the_eager_fd_and_is_read_with_its_age() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let socket = NotifySocket::bind(&path).unwrap();
-        let supervisor = Supervisor::new(path.to_str().unwrap()).unwrap();
-        supervisor.send("READY=1\nSTATUS=hi").unwrap();
+        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let path = hub.open(7).unwrap();
+        assert!(!readable(hub.eager_fd()));
+        sender(&path).send("READY=1\nSTATUS=hi").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(readable(hub.eager_fd()));
         let mut out = Vec::new();
-        socket.drain(&mut out);
+        hub.read_eager(&mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].pid, std::process::id() as i32);
-        assert!(out[0].ready);
-        assert_eq!(out[0].status.as_deref(), Some("hi"));
+        let (key, message) = &out[0];
+        assert_eq!(*key, 7);
+        assert!(message.ready);
+        assert_eq!(message.status.as_deref(), Some("hi"));
+        let age = message.age.expect("stamped by the kernel");
+        assert!(age >= Duration::from_millis(25), "{age:?}");
+        assert!(age < Duration::from_secs(5), "{age:?}");
+        assert!(!readable(hub.eager_fd()), "read");
+    }
+
+    #[test]
+    fn a_lazy_socket_waits_for_the_lazy_round_and_a_chatty_one_turns_eager_then_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let path = hub.open(3).unwrap();
+        hub.set_urgent(3, false);
+        let worker = sender(&path);
+        worker.send("WATCHDOG=1").unwrap();
+        assert!(
+            !readable(hub.eager_fd()),
+            "a lazy socket does not wake the loop"
+        );
+        assert!(readable(hub.lazy_fd()));
+        let mut out = Vec::new();
+        hub.read_eager(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(hub.read_lazy(&mut out), 1);
+        assert!(out[0].1.watchdog);
+        // Eleven messages queue (max_dgram_qlen + 1 on a default kernel); a lazy round
+        // that finds many makes the socket eager, so the sender is not left to wait.
+        for _ in 0..CHATTY_AT {
+            worker.send("WATCHDOG=1").unwrap();
+        }
+        out.clear();
+        assert_eq!(hub.read_lazy(&mut out), CHATTY_AT as usize);
+        worker.send("STATUS=busy").unwrap();
+        assert!(readable(hub.eager_fd()), "chatty: read at once");
+        hub.read_eager(&mut out);
+        assert_eq!(out.last().unwrap().1.status.as_deref(), Some("busy"));
+        // A round with (almost) nothing since the last makes it lazy again.
+        hub.read_lazy(&mut out);
+        worker.send("WATCHDOG=1").unwrap();
+        assert!(!readable(hub.eager_fd()), "calmed: lazy again");
+        assert!(readable(hub.lazy_fd()));
+    }
+
+    #[test]
+    fn a_closed_socket_is_unlinked_and_urgency_can_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let path = hub.open(1).unwrap();
+        hub.set_urgent(1, false);
+        hub.set_urgent(1, true);
+        sender(&path).send("READY=1").unwrap();
+        assert!(readable(hub.eager_fd()));
+        hub.close(1);
+        assert!(!path.exists());
+        assert!(!readable(hub.eager_fd()));
+        assert!(!readable(hub.lazy_fd()));
     }
 }

@@ -81,10 +81,12 @@ impl Runtime {
                             "gpus" => gpus.join(","), "reason" => reason.to_string(),
                             WORKER_PID => pid);
                         self.core.handle_spawned(id, pid, now);
+                        self.sync_urgency(id, pid);
                     }
                     Err(e) => {
                         self.set_probe(id, None);
                         self.procs.remove(&id);
+                        self.notify.close(id.0);
                         self.core.handle_spawn_failed(id, e.to_string(), now);
                     }
                 }
@@ -216,7 +218,14 @@ impl Runtime {
             env.push(env_entry(key.as_bytes(), value.as_bytes())?);
             Ok(())
         };
-        add("NOTIFY_SOCKET", &self.notify.path().to_string_lossy())?;
+        let notify_path = self.notify.open(id.0).map_err(spawn::SpawnError::Fork)?;
+        if let Some(identity) = &self.identity {
+            // The worker's group may send there, not rename or remove it.
+            identity
+                .share_path(&notify_path, 0o660)
+                .map_err(spawn::SpawnError::Fork)?;
+        }
+        add("NOTIFY_SOCKET", &notify_path.to_string_lossy())?;
         add("ARBITER_HEARTBEAT_FD", &heartbeat_fd.to_string())?;
         add("ARBITER_WORKER_ID", &id.0.to_string())?;
         add("ARBITER_WORKER_SLOT", &slot.to_string())?;
@@ -282,6 +291,7 @@ impl Runtime {
                 ..
             } => {
                 self.set_probe(*id, None);
+                self.notify.close(id.0);
                 if let Some(proc) = self.procs.remove(id) {
                     if let Some(error) = proc.exec.failure() {
                         error!(

@@ -10,13 +10,14 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use arbiter_core::{Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId};
+use arbiter_core::{
+    Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId, WorkerState,
+};
 use arbiter_signals::SignalPipe;
 use arbiter_sockets::Listener;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal as NixSignal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Settings, Sources};
@@ -25,7 +26,7 @@ use crate::ops::hooks;
 use crate::ops::{Ops, Order};
 use crate::os::heartbeat::{self, Heartbeat};
 use crate::os::identity::Identity;
-use crate::os::notify::{NotifySocket, Supervisor};
+use crate::os::notify::{Message, NotifyHub, Supervisor};
 use crate::os::pidfile;
 use crate::os::spawn;
 use crate::runtime::log::LogOutput;
@@ -44,6 +45,11 @@ use actions::set_title;
 
 /// How long the master waits for its `on_starting` hook.
 const ON_STARTING_LIMIT: Duration = Duration::from_secs(30);
+
+/// How often the workers' notify sockets that are not read at once are read, while they
+/// carry messages: a worker sending `WATCHDOG=1` once a second finds one message queued of
+/// the eleven the kernel holds, and the master wakes once a second for all of them.
+const LAZY_NOTIFY_PERIOD: Duration = Duration::from_secs(1);
 
 /// The shell's view of one worker process.
 struct WorkerProc {
@@ -67,7 +73,11 @@ pub struct Runtime {
     origin: Instant,
     listeners: Vec<Listener>,
     signals: SignalPipe,
-    notify: NotifySocket,
+    /// The workers' notify sockets.
+    notify: NotifyHub,
+    /// When the lazily read notify sockets are read next; `None` while they were quiet at
+    /// the last look, and the loop polls them instead (the first message wakes it).
+    lazy_notify_at: Option<Moment>,
     supervisor: Option<Supervisor>,
     /// Holds the notify socket; removed on drop.
     runtime_dir: tempfile::TempDir,
@@ -264,10 +274,12 @@ impl Runtime {
             .prefix("arbiter.")
             .tempdir_in(setup::runtime_parent(&master_env, identity.is_some()))
             .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
-        let notify = NotifySocket::bind(&runtime_dir.path().join("notify"))
-            .map_err(|e| StartError::Runtime(format!("notify socket: {e}")))?;
+        let notify = NotifyHub::new(runtime_dir.path())
+            .map_err(|e| StartError::Runtime(format!("notify sockets: {e}")))?;
         if let Some(identity) = &identity {
-            share_runtime_dir(identity, runtime_dir.path(), notify.path())
+            // Each worker's notify socket is shared as it is made (see spawn_worker).
+            identity
+                .share_path(runtime_dir.path(), 0o710)
                 .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
         }
         let supervisor = master_env
@@ -303,6 +315,7 @@ impl Runtime {
             listeners: listeners.take(),
             signals,
             notify,
+            lazy_notify_at: None,
             supervisor,
             runtime_dir,
             heartbeat_dir,
@@ -350,6 +363,7 @@ impl Runtime {
             self.core.poll_timeout(),
             self.next_probe(),
             self.ops.next_deadline(),
+            self.lazy_notify_at,
         ]
         .into_iter()
         .flatten()
@@ -363,11 +377,18 @@ impl Runtime {
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let (signals_ready, notify_ready, ops_events) = {
+        // Quiet lazy notify sockets are polled, so their first message wakes the loop; once
+        // they carry messages they are read on a schedule instead.
+        let poll_lazy = self.lazy_notify_at.is_none();
+        let (signals_ready, eager_ready, lazy_ready, ops_events) = {
             let mut fds = vec![
                 PollFd::new(self.signals.fd(), PollFlags::POLLIN),
-                PollFd::new(self.notify.fd(), PollFlags::POLLIN),
+                PollFd::new(self.notify.eager_fd(), PollFlags::POLLIN),
             ];
+            if poll_lazy {
+                fds.push(PollFd::new(self.notify.lazy_fd(), PollFlags::POLLIN));
+            }
+            let ops_from = fds.len();
             let interest = self.ops.interest();
             fds.extend(
                 interest
@@ -376,17 +397,30 @@ impl Runtime {
             );
             let _ = poll(&mut fds, timeout);
             let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            let ops_events: Vec<PollFlags> = fds[2..]
+            let ops_events: Vec<PollFlags> = fds[ops_from..]
                 .iter()
                 .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
                 .collect();
-            (readable(&fds[0]), readable(&fds[1]), ops_events)
+            (
+                readable(&fds[0]),
+                readable(&fds[1]),
+                poll_lazy && readable(&fds[2]),
+                ops_events,
+            )
         };
         if signals_ready {
             self.feed_signals();
         }
-        if notify_ready {
-            self.feed_notify();
+        if eager_ready {
+            let mut messages = Vec::new();
+            self.notify.read_eager(&mut messages);
+            self.feed_notify(messages);
+        }
+        let now = self.now();
+        // Before deadlines are judged, what the lazy sockets hold is read too.
+        let core_due = self.core.poll_timeout().is_some_and(|at| at <= now);
+        if lazy_ready || core_due || self.lazy_notify_at.is_some_and(|at| at <= now) {
+            self.read_lazy_notify();
         }
         if ops_events.iter().any(|r| !r.is_empty()) {
             self.feed_ops(&ops_events);
@@ -402,11 +436,21 @@ impl Runtime {
         }
     }
 
+    /// Reads every notify socket not read at once, and schedules the next round: in a
+    /// period while they carry messages, else when the first arrives.
+    fn read_lazy_notify(&mut self) {
+        let mut messages = Vec::new();
+        let read = self.notify.read_lazy(&mut messages);
+        self.feed_notify(messages);
+        self.lazy_notify_at = (read > 0).then(|| self.now() + LAZY_NOTIFY_PERIOD);
+    }
+
     /// Control clients, metrics scrapes and captured output; carries out the orders.
     fn feed_ops(&mut self, events: &[PollFlags]) {
         let now = self.now();
         if self.ops.reads_state(events) {
-            // Heartbeat files are otherwise read only when a deadline is due.
+            // Heartbeat files and lazy notify sockets are otherwise read only when due.
+            self.read_lazy_notify();
             self.refresh_heartbeats(now);
         }
         let orders = self.ops.handle(events, &self.core, &self.log, now);
@@ -481,23 +525,23 @@ impl Runtime {
         }
     }
 
-    fn feed_notify(&mut self) {
-        let mut messages = Vec::new();
-        self.notify.drain(&mut messages);
+    fn feed_notify(&mut self, messages: Vec<(u64, Message)>) {
         let now = self.now();
-        for message in messages {
-            let Some(pid) = self.worker_pid_for(message.pid) else {
-                debug!(self.log, "notify message from unknown pid {}", message.pid);
+        for (key, message) in messages {
+            let id = WorkerId(key);
+            let Some(pid) = self.procs.get(&id).map(|p| p.pid) else {
                 continue;
             };
             if let Some(status) = message.status {
                 self.core.handle_status(pid, status);
             }
             if message.watchdog {
-                self.core.handle_heartbeat(pid, now);
+                let at = message.age.map_or(now, |age| moment_before(now, age));
+                self.core.handle_heartbeat(pid, at);
             }
             if message.ready {
                 self.core.handle_ready(pid, now);
+                self.sync_urgency(id, pid);
             }
             if message.stopping {
                 debug!(self.log, "Worker (pid:{pid}) is stopping"; log::WORKER_PID => pid);
@@ -505,15 +549,13 @@ impl Runtime {
         }
     }
 
-    /// The worker a notify sender belongs to: itself, or its process group's leader.
-    fn worker_pid_for(&self, sender: i32) -> Option<i32> {
-        if self.core.worker_by_pid(sender).is_some() {
-            return Some(sender);
-        }
-        let group = nix::unistd::getpgid(Some(Pid::from_raw(sender)))
-            .ok()?
-            .as_raw();
-        self.core.worker_by_pid(group).map(|_| group)
+    /// A worker's notify socket is read at once while its `READY=1` is awaited.
+    pub(super) fn sync_urgency(&mut self, id: WorkerId, pid: i32) {
+        let booting = self
+            .core
+            .worker_by_pid(pid)
+            .is_some_and(|w| matches!(w.state, WorkerState::Spawning | WorkerState::Booting));
+        self.notify.set_urgent(id.0, booting);
     }
 
     fn check_promotion(&mut self) {
@@ -657,17 +699,6 @@ fn give_unix_listeners(identity: &Identity, listeners: &[Listener]) -> std::io::
         }
     }
     Ok(())
-}
-
-/// Lets workers of another user reach the notify socket: the runtime directory and the socket
-/// get the workers' group (search, and connect), and stay the master's.
-fn share_runtime_dir(
-    identity: &Identity,
-    dir: &std::path::Path,
-    notify: &std::path::Path,
-) -> std::io::Result<()> {
-    identity.share_path(dir, 0o710)?;
-    identity.share_path(notify, 0o660)
 }
 
 /// Whether `NO_COLOR` asks for no colour: set and not empty (no-color.org).

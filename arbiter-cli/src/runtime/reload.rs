@@ -127,7 +127,8 @@ impl Runtime {
                 info!(self.log, "Workers run as {}", identity.display);
             }
             let shared = super::give_unix_listeners(identity, &self.listeners).and_then(|()| {
-                super::share_runtime_dir(identity, self.runtime_dir.path(), self.notify.path())
+                // New workers' notify sockets are shared as they are made.
+                identity.share_path(self.runtime_dir.path(), 0o710)
             });
             if let Err(e) = shared {
                 warn!(self.log, "giving sockets to the workers' user: {e}");

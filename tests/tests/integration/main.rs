@@ -7,6 +7,7 @@ mod liveness;
 mod preflight;
 mod protocol;
 mod reload;
+mod scale;
 mod serve;
 mod signals;
 mod startup;

@@ -45,7 +45,7 @@ while True:
 "#;
 
 /// The real interpreter behind `python3` (not a version-manager shim).
-fn python() -> String {
+pub(crate) fn python() -> String {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
