@@ -71,6 +71,12 @@ impl Runtime {
                 .give_file(heartbeat.file())
                 .map_err(SpawnError::Prepare)?;
         }
+        let notify_path = self.notify.open(id.0).map_err(SpawnError::Fork)?;
+        if let Some(identity) = &self.identity {
+            identity
+                .share_path(&notify_path, 0o660)
+                .map_err(SpawnError::Fork)?;
+        }
         let listeners: Vec<&Listener> = self.listeners.iter().collect();
         let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
             .map_err(|e| SpawnError::Fork(std::io::Error::other(e.to_string())))?;
@@ -82,10 +88,7 @@ impl Runtime {
         let mut add = |key: &str, value: String| env.push((key.into(), value.into()));
         add("LISTEN_FDS", listeners.len().to_string());
         add("LISTEN_FDNAMES", listener_names.join(":"));
-        add(
-            "NOTIFY_SOCKET",
-            self.notify.path().to_string_lossy().into_owned(),
-        );
+        add("NOTIFY_SOCKET", notify_path.to_string_lossy().into_owned());
         add("ARBITER_HEARTBEAT_FD", heartbeat_fd.to_string());
         add("ARBITER_WORKER_ID", id.0.to_string());
         add("ARBITER_WORKER_SLOT", slot.to_string());
@@ -107,7 +110,7 @@ impl Runtime {
             listener_names,
             listeners_taken: false,
             heartbeat_fd: Some(heartbeat_fd),
-            notify_socket: self.notify.path().to_path_buf(),
+            notify_socket: notify_path,
             watchdog: self.settings.timeout,
             gpus: gpus.to_vec(),
             env,
