@@ -1,102 +1,420 @@
-//! `cargo xtask bench [--quick]`: arbiter side by side with gunicorn (sync worker), runs
-//! alternating, medians with min and max, ratios arbiter / gunicorn. Writes
-//! `docs/BENCHMARKS.md` and `docs/bench.svg`.
+//! `cargo xtask bench`: arbiter side by side with gunicorn (sync worker) and uWSGI 2.0, with
+//! the floors of the same machine measured in the same run (fork+exec and a signalfd reader
+//! in C, compiled at bench time). arbiter runs with two worker kinds: its built-in worker and
+//! the heartbeating Python worker `scripts/py_worker.py`, which gunicorn and uWSGI serve as a
+//! WSGI app. Medians with min and max, ratios arbiter / other. Writes `BENCHMARKS.md` and
+//! `bench.svg`.
 //!
 //! Everything binds to 127.0.0.1 on free ports, every wait is bounded, and every process is
 //! killed by pid through drop guards (xtask is the subreaper of what it starts, so a USR2
-//! master whose parent exits is still ours to kill and reap). `--quick` is a smoke run: fewer
-//! repetitions, smaller worker counts, shorter windows; it writes the same files.
+//! master whose parent exits is still ours to kill and reap).
 
+mod coresim;
+mod floor;
 mod load;
 mod procfs;
 mod report;
 mod reuseport;
+mod scale;
 mod scenarios;
 mod servers;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use report::Section;
-use scenarios::Plan;
+use report::{Better, Figure, Section};
 
-/// Runs the benchmarks with the task's arguments (after `bench`).
-pub fn run(args: &[String]) -> Result<(), String> {
-    let quick = match args {
-        [] => false,
-        [flag] if flag == "--quick" => true,
-        _ => return Err(format!("usage: cargo xtask bench [--quick]; got {args:?}")),
+/// The usage text of `cargo xtask bench --help`.
+pub const USAGE: &str = "\
+usage: cargo xtask bench [--quick] [--only LIST] [--skip LIST] [--no-10k] [--out DIR] [--no-install]
+
+Benchmarks arbiter (built-in and Python workers) against gunicorn, uWSGI and C floors, in one
+run, on loopback only. A full run (no --quick, --only or --skip) writes docs/BENCHMARKS.md and
+docs/bench.svg; any other run writes target/bench/ unless --out says where. The tables are
+also printed on stdout.
+
+options:
+  --quick        smoke run: fewer repetitions, smaller sizes, a 3 s idle window, no 10,000
+  --only LIST    run only these scenarios (comma-separated names, see below)
+  --skip LIST    run all but these scenarios
+  --no-10k       the scale scenario stops at 1,000 workers
+  --out DIR      write BENCHMARKS.md and bench.svg into DIR
+  --no-install   do not apt-get install uWSGI when it is missing (it is then reported as not
+                 installed)
+  -h, --help     print this help
+
+scenarios: floor, boot, spawn, idle, ttin, hang, stop, reload, overhead, scale, core
+  floor     32 x fork+exec and vfork+exec of /bin/true and of Python, from C
+  boot      boot to every worker ready, N = 2, 8, 32, against the floors
+  spawn     N sleep workers spawned against fork+exec and vfork+exec, N = 32, 1000
+  idle      idle master with N = 8, 64, 256, 1000 heartbeating workers: wake-ups, CPU, RSS,
+            false timeouts, READY=1 latency, notify queue, graceful stop
+  ttin      20 SIGTTIN 0.5 ms apart, against a C signalfd reader
+  hang      hung request (GET /hang) with a 2 s timeout, and crash respawn
+  stop      graceful stop of 8 idle workers
+  reload    HUP and USR2 under load with a slow-loading app
+  overhead  throughput behind the master against plain SO_REUSEPORT workers
+  scale     1,000 and 10,000 sleep and built-in workers; the limits met
+  core      arbiter-core alone: 100,000 workers through 1,000,000 inputs, invariants checked
+";
+
+/// Every scenario, in run order.
+const SCENARIOS: &[&str] = &[
+    "floor", "core", "boot", "spawn", "ttin", "hang", "stop", "reload", "overhead", "idle", "scale",
+];
+
+/// How much to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Repetitions of each run.
+    pub reps: usize,
+    /// Repetitions of the HUP and USR2 runs (6 s each).
+    pub reload_reps: usize,
+    /// Worker counts for the boot scenario.
+    pub boot_sizes: Vec<usize>,
+    /// Worker counts for the spawning scenario.
+    pub spawn_sizes: Vec<usize>,
+    /// Worker counts for the idle scenario, with repetitions for each.
+    pub idle_sizes: Vec<(usize, usize)>,
+    /// The idle window.
+    pub idle: Duration,
+    /// Worker counts for the scale scenario.
+    pub scale_sizes: Vec<usize>,
+    /// Seconds of wrk / load per overhead run.
+    pub overhead_secs: u64,
+    /// Workers and inputs of the core simulation.
+    pub core: (usize, u64),
+}
+
+/// The parsed options of `cargo xtask bench`.
+#[derive(Debug)]
+pub struct Options {
+    quick: bool,
+    only: Option<Vec<String>>,
+    skip: Vec<String>,
+    no_10k: bool,
+    out: Option<PathBuf>,
+    install: bool,
+}
+
+/// Parses the task's arguments (after `bench`); `None` for `--help`.
+pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
+    let mut options = Options {
+        quick: false,
+        only: None,
+        skip: Vec::new(),
+        no_10k: false,
+        out: None,
+        install: true,
     };
-    let plan = if quick {
+    let list = |value: Option<&String>, flag: &str| -> Result<Vec<String>, String> {
+        let value = value.ok_or_else(|| format!("{flag} needs a comma-separated list"))?;
+        let names: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
+        for name in &names {
+            if !SCENARIOS.contains(&name.as_str()) {
+                return Err(format!(
+                    "{flag}: unknown scenario {name:?}; scenarios: {}",
+                    SCENARIOS.join(", ")
+                ));
+            }
+        }
+        Ok(names)
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--quick" => options.quick = true,
+            "--only" => options.only = Some(list(it.next(), "--only")?),
+            "--skip" => options.skip = list(it.next(), "--skip")?,
+            "--no-10k" => options.no_10k = true,
+            "--no-install" => options.install = false,
+            "--out" => {
+                let dir = it.next().ok_or("--out needs a directory")?;
+                options.out = Some(PathBuf::from(dir));
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    Ok(Some(options))
+}
+
+fn plan(options: &Options) -> Plan {
+    if options.quick {
         Plan {
             reps: 2,
+            reload_reps: 1,
             boot_sizes: vec![2, 8],
-            footprint: vec![(8, 1), (32, 1)],
-            idle: std::time::Duration::from_secs(3),
-            floor_spawns: 50,
+            spawn_sizes: vec![32],
+            idle_sizes: vec![(8, 1), (64, 1)],
+            idle: Duration::from_secs(3),
+            scale_sizes: vec![1000],
             overhead_secs: 2,
+            core: (10_000, 100_000),
         }
     } else {
         Plan {
             reps: 5,
+            reload_reps: 3,
             boot_sizes: vec![2, 8, 32],
-            footprint: vec![(8, 2), (64, 2), (256, 1)],
-            idle: std::time::Duration::from_secs(10),
-            floor_spawns: 200,
+            spawn_sizes: vec![32, 1000],
+            idle_sizes: vec![(8, 2), (64, 2), (256, 1), (1000, 1)],
+            idle: Duration::from_secs(10),
+            scale_sizes: if options.no_10k {
+                vec![1000]
+            } else {
+                vec![1000, 10_000]
+            },
             overhead_secs: 5,
+            core: (100_000, 1_000_000),
         }
-    };
-    let started = Instant::now();
-    procfs::become_subreaper();
-    let arbiter = crate::common::arbiter_release()?;
-    let venv_bin = crate::common::venv(&["gunicorn"])?;
-    let scratch = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let bench = servers::Bench::new(arbiter.clone(), venv_bin.clone(), scratch.path().into())?;
-
-    type Scenario = fn(&servers::Bench, &Plan) -> Result<Section, String>;
-    let scenarios: [(&str, Scenario); 8] = [
-        ("floor", |_, plan| scenarios::floor(plan)),
-        ("boot", scenarios::boot),
-        ("footprint", scenarios::footprint),
-        ("hung worker and crash", scenarios::hung_and_crash),
-        ("TTIN burst", scenarios::ttin),
-        ("graceful stop", scenarios::graceful),
-        ("HUP and USR2 under load", scenarios::reloads),
-        ("overhead", scenarios::overhead),
-    ];
-    let mut sections = Vec::new();
-    for (name, scenario) in scenarios {
-        let t = Instant::now();
-        eprintln!("bench: {name}...");
-        sections.push(scenario(&bench, &plan)?);
-        eprintln!("bench: {name} done in {:.1}s", t.elapsed().as_secs_f64());
     }
-    let facts = machine_facts(&arbiter, &venv_bin, quick, started.elapsed().as_secs_f64());
-    let docs = crate::common::root().join("docs");
-    fs::create_dir_all(&docs).map_err(|e| format!("docs/: {e}"))?;
-    let markdown = document(&facts, &sections);
-    fs::write(docs.join("BENCHMARKS.md"), markdown).map_err(|e| format!("BENCHMARKS.md: {e}"))?;
-    fs::write(docs.join("bench.svg"), report::svg(&sections))
+}
+
+/// Runs the benchmarks.
+pub fn run(options: Options) -> Result<(), String> {
+    let plan = plan(&options);
+    let selected: Vec<&str> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| {
+            options
+                .only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|x| x == s))
+        })
+        .filter(|s| !options.skip.iter().any(|x| x == s))
+        .collect();
+    let full = !options.quick && options.only.is_none() && options.skip.is_empty();
+    let started = Instant::now();
+    let load_before = load_average();
+    procfs::become_subreaper();
+    let needs_servers = selected.iter().any(|s| !matches!(*s, "core"));
+    let mut sections = Vec::new();
+    let mut facts_tools = Vec::new();
+    if needs_servers {
+        let arbiter = crate::common::arbiter_release()?;
+        let venv_bin = crate::common::venv(&["gunicorn"])?;
+        let uwsgi = uwsgi(options.install);
+        let floor = floor::Floor::build()?;
+        let scratch = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let bench = servers::Bench::new(
+            arbiter.clone(),
+            venv_bin.clone(),
+            uwsgi,
+            scratch.path().into(),
+        )?;
+        facts_tools = tool_facts(&bench);
+        for &name in &selected {
+            let t = Instant::now();
+            eprintln!("bench: {name}...");
+            let section = match name {
+                "floor" => scenarios::floors(&bench, &floor, &plan)?,
+                "core" => core(&plan)?,
+                "boot" => scenarios::boot(&bench, &floor, &plan)?,
+                "spawn" => scenarios::spawning(&bench, &floor, &plan)?,
+                "ttin" => scenarios::ttin(&bench, &floor, &plan)?,
+                "hang" => scenarios::hung_and_crash(&bench, &plan)?,
+                "stop" => scenarios::graceful(&bench, &plan)?,
+                "reload" => scenarios::reloads(&bench, &plan)?,
+                "overhead" => scenarios::overhead(&bench, &plan)?,
+                "idle" => scale::idle(&bench, &plan)?,
+                "scale" => scale::scale(&bench, &floor, &plan)?,
+                other => return Err(format!("no scenario {other:?}")),
+            };
+            eprintln!("bench: {name} done in {:.1}s", t.elapsed().as_secs_f64());
+            print!("{}", report::section_markdown(&section));
+            sections.push(section);
+        }
+    } else {
+        let section = core(&plan)?;
+        print!("{}", report::section_markdown(&section));
+        sections.push(section);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let command = rerun_command(&options);
+    let facts = machine_facts(&facts_tools, &command, secs, load_before, load_average());
+    let dir = match (&options.out, full) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => crate::common::root().join("docs"),
+        (None, false) => crate::common::root().join("target/bench"),
+    };
+    fs::create_dir_all(&dir).map_err(|e| format!("{dir:?}: {e}"))?;
+    fs::write(dir.join("BENCHMARKS.md"), document(&facts, &sections))
+        .map_err(|e| format!("BENCHMARKS.md: {e}"))?;
+    fs::write(dir.join("bench.svg"), report::svg(&sections))
         .map_err(|e| format!("bench.svg: {e}"))?;
     eprintln!(
-        "bench: wrote docs/BENCHMARKS.md and docs/bench.svg in {:.0}s",
-        started.elapsed().as_secs_f64()
+        "bench: wrote {} and bench.svg in {secs:.0}s",
+        dir.join("BENCHMARKS.md").display()
     );
-    for figure in sections.iter().flat_map(|s| &s.figures) {
-        if let Some(ratio) = figure.ratio() {
-            let behind = figure.a_ahead() == Some(false);
-            eprintln!(
-                "  {:<55} ratio {ratio:>8.3}{}",
-                figure.name,
-                if behind { "  (behind)" } else { "" }
-            );
-        }
-    }
     Ok(())
 }
 
-fn output(program: &str, args: &[&str]) -> String {
+/// `cargo xtask bench-core-sim WORKERS INPUTS` (internal): runs the simulation in this
+/// process and prints its report on one line, for [`core`] to read from a release build.
+pub fn core_sim_task(args: &[String]) -> Result<(), String> {
+    let number = |i: usize| -> Result<u64, String> {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| "usage: cargo xtask bench-core-sim WORKERS INPUTS".to_owned())
+    };
+    let sim = coresim::run(number(0)? as usize, number(1)?)?;
+    println!(
+        "{} {} {} {} {} {} {} {} {}",
+        sim.target_change.as_secs_f64(),
+        sim.inputs,
+        sim.actions,
+        sim.elapsed.as_secs_f64(),
+        sim.cpu.as_secs_f64(),
+        sim.virtual_time.as_secs_f64(),
+        sim.crashes,
+        sim.hangs_caught,
+        sim.checks
+    );
+    Ok(())
+}
+
+/// The simulation, in a release build of xtask (`cargo xtask` itself is a debug build, which
+/// would measure the debug build of the core).
+fn core_sim_release(workers: usize, inputs: u64) -> Result<coresim::SimReport, String> {
+    if !cfg!(debug_assertions) {
+        return coresim::run(workers, inputs);
+    }
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "xtask",
+            "--",
+            "bench-core-sim",
+        ])
+        .args([workers.to_string(), inputs.to_string()])
+        .current_dir(crate::common::root())
+        .output()
+        .map_err(|e| format!("cargo run --release -p xtask: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "core simulation failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    match fields[..] {
+        [target_change, inputs, actions, elapsed, cpu, virtual_time, crashes, hangs, checks] => {
+            Ok(coresim::SimReport {
+                target_change: Duration::from_secs_f64(target_change),
+                inputs: inputs as u64,
+                actions: actions as u64,
+                elapsed: Duration::from_secs_f64(elapsed),
+                cpu: Duration::from_secs_f64(cpu),
+                virtual_time: Duration::from_secs_f64(virtual_time),
+                hangs_caught: hangs as u64,
+                crashes: crashes as u64,
+                checks: checks as u64,
+            })
+        }
+        _ => Err(format!("core simulation: unexpected output {text:?}")),
+    }
+}
+
+/// The core simulation as a section.
+fn core(plan: &Plan) -> Result<Section, String> {
+    let (workers, inputs) = plan.core;
+    let sim = core_sim_release(workers, inputs)?;
+    let mut cpu = Figure::new(
+        format!("{workers} workers through {inputs} inputs: CPU time"),
+        "s",
+        Better::Lower,
+    )
+    .charted();
+    cpu.push(0, sim.cpu.as_secs_f64());
+    cpu.push(1, 10.0);
+    let mut wall = Figure::new("the same: wall time (shared machine)", "s", Better::Lower);
+    wall.push(0, sim.elapsed.as_secs_f64());
+    wall.push(1, 10.0);
+    let mut rate = Figure::new("inputs per CPU second", "inputs/s", Better::Higher);
+    rate.push(0, sim.inputs as f64 / sim.cpu.as_secs_f64().max(1e-9));
+    rate.push(1, inputs as f64 / 10.0);
+    let mut change = Figure::new(
+        format!("one TTIN or TTOU at {workers} workers: CPU time"),
+        "ms",
+        Better::Lower,
+    );
+    change.push(0, sim.target_change.as_secs_f64() * 1e3);
+    change.note(1, "—");
+    Ok(Section {
+        title: "The core alone: a simulation".into(),
+        method: format!(
+            "`arbiter-core` (release build) driven through its public API on a virtual clock \
+             by a simulated world (`xtask/src/bench/coresim.rs`), single-threaded: {workers} workers that \
+             send `READY=1` and heartbeat every 3 s under a 5 s timeout; crashes (4 in \
+             10,000 steps), hangs (2 in 10,000) and TTIN or TTOU (2 in 10,000: a change of \
+             target makes the core refresh every slot, so its price is measured apart, as the \
+             mean of 5 TTIN + 5 TTOU at the end) at random; a TERM at the end. It fed {} inputs and drained {} \
+             actions over {:.0} s of virtual time ({} crashes, {} hung workers aborted), and \
+             made {} invariant checks, all passed: no signal to a pid that is not live, no \
+             worker id spawned twice, the core's table agrees with the world and never \
+             counts more ready than live, no heartbeat timeout for a worker that heartbeated \
+             within the timeout, every hung worker aborted within two steps of its deadline, \
+             and the stop ends with exit code 0 and no worker left. The goal column is the \
+             issue's target: under 10 s on one core.",
+            sim.inputs,
+            sim.actions,
+            sim.virtual_time.as_secs_f64(),
+            sim.crashes,
+            sim.hangs_caught,
+            sim.checks
+        ),
+        columns: vec!["arbiter-core".into(), "goal".into()],
+        ratios: vec![(0, 1)],
+        figures: vec![cpu, wall, rate, change],
+    })
+}
+
+/// uWSGI with its python3 plugin: found, or installed from Debian packages, or `None`.
+fn uwsgi(install: bool) -> Option<PathBuf> {
+    let found = || {
+        let binary = ["/usr/bin/uwsgi", "/usr/bin/uwsgi-core"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())?;
+        Path::new("/usr/lib/uwsgi/plugins/python3_plugin.so")
+            .exists()
+            .then_some(binary)
+    };
+    if let Some(binary) = found() {
+        return Some(binary);
+    }
+    if !install {
+        eprintln!("bench: uWSGI is not installed (--no-install): its columns say so");
+        return None;
+    }
+    eprintln!("bench: installing uWSGI (apt-get install uwsgi-core uwsgi-plugin-python3)...");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let installed = apt(&["update", "-q"])
+        && apt(&["install", "-y", "-q", "uwsgi-core", "uwsgi-plugin-python3"]);
+    if !installed {
+        eprintln!("bench: uWSGI could not be installed: its columns say not installed");
+    }
+    found()
+}
+
+fn output(program: &Path, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -108,14 +426,70 @@ fn output(program: &str, args: &[&str]) -> String {
             };
             String::from_utf8_lossy(&text).trim().to_owned()
         })
-        .unwrap_or_else(|e| format!("({program}: {e})"))
+        .unwrap_or_else(|e| format!("({}: {e})", program.display()))
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn tool_facts(bench: &servers::Bench) -> Vec<String> {
+    let arbiter = output(&bench.arbiter, &["--version"]);
+    let gunicorn = output(&bench.venv_bin.join("gunicorn"), &["--version"]);
+    let python = output(&bench.python(), &["--version"]);
+    let uwsgi = match &bench.uwsgi {
+        Some(path) => format!(
+            "{} (`--master --processes N --http-socket`, python3 plugin, Debian's Python)",
+            output(path, &["--version"])
+        ),
+        None => "not installed".into(),
+    };
+    let wrk = output(Path::new("wrk"), &["--version"]);
+    let wrk = wrk
+        .lines()
+        .next()
+        .filter(|l| !l.starts_with('('))
+        .unwrap_or("not installed")
+        .to_owned();
+    let cc = output(Path::new("cc"), &["--version"]);
+    vec![
+        format!("- arbiter: {arbiter} (release build)"),
+        format!("- gunicorn: {gunicorn} (sync worker), {python}"),
+        format!("- uWSGI: {uwsgi}"),
+        format!("- Python worker: `scripts/py_worker.py` on {python}"),
+        format!(
+            "- C compiler (floors): {}",
+            cc.lines().next().unwrap_or("?")
+        ),
+        format!("- wrk: {wrk}"),
+    ]
+}
+
+fn rerun_command(options: &Options) -> String {
+    let mut command = "cargo xtask bench".to_owned();
+    if options.quick {
+        command.push_str(" --quick");
+    }
+    if let Some(only) = &options.only {
+        command.push_str(&format!(" --only {}", only.join(",")));
+    }
+    if !options.skip.is_empty() {
+        command.push_str(&format!(" --skip {}", options.skip.join(",")));
+    }
+    if options.no_10k {
+        command.push_str(" --no-10k");
+    }
+    command
 }
 
 fn machine_facts(
-    arbiter: &std::path::Path,
-    venv: &std::path::Path,
-    quick: bool,
+    tools: &[String],
+    command: &str,
     secs: f64,
+    load_before: String,
+    load_after: String,
 ) -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
@@ -130,63 +504,93 @@ fn machine_facts(
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
         .unwrap_or_else(|| "unknown".into());
-    let arbiter = arbiter.to_string_lossy();
-    let gunicorn = venv.join("gunicorn");
-    let python = venv.join("python");
-    let wrk = output("wrk", &["--version"]);
-    let wrk = wrk.lines().next().unwrap_or("not installed");
-    [
-        format!("- date: {}", output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])),
-        format!("- CPU: {cpu}; nproc: {}", output("nproc", &[])),
+    let mut lines = vec![
+        format!(
+            "- date: {}",
+            output(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"])
+        ),
+        format!("- CPU: {cpu}; nproc: {}", output(Path::new("nproc"), &[])),
         format!("- memory: {memory}"),
-        format!("- kernel: {}", output("uname", &["-sr"])),
+        format!("- kernel: {}", output(Path::new("uname"), &["-sr"])),
         format!(
-            "- arbiter: {} (release build)",
-            output(&arbiter, &["--version"])
+            "- load average (1, 5, 15 min): {load_before} at the start, {load_after} at the end"
         ),
-        format!(
-            "- gunicorn: {} (sync worker), {}",
-            output(&gunicorn.to_string_lossy(), &["--version"]),
-            output(&python.to_string_lossy(), &["--version"])
-        ),
-        format!("- wrk: {wrk}"),
-        format!(
-            "- run: `cargo xtask bench{}`, {secs:.0} s in all",
-            if quick { " --quick" } else { "" }
-        ),
-    ]
-    .join("\n")
+    ];
+    lines.extend(tools.iter().cloned());
+    lines.push(format!("- run: `{command}`, {secs:.0} s in all"));
+    lines.join("\n")
 }
 
 fn document(facts: &str, sections: &[Section]) -> String {
-    let behind: Vec<String> = sections
-        .iter()
-        .filter(|s| s.b_name == "gunicorn")
-        .flat_map(|s| &s.figures)
-        .filter(|f| f.a_ahead() == Some(false))
-        .map(|f| format!("*{}*", f.name))
-        .collect();
+    let behind: Vec<String> = sections.iter().flat_map(Section::behind).collect();
     let behind = if behind.is_empty() {
-        "In this run arbiter is ahead of (or level with) gunicorn on every figure.".to_owned()
+        "In this run arbiter is ahead of (or level with) gunicorn, uWSGI and the floors on \
+         every figure."
+            .to_owned()
     } else {
-        format!(
-            "In this run arbiter is behind gunicorn on: {}.",
-            behind.join(", ")
-        )
+        format!("In this run arbiter is behind on: {}.", behind.join(", "))
     };
+    let rerun: String = SCENARIOS
+        .iter()
+        .map(|s| format!("- `cargo xtask bench --only {s}`\n"))
+        .collect();
     format!(
-        "# Benchmarks: arbiter and gunicorn side by side\n\n\
-         Generated by `cargo xtask bench` (see `xtask/src/bench.rs`); do not edit by hand.\n\n\
-         ![arbiter / gunicorn ratios](bench.svg)\n\n\
-         Each figure is the median of the repetitions, with min and max and the number of \
-         samples; *ratio* is median(arbiter) / median(gunicorn) (for the overhead: arbiter / \
-         baseline), marked *(behind)* where arbiter is not ahead. Runs of the two alternate, \
-         every process binds 127.0.0.1 only, and every one is killed by pid at the end of \
-         its run.\n\n\
-         **The machine was shared** with other engineers' builds and tests while this ran: \
-         absolute numbers are noisy, which is why runs alternate and the ratios are what to \
-         read. {behind}\n\n\
-         ## Machine\n\n{facts}\n\n{}",
+        "# Benchmarks: arbiter, gunicorn and uWSGI side by side\n\n\
+         Generated by `cargo xtask bench` (see `xtask/src/bench.rs`); do not edit by hand. \
+         `cargo xtask bench --help` lists the options.\n\n\
+         ![ratios](bench.svg)\n\n\
+         arbiter runs with two worker kinds: its built-in Rust worker, and \
+         `scripts/py_worker.py`, a standard-library Python worker that speaks the protocol \
+         the way sd_notify clients do (`READY=1`, then `WATCHDOG=1` once a second and a bump \
+         of its heartbeat file). gunicorn (sync worker) and uWSGI serve the very same app \
+         logic as a WSGI callable. Each figure is the median of the repetitions, with min, \
+         max and the number of samples; a ratio is median / median, marked *(behind)* where \
+         arbiter is not ahead. Floors (fork+exec, a signalfd reader) come from a C program \
+         compiled at bench time and are measured in the same run. Every process binds \
+         127.0.0.1 only and is killed by pid at the end of its run.\n\n\
+         **The machine was loaded**: it has 2 cores, shared with other engineers' builds \
+         and tests while this ran (see the load average below), so absolute numbers are \
+         noisy; runs alternate between the systems, and the ratios are what to read. \
+         {behind}\n\n\
+         ## Machine\n\n{facts}\n\n\
+         ## Rerunning one scenario\n\n{rerun}\n\
+         (add `--quick` for a smoke run; a partial run writes `target/bench/BENCHMARKS.md`)\n\n{}",
         report::markdown(sections)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn help_is_not_an_error_and_bad_names_are() {
+        assert!(parse(&strings(&["--help"])).unwrap().is_none());
+        assert!(parse(&strings(&["--quick", "-h"])).unwrap().is_none());
+        let options = parse(&strings(&["--only", "idle,ttin"])).unwrap().unwrap();
+        assert_eq!(options.only, Some(strings(&["idle", "ttin"])));
+        assert!(parse(&strings(&["--only", "idle,nope"]))
+            .unwrap_err()
+            .contains("unknown scenario \"nope\""));
+        assert!(parse(&strings(&["--only"])).is_err());
+        assert!(parse(&strings(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn every_scenario_is_in_the_usage() {
+        for name in SCENARIOS {
+            assert!(USAGE.contains(&format!("\n  {name} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_core_simulation_keeps_its_invariants_small() {
+        let sim = coresim::run(500, 20_000).unwrap();
+        assert!(sim.inputs >= 20_000);
+        assert!(sim.checks > 0);
+    }
 }

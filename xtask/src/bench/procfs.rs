@@ -48,13 +48,35 @@ pub fn children(parent: i32) -> Vec<i32> {
     found
 }
 
-/// `pid` and all its descendants, parents before children.
+/// Every live process with its parent, from one scan of `/proc`.
+fn parents() -> Vec<(i32, i32)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let fields = stat_fields(pid)?;
+            if matches!(fields.first().map(String::as_str), Some("Z") | Some("X")) {
+                return None;
+            }
+            Some((pid, fields.get(1)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `pid` and all its descendants, parents before children (one scan of `/proc`).
 pub fn tree(pid: i32) -> Vec<i32> {
+    let mut by_parent: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    for (child, parent) in parents() {
+        by_parent.entry(parent).or_default().push(child);
+    }
     let mut all = vec![pid];
     let mut next = 0;
-    while next < all.len() && all.len() < 10_000 {
-        let kids = children(all[next]);
-        all.extend(kids);
+    while next < all.len() {
+        if let Some(kids) = by_parent.get(&all[next]) {
+            all.extend(kids);
+        }
         next += 1;
     }
     all
@@ -77,32 +99,74 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-/// Whether any signal is pending for the process (thread or shared queue).
-pub fn signal_pending(pid: i32) -> bool {
-    ["SigPnd:", "ShdPnd:"].iter().any(|key| {
-        status_line(pid, key).is_some_and(|mask| u64::from_str_radix(&mask, 16).unwrap_or(0) != 0)
-    })
+/// What `/proc` says about a process's use of the CPU, summed over its threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuUse {
+    /// Nanoseconds on CPU from `schedstat` (precise, unlike the 10 ms ticks of `stat`).
+    pub cpu_ns: u64,
+    /// Voluntary context switches: the process slept and was woken.
+    pub voluntary: u64,
+    /// Involuntary context switches: it was preempted.
+    pub involuntary: u64,
 }
 
-/// CPU time and voluntary context switches (wake-ups) of all threads of `pid`, summed:
-/// nanoseconds on CPU from `schedstat` (precise, unlike the 10 ms ticks of `stat`).
-pub fn cpu_and_wakeups(pid: i32) -> Option<(u64, u64)> {
+impl CpuUse {
+    /// Wake-ups: voluntary plus involuntary context switches.
+    pub fn switches(&self) -> u64 {
+        self.voluntary + self.involuntary
+    }
+}
+
+/// CPU time and context switches of all threads of `pid`, summed.
+pub fn cpu_use(pid: i32) -> Option<CpuUse> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let (mut cpu_ns, mut wakeups) = (0u64, 0u64);
+    let mut total = CpuUse::default();
     for task in tasks.flatten() {
         let tid = task.file_name();
         let tid = tid.to_str()?;
         let sched = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-        cpu_ns += sched.split_whitespace().next()?.parse::<u64>().ok()?;
+        total.cpu_ns += sched.split_whitespace().next()?.parse::<u64>().ok()?;
         let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-        wakeups += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
-            .trim()
-            .parse::<u64>()
-            .ok()?;
+        let field = |key: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        total.voluntary += field("voluntary_ctxt_switches:")?;
+        total.involuntary += field("nonvoluntary_ctxt_switches:")?;
     }
-    Some((cpu_ns, wakeups))
+    Some(total)
+}
+
+/// Open descriptors of `pid`.
+pub fn fd_count(pid: i32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// The soft limit of a `/proc/PID/limits` row ("Max open files"), as text.
+pub fn soft_limit(pid: i32, row: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(row))?;
+    line[row.len()..]
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// `CLOCK_MONOTONIC` in seconds: the clock of Python's `time.monotonic()`.
+pub fn monotonic_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The wall-clock ctime (seconds) of the worker's heartbeat file: the one unlinked regular
@@ -205,7 +269,6 @@ mod tests {
         }
         assert_eq!(state(pid), Some('S'));
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
-        assert!(!signal_pending(pid));
         assert!(kill(pid, libc::SIGKILL));
         assert!(wait_exit(pid, Duration::from_secs(5)).is_some());
         assert!(is_dead(pid));
@@ -213,32 +276,15 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::zombie_processes)] // reaped by pid with waitpid: the code under test
-    fn a_stopped_process_shows_pending_signals() {
-        let child = Command::new("sleep").arg("5").spawn().unwrap();
-        let pid = child.id() as i32;
-        kill(pid, libc::SIGSTOP);
-        let start = Instant::now();
-        while state(pid) != Some('T') && start.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(state(pid), Some('T'));
-        kill(pid, libc::SIGTERM);
-        assert!(signal_pending(pid));
-        kill_tree(pid);
-        assert!(is_dead(pid));
-    }
-
-    #[test]
     fn cpu_time_of_this_process_grows() {
         let me = std::process::id() as i32;
-        let (before, _) = cpu_and_wakeups(me).unwrap();
+        let before = cpu_use(me).unwrap().cpu_ns;
         let mut x = 0u64;
         for i in 0..5_000_000u64 {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         std::hint::black_box(x);
-        let (after, _) = cpu_and_wakeups(me).unwrap();
+        let after = cpu_use(me).unwrap().cpu_ns;
         assert!(after > before);
     }
 }

@@ -1,180 +1,277 @@
-//! The scenarios. Each runs arbiter and gunicorn alternately, `reps` times, every run bounded
-//! in time, and returns a [`Section`] of figures.
+//! The scenarios of one master at a time: boot, spawning, TTIN burst, hung request and crash,
+//! graceful stop, HUP and USR2 under load, overhead. Each runs the systems alternately, `reps`
+//! times, every run bounded in time, and returns a [`Section`] with the floors of the same
+//! run beside them. The idle and scale scenarios are in `scale.rs`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::floor::Floor;
 use super::load::Load;
 use super::procfs::{self, wall_now};
 use super::report::{Better, Figure, Section};
-use super::servers::{Bench, Master, Spec, System};
+use super::servers::{Bench, Kind, Master, Spec, System};
+use super::Plan;
 
-/// How much to run.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// Repetitions of each run.
-    pub reps: usize,
-    /// Worker counts for the boot scenario.
-    pub boot_sizes: Vec<usize>,
-    /// Worker counts for the footprint scenario, with repetitions for each.
-    pub footprint: Vec<(usize, usize)>,
-    /// The idle window of the footprint scenario.
-    pub idle: Duration,
-    /// Spawns of `/bin/true` for the floor.
-    pub floor_spawns: usize,
-    /// Seconds of wrk / load per overhead run.
-    pub overhead_secs: u64,
-}
+/// The longest any single wait may take.
+pub const WAIT: Duration = Duration::from_secs(60);
 
-const WAIT: Duration = Duration::from_secs(60);
+/// The four systems that serve HTTP, in column order.
+pub const SERVERS: [System; 4] = [
+    System::Arbiter(Kind::Builtin),
+    System::Arbiter(Kind::Python),
+    System::Gunicorn,
+    System::Uwsgi,
+];
 
-fn push(figure: &mut Figure, system: System, value: f64) {
-    match system {
-        System::Arbiter => figure.a.push(value),
-        System::Gunicorn => figure.b.push(value),
-    }
-}
+/// Ratios of the two arbiter columns against gunicorn and uWSGI.
+pub const SERVER_RATIOS: [(usize, usize); 4] = [(1, 2), (1, 3), (0, 2), (0, 3)];
 
-fn ms(d: Duration) -> f64 {
+/// Milliseconds of a duration.
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn section(title: &str, method: &str, figures: Vec<Figure>) -> Section {
-    Section {
-        title: title.into(),
-        method: method.into(),
-        a_name: "arbiter",
-        b_name: "gunicorn",
-        figures,
-    }
+/// Column names of `systems`, then `extra`.
+pub fn columns(systems: &[System], extra: &[&str]) -> Vec<String> {
+    systems
+        .iter()
+        .map(|s| s.label().to_owned())
+        .chain(extra.iter().map(|e| (*e).to_owned()))
+        .collect()
 }
 
-/// The floor: fork+exec of `/bin/true`, one after the other.
-pub fn floor(plan: &Plan) -> Result<Section, String> {
-    let mut per_spawn = Figure::new("fork+exec+wait of /bin/true", "ms", Better::Lower);
-    for _ in 0..plan.floor_spawns {
-        let start = Instant::now();
-        crate::common::run(&mut Command::new("/bin/true"))?;
-        per_spawn.a.push(ms(start.elapsed()));
-    }
-    Ok(Section {
-        title: "Floor: fork+exec".into(),
-        method: format!(
-            "`std::process::Command::new(\"/bin/true\").status()` {} times in a row, from this \
-             xtask. Booting N workers can hardly take less than N times this (both masters fork \
-             and exec, or fork and import, one worker at a time).",
-            plan.floor_spawns
-        ),
-        a_name: "xtask",
-        b_name: "—",
-        figures: vec![per_spawn],
-    })
-}
-
-/// Boot: from spawning the master until N distinct workers have answered.
-pub fn boot(bench: &Bench, plan: &Plan) -> Result<Section, String> {
-    let mut figures = Vec::new();
-    for &n in &plan.boot_sizes {
-        let mut figure = Figure::new(format!("boot to {n} workers serving"), "ms", Better::Lower);
-        figure = figure.charted();
-        for _ in 0..plan.reps {
-            for system in System::BOTH {
-                let start = Instant::now();
-                let master = bench.start(system, Spec::workers(n))?;
-                master.wait_distinct(n, WAIT)?;
-                push(&mut figure, system, ms(start.elapsed()));
+/// Marks the columns of systems that cannot run here.
+pub fn note_unavailable(bench: &Bench, systems: &[System], figures: &mut [Figure]) {
+    for (column, &system) in systems.iter().enumerate() {
+        if !bench.available(system) {
+            for figure in figures.iter_mut() {
+                figure.note(column, "not installed");
             }
         }
-        figures.push(figure);
     }
-    Ok(section(
-        "Boot",
-        "From just before the master is spawned until N distinct worker pids have answered \
-         `GET /` (sequential requests with `Connection: close`, 1 ms apart on refusal; both \
-         answer with their pid). A worker has answered only once it is serving, so this counts \
-         every worker as booted and accepting.",
-        figures,
-    ))
 }
 
-/// Footprint of an idle master: RSS and CPU over the idle window, both masters at once.
-pub fn footprint(bench: &Bench, plan: &Plan) -> Result<Section, String> {
-    let mut figures = Vec::new();
-    for &(n, reps) in &plan.footprint {
-        let mut rss = Figure::new(format!("master RSS, {n} workers"), "MiB", Better::Lower);
-        let mut cpu = Figure::new(
-            format!("master CPU over {}s idle, {n} workers", plan.idle.as_secs()),
-            "ms",
-            Better::Lower,
-        );
-        let mut wakeups = Figure::new(
-            format!(
-                "master wake-ups over {}s idle, {n} workers",
-                plan.idle.as_secs()
-            ),
-            "count",
-            Better::Lower,
-        );
-        if n <= 64 {
-            rss = rss.charted();
-            cpu = cpu.charted();
+/// Sends `count` SIGTTIN to `pid`, `gap` apart.
+pub fn burst(pid: i32, count: usize, gap: Duration) {
+    for i in 0..count {
+        procfs::kill(pid, libc::SIGTTIN);
+        if i + 1 < count {
+            std::thread::sleep(gap);
         }
-        for _ in 0..reps {
-            let masters = [
-                bench.start(System::Arbiter, Spec::workers(n))?,
-                bench.start(System::Gunicorn, Spec::workers(n))?,
-            ];
-            for master in &masters {
-                master.wait_children(n, WAIT)?;
-            }
-            // Let the workers finish loading and the masters settle.
-            std::thread::sleep(Duration::from_secs(2));
-            let before: Vec<_> = masters
-                .iter()
-                .map(|m| procfs::cpu_and_wakeups(m.pid))
-                .collect();
-            std::thread::sleep(plan.idle);
-            for ((master, system), before) in masters.iter().zip(System::BOTH).zip(before) {
-                let after = procfs::cpu_and_wakeups(master.pid);
-                let (Some(before), Some(after), Some(kib)) =
-                    (before, after, procfs::rss_kib(master.pid))
-                else {
-                    return Err(master.fail("master vanished while idle"));
-                };
-                push(&mut rss, system, kib as f64 / 1024.0);
-                push(&mut cpu, system, (after.0 - before.0) as f64 / 1e6);
-                push(&mut wakeups, system, (after.1 - before.1) as f64);
-            }
-        }
-        figures.extend([rss, cpu, wakeups]);
     }
-    Ok(section(
-        "Master footprint",
-        "Both masters run at the same time with N workers each (so they idle through the same \
-         window of a shared machine); once all workers exist, 2 s to settle, then the idle \
-         window. RSS is the master's `VmRSS`; CPU is the master's on-CPU time summed over its \
-         threads from `/proc/PID/task/*/schedstat` (nanosecond precision, where `utime+stime` \
-         counts 10 ms ticks); wake-ups are its voluntary context switches. Fewer repetitions \
-         than elsewhere (n in the table) to keep the run under 15 minutes.",
-        figures,
-    ))
 }
 
-/// Hung worker (SIGSTOP) and crash (SIGKILL) with one worker and `--timeout 2`.
-pub fn hung_and_crash(bench: &Bench, plan: &Plan) -> Result<Section, String> {
-    let mut signalled = Figure::new(
-        "hung: first signal, past the 2 s timeout",
-        "ms",
-        Better::Lower,
-    )
-    .charted();
-    let mut killed = Figure::new(
-        "hung: worker dead, past the 2 s timeout",
+/// The C floors: 32 spawns (fork and vfork) of `/bin/true`, and of Python importing the app.
+pub fn floors(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String> {
+    let n = 32;
+    let mut fork = Figure::new(
+        format!("{n} x fork+exec of /bin/true, all reaped"),
         "ms",
         Better::Lower,
     );
+    let mut fork_loop = Figure::new(
+        format!("{n} x fork returned in the parent"),
+        "ms",
+        Better::Lower,
+    );
+    let py_import = format!(
+        "import sys; sys.path.insert(0, {:?}); import py_worker",
+        bench.scripts.to_string_lossy()
+    );
+    let mut python = Figure::new(
+        format!("{n} x fork+exec of Python importing the app, all reaped"),
+        "ms",
+        Better::Lower,
+    );
+    let truth = std::path::Path::new("/bin/true");
+    let python_bin = bench.python();
+    let dash_c = std::path::Path::new("-c");
+    let import = std::path::Path::new(&py_import);
+    for _ in 0..plan.reps {
+        for (column, vfork) in [(0, false), (1, true)] {
+            let t = floor.spawn(vfork, n, &[truth])?;
+            fork.push(column, ms(t.reaped));
+            fork_loop.push(column, ms(t.forked));
+        }
+        let t = floor.spawn(false, n, &[&python_bin, dash_c, import])?;
+        python.push(0, ms(t.reaped));
+    }
+    python.note(1, "—");
+    Ok(Section {
+        title: "Floors: fork+exec from C".into(),
+        method: format!(
+            "A C program (compiled with `cc -O2` at bench time) forks (or vforks) {n} children \
+             one after the other, each exec'ing the program, then waits for all of them. This \
+             is what a master cannot beat when it spawns {n} workers; the Python row is the \
+             floor of exec'd Python workers (the interpreter starts and imports \
+             `py_worker`). {} repetitions.",
+            plan.reps
+        ),
+        columns: vec!["fork+exec".into(), "vfork+exec".into()],
+        ratios: vec![(1, 0)],
+        figures: vec![fork, fork_loop, python],
+    })
+}
+
+/// Boot: from spawning the master until every worker is ready by the system's own marker.
+pub fn boot(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String> {
+    let mut figures = Vec::new();
+    let python_bin = bench.python();
+    let py_import = format!(
+        "import sys; sys.path.insert(0, {:?}); import py_worker",
+        bench.scripts.to_string_lossy()
+    );
+    for &n in &plan.boot_sizes {
+        let mut figure =
+            Figure::new(format!("boot to {n} workers ready"), "ms", Better::Lower).charted();
+        for _ in 0..plan.reps {
+            for (column, &system) in SERVERS.iter().enumerate() {
+                if !bench.available(system) {
+                    continue;
+                }
+                let master = bench.start(system, &Spec::workers(n))?;
+                let took = master.wait_ready(n, WAIT)?;
+                figure.push(column, ms(took));
+            }
+            let t = floor.spawn(false, n, &[std::path::Path::new("/bin/true")])?;
+            figure.push(4, ms(t.reaped));
+            let t = floor.spawn(
+                false,
+                n,
+                &[
+                    &python_bin,
+                    std::path::Path::new("-c"),
+                    std::path::Path::new(&py_import),
+                ],
+            )?;
+            figure.push(5, ms(t.reaped));
+        }
+        figures.push(figure);
+    }
+    note_unavailable(bench, &SERVERS, &mut figures);
+    Ok(Section {
+        title: "Boot to every worker ready".into(),
+        method: "From just before the master is spawned until all N workers are ready by the \
+                 system's own marker: for arbiter, its `arbiter_workers_ready` metric (polled \
+                 every 2 ms) reaching N, i.e. the master has acted on N `READY=1` datagrams; for \
+                 gunicorn, N workers have run its `post_worker_init` hook (the app is loaded); \
+                 for uWSGI, N workers have run its post-fork hook (the app is loaded once in the \
+                 master, workers fork from it warm). Both hooks send the worker's pid to a unix \
+                 datagram socket of the bench. The floors are the C program's N fork+exec of \
+                 `/bin/true` and of Python importing the app, all reaped, in the same \
+                 repetition. gunicorn sleeps a random 0-100 ms after each fork."
+            .into(),
+        columns: columns(
+            &SERVERS,
+            &["floor: fork+exec /bin/true", "floor: fork+exec Python"],
+        ),
+        ratios: vec![(1, 2), (1, 3), (0, 2), (0, 3), (0, 4), (1, 5)],
+        figures,
+    })
+}
+
+/// Spawning: N `sleep` workers (ready once exec'd) against N fork+exec and vfork+exec.
+pub fn spawning(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String> {
+    let mut figures = Vec::new();
+    for &n in &plan.spawn_sizes {
+        let mut total = Figure::new(
+            format!("{n} workers spawned and exec'd"),
+            "ms",
+            Better::Lower,
+        )
+        .charted();
+        let mut each = Figure::new(format!("per worker, N = {n}"), "ms", Better::Lower);
+        for _ in 0..plan.reps {
+            let master = bench.start(System::Arbiter(Kind::Sleep), &Spec::workers(n))?;
+            let took = master.wait_ready(n, WAIT * 2)?;
+            drop(master);
+            total.push(0, ms(took));
+            each.push(0, ms(took) / n as f64);
+            for (column, vfork) in [(1, false), (2, true)] {
+                let t = floor.spawn(vfork, n, &[std::path::Path::new("/bin/true")])?;
+                total.push(column, ms(t.reaped));
+                each.push(column, ms(t.reaped) / n as f64);
+            }
+        }
+        figures.extend([total, each]);
+    }
+    Ok(Section {
+        title: "Spawning against the fork+exec floor".into(),
+        method: "arbiter with N `sleep infinity` workers (`--ready exec`: ready once exec'd, so \
+                 this is the master's spawn path and nothing else): from just before the master \
+                 is spawned until `arbiter_workers_ready` = N. It includes the master's own \
+                 start (binding, pidfile, metrics listener). The floors are the C program's N \
+                 fork (or vfork) + exec of `/bin/true`, all reaped, in the same repetition."
+            .into(),
+        columns: vec![
+            "arbiter (sleep)".into(),
+            "floor: fork+exec".into(),
+            "floor: vfork+exec".into(),
+        ],
+        ratios: vec![(0, 1), (0, 2)],
+        figures,
+    })
+}
+
+/// TTIN burst: 20 TTIN about 0.5 ms apart to a master with 2 ready workers, and to the floor.
+pub fn ttin(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String> {
+    let gap = Duration::from_micros(500);
+    let mut added = Figure::new(
+        "TTIN burst: signals acted on, of 20",
+        "workers",
+        Better::Higher,
+    )
+    .charted();
+    for _ in 0..plan.reps {
+        for (column, &system) in SERVERS.iter().enumerate() {
+            if system == System::Uwsgi || !bench.available(system) {
+                continue;
+            }
+            let master = bench.start(system, &Spec::workers(2))?;
+            master.wait_ready(2, WAIT)?;
+            std::thread::sleep(Duration::from_millis(300));
+            burst(master.pid, 20, gap);
+            added.push(column, settled_children(&master).saturating_sub(2) as f64);
+        }
+        added.push(4, floor.signals(20, gap)? as f64);
+    }
+    added.note(3, "no TTIN in uWSGI 2.0");
+    note_unavailable(bench, &SERVERS, std::slice::from_mut(&mut added));
+    Ok(Section {
+        title: "TTIN burst".into(),
+        method: "A master with 2 ready workers gets 20 SIGTTIN, 0.5 ms apart (about 10 ms in \
+                 all); then its children are counted until the count has not changed for 1.5 s. \
+                 The floor is a minimal C process that blocks SIGTTIN and reads it from a \
+                 signalfd, sent the same burst in the same repetition: the kernel merges a \
+                 signal that arrives while one is still pending, so the floor's count is the \
+                 most a process can see. uWSGI 2.0 does not add workers on TTIN."
+            .into(),
+        columns: columns(&SERVERS, &["floor: C signalfd"]),
+        ratios: vec![(1, 2), (1, 4), (0, 2), (0, 4)],
+        figures: vec![added],
+    })
+}
+
+/// The master's child count once it has not changed for 1.5 s (at most 20 s).
+fn settled_children(master: &Master) -> usize {
+    let start = Instant::now();
+    let (mut count, mut since) = (master.workers().len(), Instant::now());
+    while since.elapsed() < Duration::from_millis(1500) && start.elapsed() < WAIT / 3 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = master.workers().len();
+        if now != count {
+            (count, since) = (now, Instant::now());
+        }
+    }
+    count
+}
+
+/// Hung request (`GET /hang`) and crash (SIGKILL) with one worker and a 2 s timeout.
+pub fn hung_and_crash(bench: &Bench, plan: &Plan) -> Result<Section, String> {
+    let mut killed = Figure::new("hung: worker dead, past its deadline", "ms", Better::Lower);
     let mut replaced = Figure::new(
-        "hung: replacement serves, past the 2 s timeout",
+        "hung: replacement serves, past its deadline",
         "ms",
         Better::Lower,
     )
@@ -182,147 +279,120 @@ pub fn hung_and_crash(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     let mut respawn =
         Figure::new("crash: SIGKILL to replacement serving", "ms", Better::Lower).charted();
     let spec = Spec {
-        workers: 1,
         timeout_s: 2,
-        slow_boot: false,
+        ..Spec::workers(1)
     };
     for _ in 0..plan.reps {
-        for system in System::BOTH {
-            let master = bench.start(system, spec)?;
+        for (column, &system) in SERVERS.iter().enumerate() {
+            if !bench.available(system) {
+                continue;
+            }
+            let master = bench.start(system, &spec)?;
+            master.wait_ready(1, WAIT)?;
             let worker = master.answering_pid(WAIT)?;
-            std::thread::sleep(Duration::from_millis(1500));
-            let (sig, dead, serves) = hang(&master, worker)?;
-            push(&mut signalled, system, sig);
-            push(&mut killed, system, dead);
-            push(&mut replaced, system, serves);
+            std::thread::sleep(Duration::from_millis(1200));
+            let (dead, serves) = hang(&master, worker)?;
+            killed.push(column, dead);
+            replaced.push(column, serves);
             let worker = master.answering_pid(WAIT)?;
             std::thread::sleep(Duration::from_millis(1500));
             let start = Instant::now();
             procfs::kill(worker as i32, libc::SIGKILL);
             let (_, took) = master.answer_not_from(worker, WAIT)?;
-            push(&mut respawn, system, ms(start.elapsed().max(took)));
+            respawn.push(column, ms(start.elapsed().max(took)));
         }
     }
-    Ok(section(
-        "Hung worker and crash",
-        "One worker, `--timeout 2` on both. *Hung*: the worker is SIGSTOPped 1.5 s after it \
-         first served; its last heartbeat is read from its heartbeat file (the ctime of the \
-         unlinked temp file both masters watch; both workers bump it with a metadata change); \
-         its deadline is that heartbeat + 2 s. Then `/proc/PID/status` is polled every \
-         millisecond: *first signal* is when a signal shows pending on the stopped worker (the \
-         abort: gunicorn sends ABRT, arbiter its abort signal), *dead* when it is a zombie or \
-         gone (both send KILL after a grace of about 1 s), *replacement serves* when a \
-         `GET /` is first answered by another pid. All three are lateness past the deadline. \
-         *Crash*: 1.5 s after the replacement served (past arbiter's 1 s quick-death window, \
-         so no crash-loop back-off applies), it is SIGKILLed, and the time until another pid \
-         answers is measured.",
-        vec![signalled, killed, replaced, respawn],
-    ))
+    let mut figures = vec![killed, replaced, respawn];
+    note_unavailable(bench, &SERVERS, &mut figures);
+    Ok(Section {
+        title: "Hung request and crash".into(),
+        method: "One worker; arbiter and gunicorn `--timeout 2`, uWSGI `--harakiri 2`. *Hung*: \
+                 1.2 s after the worker first served, `GET /hang` makes it block for ever (it \
+                 stops heartbeating). Its deadline: for arbiter and gunicorn, its last \
+                 heartbeat (the ctime of the unlinked heartbeat file, read once it hangs; the \
+                 Python worker sends `WATCHDOG=1` at the same moment) + 2 s; for uWSGI, whose \
+                 harakiri counts from the request's start, the moment the request was sent + \
+                 2 s. Then `/proc` is polled every millisecond: *dead* when the worker is a \
+                 zombie or gone, *replacement serves* when another pid first answers `GET /`; \
+                 both are lateness past the deadline. *Crash*: 1.5 s after the replacement \
+                 served (past arbiter's 1 s quick-death window), it is SIGKILLed, and the time \
+                 until another pid answers is measured."
+            .into(),
+        columns: columns(&SERVERS, &[]),
+        ratios: SERVER_RATIOS.to_vec(),
+        figures,
+    })
 }
 
-/// SIGSTOPs `worker`; returns ms past its deadline of the first signal, death, replacement.
-fn hang(master: &Master, worker: u32) -> Result<(f64, f64, f64), String> {
+/// Sends `GET /hang` to `worker`; returns ms past its deadline of its death and replacement.
+fn hang(master: &Master, worker: u32) -> Result<(f64, f64), String> {
     let pid = worker as i32;
-    procfs::kill(pid, libc::SIGSTOP);
-    let start = Instant::now();
-    while procfs::state(pid) != Some('T') {
-        if start.elapsed() > Duration::from_secs(2) {
-            return Err(master.fail("worker did not stop"));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let beat = procfs::heartbeat_ctime(pid).ok_or_else(|| master.fail("no heartbeat file"))?;
-    let deadline = beat + 2.0;
-    let mut signalled = None;
+    let port = master.port;
+    let sent = wall_now();
+    // The request never gets an answer: its thread ends when the worker dies (reset).
+    let request = std::thread::spawn(move || {
+        let _ = crate::common::http_get(port, "/hang", Duration::from_secs(20));
+    });
+    // Give it time to reach the worker and stop its heartbeats, then read the last one.
+    std::thread::sleep(Duration::from_millis(150));
+    let deadline = match master.system {
+        System::Uwsgi => sent + 2.0,
+        _ => procfs::heartbeat_ctime(pid).ok_or_else(|| master.fail("no heartbeat file"))? + 2.0,
+    };
     let limit = Instant::now() + Duration::from_secs(15);
     let dead = loop {
-        if signalled.is_none() && procfs::signal_pending(pid) {
-            signalled = Some(wall_now());
-        }
         if procfs::is_dead(pid) {
             break wall_now();
         }
         if Instant::now() > limit {
-            return Err(master.fail("the stopped worker was not killed within 15 s"));
+            return Err(master.fail("the hung worker was not killed within 15 s"));
         }
         std::thread::sleep(Duration::from_millis(1));
     };
     master.answer_not_from(worker, WAIT)?;
     let serves = wall_now();
+    let _ = request.join();
     let late = |t: f64| (t - deadline) * 1e3;
-    Ok((late(signalled.unwrap_or(dead)), late(dead), late(serves)))
+    Ok((late(dead), late(serves)))
 }
 
-/// TTIN burst: 20 TTIN about 0.5 ms apart to a master with 2 workers.
-pub fn ttin(bench: &Bench, plan: &Plan) -> Result<Section, String> {
-    let mut added = Figure::new(
-        "TTIN burst: workers added by 20 signals",
-        "workers",
-        Better::Higher,
-    )
-    .charted();
-    for _ in 0..plan.reps {
-        for system in System::BOTH {
-            let master = bench.start(system, Spec::workers(2))?;
-            master.wait_distinct(2, WAIT)?;
-            std::thread::sleep(Duration::from_millis(500));
-            for _ in 0..20 {
-                master.signal(libc::SIGTTIN);
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            // Settled: the worker count has not changed for 1.5 s (at most 20 s).
-            let start = Instant::now();
-            let (mut count, mut since) = (master.workers().len(), Instant::now());
-            while since.elapsed() < Duration::from_millis(1500) && start.elapsed() < WAIT / 3 {
-                std::thread::sleep(Duration::from_millis(20));
-                let now = master.workers().len();
-                if now != count {
-                    (count, since) = (now, Instant::now());
-                }
-            }
-            push(&mut added, system, count.saturating_sub(2) as f64);
-        }
-    }
-    Ok(section(
-        "TTIN burst",
-        "A master with 2 workers serving gets 20 SIGTTIN, 0.5 ms apart (about 10 ms in all); \
-         then its children are counted until the count has not changed for 1.5 s. 20 is the \
-         most possible; the kernel itself merges a TTIN that arrives while one is still \
-         pending, so fewer than 20 can be no one's fault.",
-        vec![added],
-    ))
-}
-
-/// Graceful stop: TERM to exit with 8 idle workers.
+/// Graceful stop: TERM to exit with 8 idle, ready workers.
 pub fn graceful(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     let mut stop = Figure::new("graceful stop, 8 idle workers", "ms", Better::Lower).charted();
     for _ in 0..plan.reps {
-        for system in System::BOTH {
-            let mut master = bench.start(system, Spec::workers(8))?;
-            master.wait_distinct(8, WAIT)?;
+        for (column, &system) in SERVERS.iter().enumerate() {
+            if !bench.available(system) {
+                continue;
+            }
+            let mut master = bench.start(system, &Spec::workers(8))?;
+            master.wait_ready(8, WAIT)?;
             std::thread::sleep(Duration::from_millis(500));
             master.signal(libc::SIGTERM);
             let took = master
                 .wait_exit(Duration::from_secs(40))
                 .ok_or_else(|| master.fail("did not exit within 40 s of TERM"))?;
-            push(&mut stop, system, ms(took));
+            stop.push(column, ms(took));
         }
     }
-    Ok(section(
-        "Graceful stop",
-        "A master with 8 idle workers (all have served) gets SIGTERM; the time until the \
-         master has exited (waitpid, polled every 0.5 ms).",
-        vec![stop],
-    ))
+    note_unavailable(bench, &SERVERS, std::slice::from_mut(&mut stop));
+    Ok(Section {
+        title: "Graceful stop".into(),
+        method: "A master with 8 idle, ready workers gets SIGTERM (uWSGI runs with \
+                 `--die-on-term`, so TERM stops it instead of reloading); the time until the \
+                 master has exited (waitpid, polled every 0.5 ms)."
+            .into(),
+        columns: columns(&SERVERS, &[]),
+        ratios: SERVER_RATIOS.to_vec(),
+        figures: vec![stop],
+    })
 }
 
 /// HUP and USR2 under load, with workers that take about a second to load.
 pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     let workers = 4;
     let spec = Spec {
-        workers,
-        timeout_s: 30,
         slow_boot: true,
+        ..Spec::workers(workers)
     };
     let mut figures = Vec::new();
     for kind in ["HUP", "USR2"] {
@@ -338,41 +408,48 @@ pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         );
         let mut worst =
             Figure::new(format!("{kind}: worst latency"), "ms", Better::Lower).charted();
-        let mut retries = Figure::new(
-            format!("{kind}: retried after idle keep-alive close"),
-            "requests",
-            Better::Lower,
-        );
-        for _ in 0..plan.reps {
-            for system in System::BOTH {
-                let mut master = bench.start(system, spec)?;
-                master.wait_distinct(workers, WAIT)?;
+        for _ in 0..plan.reload_reps {
+            for (column, &system) in SERVERS.iter().enumerate() {
+                if !bench.available(system) || (system == System::Uwsgi && kind == "USR2") {
+                    continue;
+                }
+                let mut master = bench.start(system, &spec)?;
+                master.wait_ready(workers, WAIT)?;
                 let report = if kind == "HUP" {
                     hup_under_load(&master)?
                 } else {
                     usr2_under_load(&mut master)?
                 };
-                push(&mut served, system, report.ok as f64);
-                push(&mut errors, system, report.errors as f64);
-                push(&mut worst, system, ms(report.max_latency));
-                push(&mut retries, system, report.retries as f64);
+                served.push(column, report.ok as f64);
+                errors.push(column, report.errors as f64);
+                worst.push(column, ms(report.max_latency));
             }
         }
-        figures.extend([served, errors, worst, retries]);
+        if kind == "USR2" {
+            for figure in [&mut served, &mut errors, &mut worst] {
+                figure.note(3, "no USR2 upgrade in uWSGI");
+            }
+        }
+        figures.extend([served, errors, worst]);
     }
-    Ok(section(
-        "HUP and USR2 under load",
-        "4 workers that take about 1 s to load (arbiter: `-- arbiter worker --boot-delay 1s`; \
-         gunicorn: the app module sleeps 1 s at import, no `--preload`). The Rust load \
-         generator in xtask runs 4 threads, each one connection kept alive as long as the \
-         server allows (gunicorn's sync worker closes after each response), for 6 s; the \
-         signal goes 1 s in. Errors are refused, reset, timed out (10 s) or non-200 requests. \
-         *USR2 dance*, the same for both: USR2 to the master; wait until the new master has \
-         written `PIDFILE.2` and a probe request on a new connection (`Connection: close`, 2 ms \
-         apart) has been answered by one of the new master's workers; then TERM the old master (graceful \
-         stop of it and its workers); the new master stays and is then killed with the rest.",
+    note_unavailable(bench, &SERVERS, &mut figures);
+    Ok(Section {
+        title: "HUP and USR2 under load".into(),
+        method: "4 workers that take about 1 s to load (built-in: `arbiter worker --boot-delay \
+                 1s`; the Python app sleeps 1 s at import, no `--preload` for gunicorn; uWSGI \
+                 loads it once in the master, so its HUP, a graceful reload of the whole stack, \
+                 loads it again). The Rust load generator in xtask runs 4 threads, each one \
+                 connection kept alive as long as the server allows, for 6 s; the signal goes \
+                 1 s in. Errors are refused, reset, timed out (10 s) or non-200 requests (a \
+                 request that got no byte on an idle keep-alive connection closed by the server \
+                 is retried once, as clients do). *USR2 dance*: USR2 to the master; wait until \
+                 the new master has written `PIDFILE.2` and one of its workers answered a probe \
+                 on a new connection; then TERM the old master."
+            .into(),
+        columns: columns(&SERVERS, &[]),
+        ratios: SERVER_RATIOS.to_vec(),
         figures,
-    ))
+    })
 }
 
 fn hup_under_load(master: &Master) -> Result<super::load::LoadReport, String> {
@@ -446,18 +523,14 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         Better::Higher,
     );
     for _ in 0..plan.reps {
-        let master = bench.start(System::Arbiter, Spec::workers(n))?;
-        master.wait_distinct(n, WAIT)?;
-        throughput
-            .a
-            .push(measure_throughput(master.port, plan.overhead_secs, wrk)?);
+        let master = bench.start(System::Arbiter(Kind::Builtin), &Spec::workers(n))?;
+        master.wait_ready(n, WAIT)?;
+        throughput.push(0, measure_throughput(master.port, plan.overhead_secs, wrk)?);
         drop(master);
         let port = crate::common::free_port();
         let baseline = super::reuseport::Workers::start(&bench.arbiter, port, n)?;
         crate::common::wait_for_http(port, Duration::from_secs(10))?;
-        throughput
-            .b
-            .push(measure_throughput(port, plan.overhead_secs, wrk)?);
+        throughput.push(1, measure_throughput(port, plan.overhead_secs, wrk)?);
         drop(baseline);
     }
     let generator = if wrk {
@@ -479,8 +552,8 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
              workers serve, so the ratio should be near 1; what differs is one shared accept \
              queue against per-worker queues."
         ),
-        a_name: "arbiter",
-        b_name: "SO_REUSEPORT baseline",
+        columns: vec!["arbiter".into(), "SO_REUSEPORT baseline".into()],
+        ratios: vec![(0, 1)],
         figures: vec![throughput.charted()],
     })
 }

@@ -1,41 +1,75 @@
-//! The two masters under test, started the same way: arbiter with its built-in worker, and
-//! gunicorn's sync worker with a trivial WSGI app that answers `{"pid":N}` like the built-in
-//! worker does. Each [`Master`] is a guard: dropping it kills the master and every descendant
-//! by pid, and reaps them.
+//! The masters under test, started the same way: arbiter with one of three worker kinds (its
+//! built-in worker, the heartbeating Python worker `scripts/py_worker.py`, or `sleep`),
+//! gunicorn's sync worker and uWSGI (`--master --processes N`), both serving the same WSGI app
+//! (`py_worker:app`). Each [`Master`] is a guard: dropping it kills the master and every
+//! descendant by pid, and reaps them.
+//!
+//! Readiness is each system's own: for arbiter, its `arbiter_workers_ready` metric with
+//! `--ready notify` (a worker counts once the master has acted on its `READY=1`; `sleep`
+//! runs with `--ready exec` and counts once exec'd);
+//! for gunicorn, its `post_worker_init` hook (the app is loaded, the worker enters its loop);
+//! for uWSGI, its post-fork hook. The two hooks send the worker's pid to a unix datagram
+//! socket of this xtask, read by a thread.
 
+use std::collections::HashSet;
 use std::fs;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::procfs;
 
-/// The WSGI app of the gunicorn side. `BENCH_BOOT_DELAY` makes its import slow, like an
-/// application that takes its time to load (every worker imports it: no `--preload`).
-const APP: &str = r#"import os, time
-_delay = float(os.environ.get("BENCH_BOOT_DELAY", "0"))
-if _delay:
-    time.sleep(_delay)
-
-def app(environ, start_response):
-    body = ('{"pid":%d}\n' % os.getpid()).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
+/// The gunicorn configuration file: its `post_worker_init` hook announces a ready worker.
+const GUNICORN_CONF: &str = r#"def post_worker_init(worker):
+    import py_worker
+    py_worker.announce_ready()
 "#;
 
-/// Which master.
+/// What arbiter runs as its workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `arbiter worker`, the built-in Rust worker (heartbeats through its file).
+    Builtin,
+    /// `python scripts/py_worker.py`: `WATCHDOG=1` once a second and a file bump.
+    Python,
+    /// `sleep infinity`: never speaks the protocol (ready once exec'd).
+    Sleep,
+}
+
+/// Which master, with which workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
-    /// arbiter, built-in worker, release build.
-    Arbiter,
-    /// gunicorn, sync worker.
+    /// arbiter, release build.
+    Arbiter(Kind),
+    /// gunicorn, sync worker, `py_worker:app`.
     Gunicorn,
+    /// uWSGI 2.0, `--master --processes N --http-socket`, `py_worker:app`.
+    Uwsgi,
 }
 
 impl System {
-    /// Both, in the order runs alternate.
-    pub const BOTH: [System; 2] = [System::Arbiter, System::Gunicorn];
+    /// The column name in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            System::Arbiter(Kind::Builtin) => "arbiter (built-in)",
+            System::Arbiter(Kind::Python) => "arbiter (Python)",
+            System::Arbiter(Kind::Sleep) => "arbiter (sleep)",
+            System::Gunicorn => "gunicorn",
+            System::Uwsgi => "uWSGI",
+        }
+    }
+}
+
+/// How the two heartbeats of the Python worker are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// `WATCHDOG=1` and the file bump (what sd_notify clients with a gunicorn past do).
+    Both,
+    /// Only `WATCHDOG=1` datagrams.
+    Datagram,
 }
 
 /// Where the programs and the scratch files are.
@@ -44,48 +78,85 @@ pub struct Bench {
     pub arbiter: PathBuf,
     /// The venv's `bin` directory (gunicorn, python).
     pub venv_bin: PathBuf,
-    /// Scratch directory: the app module, pidfiles, logs.
+    /// `scripts/` of the workspace (`py_worker.py`).
+    pub scripts: PathBuf,
+    /// uWSGI, when installed (with its python3 plugin).
+    pub uwsgi: Option<PathBuf>,
+    /// Scratch directory: pidfiles, logs, sockets.
     pub dir: PathBuf,
     runs: std::cell::Cell<u32>,
 }
 
 /// How to start a master.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Spec {
     /// Workers.
     pub workers: usize,
-    /// Heartbeat timeout in seconds (both masters take `--timeout`).
+    /// Heartbeat timeout in seconds (arbiter and gunicorn `--timeout`, uWSGI `--harakiri`).
     pub timeout_s: u32,
-    /// Workers take about a second to load (arbiter: `--boot-delay 1s`; gunicorn: the app
+    /// Workers take about a second to load (built-in: `--boot-delay 1s`; Python: the app
     /// sleeps a second at import).
     pub slow_boot: bool,
+    /// How the Python worker heartbeats.
+    pub beat: Beat,
+    /// Where Python workers write their notify statistics and ready times.
+    pub stats_dir: Option<PathBuf>,
 }
 
 impl Spec {
-    /// `workers` quick-booting workers with a 30 s timeout (both masters' default).
+    /// `workers` quick-booting workers with a 30 s timeout (the masters' default).
     pub fn workers(workers: usize) -> Spec {
         Spec {
             workers,
             timeout_s: 30,
             slow_boot: false,
+            beat: Beat::Both,
+            stats_dir: None,
         }
     }
 }
 
 impl Bench {
-    /// Writes the app module into `dir`.
-    pub fn new(arbiter: PathBuf, venv_bin: PathBuf, dir: PathBuf) -> Result<Bench, String> {
-        fs::write(dir.join("benchapp.py"), APP).map_err(|e| format!("write app: {e}"))?;
+    /// Writes the gunicorn configuration into `dir`.
+    pub fn new(
+        arbiter: PathBuf,
+        venv_bin: PathBuf,
+        uwsgi: Option<PathBuf>,
+        dir: PathBuf,
+    ) -> Result<Bench, String> {
+        fs::write(dir.join("gunicorn_bench.py"), GUNICORN_CONF)
+            .map_err(|e| format!("write gunicorn conf: {e}"))?;
+        let scripts = crate::common::root().join("scripts");
+        if !scripts.join("py_worker.py").exists() {
+            return Err("scripts/py_worker.py is missing".into());
+        }
         Ok(Bench {
             arbiter,
             venv_bin,
+            scripts,
+            uwsgi,
             dir,
             runs: std::cell::Cell::new(0),
         })
     }
 
+    /// The Python interpreter of the venv (the one gunicorn runs on).
+    pub fn python(&self) -> PathBuf {
+        self.venv_bin.join("python")
+    }
+
+    /// The Python worker script.
+    pub fn py_worker(&self) -> PathBuf {
+        self.scripts.join("py_worker.py")
+    }
+
+    /// Whether `system` can run here (uWSGI may be missing).
+    pub fn available(&self, system: System) -> bool {
+        system != System::Uwsgi || self.uwsgi.is_some()
+    }
+
     /// Starts `system` on a fresh loopback port.
-    pub fn start(&self, system: System, spec: Spec) -> Result<Master, String> {
+    pub fn start(&self, system: System, spec: &Spec) -> Result<Master, String> {
         let run = self.runs.get() + 1;
         self.runs.set(run);
         let port = crate::common::free_port();
@@ -94,44 +165,111 @@ impl Bench {
         let bind = format!("127.0.0.1:{port}");
         let workers = spec.workers.to_string();
         let timeout = spec.timeout_s.to_string();
+        let mut metrics_port = None;
+        let mut collector = None;
         let mut command = match system {
-            System::Arbiter => {
+            System::Arbiter(kind) => {
+                let metrics = crate::common::free_port();
+                metrics_port = Some(metrics);
                 let mut c = Command::new(&self.arbiter);
                 c.args(["-b", &bind, "-w", &workers, "--timeout", &timeout])
                     .args(["--log-level", "warning", "--pidfile"])
-                    .arg(&pidfile);
-                if spec.slow_boot {
-                    c.arg("--")
-                        .arg(&self.arbiter)
-                        .args(["worker", "--boot-delay", "1s"]);
+                    .arg(&pidfile)
+                    .args(["--metrics-bind", &format!("127.0.0.1:{metrics}")]);
+                // `auto` would count the first workers ready at exec, before any READY=1.
+                if kind != Kind::Sleep {
+                    c.args(["--ready", "notify"]);
+                }
+                match kind {
+                    Kind::Builtin if spec.slow_boot => {
+                        c.arg("--")
+                            .arg(&self.arbiter)
+                            .args(["worker", "--boot-delay", "1s"]);
+                    }
+                    Kind::Builtin => {}
+                    Kind::Python => {
+                        c.arg("--").arg(self.python()).arg(self.py_worker());
+                    }
+                    Kind::Sleep => {
+                        c.args(["--ready", "exec", "--", "sleep", "infinity"]);
+                    }
                 }
                 c
             }
             System::Gunicorn => {
+                let ready = ReadyCollector::bind(&self.dir.join(format!("run{run}.ready")))?;
                 let mut c = Command::new(self.venv_bin.join("gunicorn"));
                 c.args(["--no-control-socket", "-b", &bind, "-w", &workers])
                     .args(["--timeout", &timeout, "--log-level", "warning"])
                     .args(["--worker-tmp-dir", "/dev/shm", "--pid"])
                     .arg(&pidfile)
-                    .arg("--chdir")
-                    .arg(&self.dir)
-                    .arg("benchapp:app")
-                    .env("BENCH_BOOT_DELAY", if spec.slow_boot { "1" } else { "0" });
+                    .arg("--pythonpath")
+                    .arg(&self.scripts)
+                    .arg("-c")
+                    .arg(self.dir.join("gunicorn_bench.py"))
+                    .arg("py_worker:app")
+                    .env("BENCH_READY_SOCKET", &ready.path);
+                collector = Some(ready);
+                c
+            }
+            System::Uwsgi => {
+                let uwsgi = self.uwsgi.as_ref().ok_or("uWSGI is not installed")?;
+                let ready = ReadyCollector::bind(&self.dir.join(format!("run{run}.ready")))?;
+                let mut c = Command::new(uwsgi);
+                c.args(["--plugin", "python3", "--master", "--processes", &workers])
+                    .args([
+                        "--http-socket",
+                        &bind,
+                        "--die-on-term",
+                        "--harakiri",
+                        &timeout,
+                    ])
+                    .args(["--listen", "2048", "--disable-logging", "--pythonpath"])
+                    .arg(&self.scripts)
+                    .args(["--module", "py_worker:app", "--pidfile"])
+                    .arg(&pidfile)
+                    .env("BENCH_READY_SOCKET", &ready.path);
+                collector = Some(ready);
                 c
             }
         };
+        for variable in [
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+        ] {
+            command.env_remove(variable);
+        }
+        command
+            .env("BENCH_BOOT_DELAY", if spec.slow_boot { "1" } else { "0" })
+            .env(
+                "BENCH_BEAT",
+                match spec.beat {
+                    Beat::Both => "both",
+                    Beat::Datagram => "datagram",
+                },
+            );
+        if let Some(dir) = &spec.stats_dir {
+            command.env("BENCH_STATS_DIR", dir);
+        }
         let log_file = fs::File::create(&log).map_err(|e| format!("create log: {e}"))?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+        let started = Instant::now();
         let child = command
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
             .current_dir(&self.dir)
             .spawn()
-            .map_err(|e| format!("start {system:?}: {e}"))?;
+            .map_err(|e| format!("start {}: {e}", system.label()))?;
         Ok(Master {
+            system,
             pid: child.id() as i32,
             port,
+            metrics_port,
+            collector,
+            started,
             pidfile,
             log,
             others: Vec::new(),
@@ -140,12 +278,73 @@ impl Bench {
     }
 }
 
+/// A unix datagram socket that collects the pids of ready workers (gunicorn and uWSGI hooks).
+struct ReadyCollector {
+    path: PathBuf,
+    pids: Arc<Mutex<HashSet<u32>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadyCollector {
+    fn bind(path: &Path) -> Result<ReadyCollector, String> {
+        let _ = fs::remove_file(path);
+        let socket = UnixDatagram::bind(path).map_err(|e| format!("bind {path:?}: {e}"))?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
+        let pids = Arc::new(Mutex::new(HashSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = socket.recv(&mut buffer) {
+                        let text = String::from_utf8_lossy(&buffer[..n]);
+                        if let (Ok(pid), Ok(mut seen)) = (text.trim().parse(), pids.lock()) {
+                            seen.insert(pid);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(ReadyCollector {
+            path: path.to_path_buf(),
+            pids,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.pids.lock().map(|p| p.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for ReadyCollector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// A running master: killed with its whole tree, by pid, when dropped.
 pub struct Master {
+    /// What it is.
+    pub system: System,
     /// The master's pid (our child).
     pub pid: i32,
     /// Its loopback port.
     pub port: u16,
+    /// arbiter's metrics port.
+    pub metrics_port: Option<u16>,
+    collector: Option<ReadyCollector>,
+    /// Just before it was spawned.
+    pub started: Instant,
     /// Its pidfile (the USR2 child writes `PIDFILE.2`).
     pub pidfile: PathBuf,
     log: PathBuf,
@@ -178,39 +377,74 @@ impl Master {
         self.others.push(pid);
     }
 
+    /// The text of its log.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(8)..].join("\n")
     }
 
     /// An error naming what failed, with the master's log tail.
     pub fn fail(&self, what: &str) -> String {
-        format!("{what} (master {}); log:\n{}", self.pid, self.log_tail())
+        format!(
+            "{what} ({} master {}); log:\n{}",
+            self.system.label(),
+            self.pid,
+            self.log_tail()
+        )
     }
 
-    /// Polls `GET /` until `n` distinct worker pids have answered, within `limit`.
-    pub fn wait_distinct(&self, n: usize, limit: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        let mut seen = std::collections::HashSet::new();
-        while seen.len() < n {
-            if start.elapsed() > limit {
-                return Err(self.fail(&format!(
-                    "only {} of {n} workers answered within {limit:?}",
-                    seen.len()
-                )));
-            }
-            match crate::common::http_get(self.port, "/", Duration::from_secs(1)) {
-                Ok((200, body)) => {
-                    if let Some(pid) = super::load::pid_in(&body) {
-                        seen.insert(pid);
-                    }
-                }
-                _ => std::thread::sleep(Duration::from_millis(1)),
-            }
+    /// arbiter's `/metrics` text.
+    pub fn metrics(&self) -> Option<String> {
+        let port = self.metrics_port?;
+        match crate::common::http_get(port, "/metrics", Duration::from_secs(2)) {
+            Ok((200, body)) => Some(body),
+            _ => None,
         }
-        Ok(start.elapsed())
+    }
+
+    /// One unlabelled (or exactly labelled) sample of arbiter's metrics.
+    pub fn metric(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// How many workers are ready, by the system's own marker.
+    pub fn ready_count(&self) -> Option<usize> {
+        match &self.collector {
+            Some(collector) => Some(collector.count()),
+            None => Some(Self::metric(&self.metrics()?, "arbiter_workers_ready")? as usize),
+        }
+    }
+
+    /// Polls until `n` workers are ready; the time since the master was spawned.
+    pub fn wait_ready(&self, n: usize, limit: Duration) -> Result<Duration, String> {
+        // Metrics are served by the master itself: poll them less often at large sizes.
+        let pause = match (&self.collector, n) {
+            (Some(_), _) => Duration::from_micros(500),
+            (None, 0..=64) => Duration::from_millis(2),
+            (None, _) => Duration::from_millis(20),
+        };
+        let begin = Instant::now();
+        loop {
+            let ready = self.ready_count().unwrap_or(0);
+            if ready >= n {
+                return Ok(self.started.elapsed());
+            }
+            if procfs::is_dead(self.pid) {
+                return Err(self.fail(&format!("master died with {ready} of {n} ready")));
+            }
+            if begin.elapsed() > limit {
+                return Err(self.fail(&format!("only {ready} of {n} ready within {limit:?}")));
+            }
+            std::thread::sleep(pause);
+        }
     }
 
     /// The pid of a worker that answers `GET /`, within `limit`.
@@ -234,21 +468,6 @@ impl Master {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-
-    /// Waits until the master has `n` live children, within `limit`.
-    pub fn wait_children(&self, n: usize, limit: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        while self.workers().len() < n {
-            if start.elapsed() > limit {
-                return Err(self.fail(&format!(
-                    "{} of {n} workers started within {limit:?}",
-                    self.workers().len()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
     }
 
     /// Reads a pid from `path` (a pidfile), if it holds one.

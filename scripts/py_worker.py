@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""The benchmark's heartbeating Python worker (standard library only).
+
+Run as a program under arbiter, it is a worker the way an sd_notify client is one: it serves
+HTTP on the inherited listener at fd 3 (`LISTEN_FDS`), sends `READY=1` on `NOTIFY_SOCKET`
+once it serves, then `WATCHDOG=1` about once a second and, at the same moment, bumps its
+heartbeat file (`ARBITER_HEARTBEAT_FD`) with an `fchmod` that toggles its mode, as gunicorn's
+workers do. TERM stops it gracefully (it closes the listener, finishes the request in hand,
+sends `STOPPING=1` and exits 0); INT and QUIT stop it at once.
+
+Imported, it is the same application as a WSGI callable (`py_worker:app`), so gunicorn and
+uWSGI serve exactly the logic the standalone server does. Under uWSGI it registers a post-fork
+hook, and `announce_ready()` is what a gunicorn `post_worker_init` hook calls: both tell the
+benchmark that a worker is ready through `BENCH_READY_SOCKET` (a unix datagram socket).
+
+Routes: `GET /` answers `{"pid":N}`; `GET /hang` never returns (the worker stops
+heartbeating: a hung request). Environment knobs, all optional:
+
+- `BENCH_BOOT_DELAY` seconds to sleep at import (an application slow to load);
+- `BENCH_BEAT_INTERVAL` seconds between heartbeats (default 1);
+- `BENCH_BEAT` = `both` (default), `datagram` (only `WATCHDOG=1`) or `file` (only fchmod);
+- `BENCH_STATS_DIR`: at exit, write `PID.json` there with the heartbeats sent and how many
+  notify datagrams blocked (> 5 ms) or were dropped (the master's queue was full for 1 s).
+"""
+
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+_boot_delay = float(os.environ.get("BENCH_BOOT_DELAY", "0") or "0")
+if _boot_delay > 0:
+    time.sleep(_boot_delay)
+
+
+def app(environ, start_response):
+    """The WSGI application shared by all three servers."""
+    if environ.get("PATH_INFO", "/") == "/hang":
+        while True:
+            time.sleep(3600)
+    body = ('{"pid":%d}\n' % os.getpid()).encode()
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+application = app
+
+
+def announce_ready():
+    """Sends this process's pid to `BENCH_READY_SOCKET`, if the benchmark set one."""
+    path = os.environ.get("BENCH_READY_SOCKET")
+    if not path:
+        return
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(5)
+        s.sendto(b"%d" % os.getpid(), path)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+try:  # Under uWSGI: announce each worker right after its fork from the master.
+    import uwsgi  # type: ignore
+
+    uwsgi.post_fork_hook = announce_ready
+except ImportError:
+    pass
+
+
+class Notifier:
+    """The sd_notify client side: one datagram socket to `NOTIFY_SOCKET`."""
+
+    def __init__(self):
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        self.address = address or None
+        self.socket = None
+        self.blocked = 0
+        self.dropped = 0
+        self.max_send_ms = 0.0
+        if self.address:
+            self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Like sd_notify: a blocking send, but bounded, so a full queue is seen.
+            self.socket.settimeout(1.0)
+
+    def send(self, message):
+        if self.socket is None:
+            return
+        start = time.monotonic()
+        try:
+            self.socket.sendto(message, self.address)
+        except (socket.timeout, BlockingIOError):
+            self.dropped += 1
+        except OSError:
+            self.dropped += 1
+        took = (time.monotonic() - start) * 1e3
+        self.max_send_ms = max(self.max_send_ms, took)
+        if took > 5:
+            self.blocked += 1
+
+
+class Heartbeat:
+    """The gunicorn-style heartbeat file: its ctime moves on every mode change."""
+
+    def __init__(self):
+        fd = os.environ.get("ARBITER_HEARTBEAT_FD")
+        self.fd = int(fd) if fd and fd.isdigit() else None
+        self.spinner = 0
+
+    def bump(self):
+        if self.fd is None:
+            return
+        self.spinner = 1 - self.spinner
+        try:
+            os.fchmod(self.fd, 0o600 if self.spinner else 0o400)
+        except OSError:
+            self.fd = None
+
+
+def listener():
+    """The inherited listener at fd 3, non-blocking."""
+    count = int(os.environ.get("LISTEN_FDS", "0") or "0")
+    pid = os.environ.get("LISTEN_PID")
+    if count < 1 or (pid and pid != str(os.getpid())):
+        sys.stderr.write("py_worker: no listener (LISTEN_FDS unset or not for this pid)\n")
+        sys.exit(3)
+    sock = socket.socket(fileno=3)
+    sock.setblocking(False)
+    return sock
+
+
+def respond(conn, request):
+    """Runs the WSGI app for one parsed request head; returns (bytes, keep_alive)."""
+    head = request.decode("latin-1")
+    lines = head.split("\r\n")
+    parts = lines[0].split(" ")
+    method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("GET", "/")
+    version = parts[2] if len(parts) >= 3 else "HTTP/1.0"
+    headers = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip().lower()] = value.strip()
+    connection = headers.get("connection", "").lower()
+    keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
+    path, _, query = target.partition("?")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": version,
+        "wsgi.url_scheme": "http",
+    }
+    status_headers = []
+
+    def start_response(status, response_headers, exc_info=None):
+        status_headers[:] = [status, response_headers]
+
+    body = b"".join(app(environ, start_response))
+    status, response_headers = status_headers
+    out = ["HTTP/1.1 " + status]
+    out += ["%s: %s" % (k, v) for k, v in response_headers]
+    out.append("Connection: " + ("keep-alive" if keep else "close"))
+    return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body, keep
+
+
+def serve():
+    """The standalone worker: the loop of accept, requests and heartbeats."""
+    notifier = Notifier()
+    heartbeat = Heartbeat()
+    interval = float(os.environ.get("BENCH_BEAT_INTERVAL", "1") or "1")
+    mode = os.environ.get("BENCH_BEAT", "both")
+    stats_dir = os.environ.get("BENCH_STATS_DIR")
+    sock = listener()
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    stop = {"how": None}
+
+    def on_signal(signum, _frame):
+        stop["how"] = "graceful" if signum == signal.SIGTERM else "quick"
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, on_signal)
+
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ, "accept")
+    selector.register(wake_r, selectors.EVENT_READ, "wake")
+    buffers = {}
+    beats = 0
+
+    def beat():
+        nonlocal beats
+        beats += 1
+        if mode in ("both", "datagram"):
+            notifier.send(b"WATCHDOG=1")
+        if mode in ("both", "file"):
+            heartbeat.bump()
+
+    beat()
+    ready_at = time.monotonic()
+    notifier.send(b"READY=1")
+    if stats_dir:
+        # When READY=1 left, on CLOCK_MONOTONIC, for the benchmark's ready latency.
+        try:
+            with open(os.path.join(stats_dir, "%d.ready" % os.getpid()), "w") as f:
+                f.write(repr(ready_at))
+        except OSError:
+            pass
+    next_beat = time.monotonic() + interval
+    while stop["how"] is None:
+        timeout = max(0.0, next_beat - time.monotonic())
+        for key, _ in selector.select(timeout):
+            if key.data == "wake":
+                try:
+                    os.read(wake_r, 512)
+                except OSError:
+                    pass
+            elif key.data == "accept":
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED):
+                        continue
+                    raise
+                conn.setblocking(False)
+                buffers[conn] = b""
+                selector.register(conn, selectors.EVENT_READ, "conn")
+            else:
+                conn = key.fileobj
+                try:
+                    chunk = conn.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    selector.unregister(conn)
+                    buffers.pop(conn, None)
+                    conn.close()
+                    continue
+                data = buffers[conn] + chunk
+                keep = True
+                while keep and b"\r\n\r\n" in data:
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    response, keep = respond(conn, head)
+                    conn.setblocking(True)
+                    conn.settimeout(10)
+                    try:
+                        conn.sendall(response)
+                    except OSError:
+                        keep = False
+                    conn.setblocking(False)
+                if keep:
+                    buffers[conn] = data
+                else:
+                    selector.unregister(conn)
+                    buffers.pop(conn, None)
+                    conn.close()
+        if time.monotonic() >= next_beat:
+            beat()
+            next_beat += interval
+            if next_beat < time.monotonic():
+                next_beat = time.monotonic() + interval
+    selector.unregister(sock)
+    sock.close()
+    notifier.send(b"STOPPING=1")
+    if stats_dir:
+        stats = {
+            "pid": os.getpid(),
+            "beats": beats,
+            "notify_blocked": notifier.blocked,
+            "notify_dropped": notifier.dropped,
+            "max_send_ms": round(notifier.max_send_ms, 3),
+        }
+        try:
+            with open(os.path.join(stats_dir, "%d.json" % os.getpid()), "w") as f:
+                json.dump(stats, f)
+        except OSError:
+            pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    serve()
