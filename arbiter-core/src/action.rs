@@ -202,6 +202,9 @@ pub enum SupervisorNote {
     MainPid,
     /// `WATCHDOG=1`: the master's loop is alive (every [`crate::Config::watchdog`]).
     Watchdog,
+    /// `EXTEND_TIMEOUT_USEC=`: the first generation still boots; the service manager's start
+    /// timeout must not expire within this much from now.
+    ExtendTimeout(Duration),
 }
 
 impl fmt::Display for SupervisorNote {
@@ -213,6 +216,9 @@ impl fmt::Display for SupervisorNote {
             SupervisorNote::Status(text) => write!(f, "STATUS={}", text.escape_debug()),
             SupervisorNote::MainPid => f.write_str("MAINPID"),
             SupervisorNote::Watchdog => f.write_str("WATCHDOG=1"),
+            SupervisorNote::ExtendTimeout(by) => {
+                write!(f, "EXTEND_TIMEOUT_USEC={}", by.as_micros())
+            }
         }
     }
 }

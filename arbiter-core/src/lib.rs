@@ -40,7 +40,10 @@ mod types;
 mod worker;
 
 pub use action::{Action, Event, ExitCause, Reason, Refusal, SupervisorNote};
-pub use arbiter::{backoff_delay, Arbiter, Phase, BACKOFF_CAP, QUICK_DEATH, REAP_GRACE};
+pub use arbiter::{
+    backoff_delay, Arbiter, Phase, BACKOFF_CAP, QUICK_DEATH, REAP_GRACE, START_EXTENSION,
+    START_EXTENSION_EVERY,
+};
 pub use arbiter_gpu::GpuConfig;
 pub use input::Input;
 pub use time::Moment;

@@ -29,6 +29,9 @@ pub enum Timer {
     Backoff(Slot),
     /// The next `WATCHDOG=1` to the service manager is due.
     Watchdog,
+    /// The next `EXTEND_TIMEOUT_USEC=` to the service manager is due, while the first
+    /// generation boots.
+    ExtendStart,
     /// A drain (`shutdown_delay` after a graceful stop order) is over: the stop begins.
     Drain,
     /// A stop gives up waiting for reaps after its final KILLs (`REAP_GRACE` past them).
@@ -44,6 +47,7 @@ impl fmt::Display for Timer {
             Timer::Kill(id) => write!(f, "kill deadline of worker {id}"),
             Timer::Backoff(slot) => write!(f, "backoff of slot {slot}"),
             Timer::Watchdog => f.write_str("watchdog ping"),
+            Timer::ExtendStart => f.write_str("start timeout extension"),
             Timer::Drain => f.write_str("end of the drain"),
             Timer::Stop => f.write_str("stop deadline"),
         }

@@ -201,6 +201,11 @@ pub struct Config {
     /// second stop order, or a quick one, cuts it short; skipped while an upgrade is under
     /// way, where the other master serves on the same listeners.
     pub shutdown_delay: Duration,
+    /// The master's service manager waits for its `READY=1` (`NOTIFY_SOCKET` was set for it):
+    /// while the first generation boots, keep extending the manager's start timeout
+    /// (`EXTEND_TIMEOUT_USEC=`), up to `boot_timeout` (plus the abort grace and a period)
+    /// after the start. Nothing without a boot timeout, nor for an upgrade child.
+    pub extend_start: bool,
 }
 
 impl Default for Config {
@@ -224,6 +229,7 @@ impl Default for Config {
             pidfile: false,
             watchdog: None,
             shutdown_delay: Duration::ZERO,
+            extend_start: false,
         }
     }
 }

@@ -8,7 +8,7 @@ mod sim;
 
 use arbiter_core::{
     Action, Command, Config, ExitStatus, GpuConfig, Phase, Pid, ReadyMode, Role, Signal,
-    SupervisorNote, WorkerState, REAP_GRACE,
+    SupervisorNote, WorkerState, REAP_GRACE, START_EXTENSION_EVERY,
 };
 use proptest::prelude::*;
 use sim::{ms, secs, Behavior, World};
@@ -94,6 +94,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         any::<bool>(),
         prop_oneof![Just(None), (200u64..3_000).prop_map(|t| Some(ms(t)))],
         prop_oneof![Just(Duration::ZERO), (100u64..2_000).prop_map(ms)],
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -108,11 +109,13 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 pidfile,
                 watchdog,
                 shutdown_delay,
+                extend_start,
             )| {
                 Config {
                     pidfile,
                     watchdog,
                     shutdown_delay,
+                    extend_start,
                     workers,
                     max_surge,
                     ready,
@@ -244,6 +247,27 @@ fn check(world: &World, config: &Config) {
             .filter(|n| ***n == SupervisorNote::Stopping)
             .count();
         assert_eq!(stops, 1, "{notes:?}");
+    }
+    // The start timeout is extended only before the first READY=1 and any STOPPING=1, and
+    // never past boot timeout + abort grace + a period after the start.
+    let end = notes
+        .iter()
+        .position(|n| matches!(n, SupervisorNote::Ready | SupervisorNote::Stopping))
+        .unwrap_or(notes.len());
+    assert!(
+        !notes[end..]
+            .iter()
+            .any(|n| matches!(n, SupervisorNote::ExtendTimeout(_))),
+        "EXTEND_TIMEOUT_USEC after READY=1 or STOPPING=1: {notes:?}"
+    );
+    for (at, action) in &world.log {
+        if let Action::Notify(SupervisorNote::ExtendTimeout(by)) = action {
+            let boot = config
+                .boot_timeout
+                .expect("extended only with a boot timeout");
+            let limit = boot + config.abort_grace + START_EXTENSION_EVERY;
+            assert!(at.since_origin() + *by <= limit, "{at:?} + {by:?}");
+        }
     }
     if matches!(world.arbiter.phase(), Phase::Draining { .. }) {
         assert!(

@@ -283,6 +283,33 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The readiness rule these settings give, in one line (`--check-config` prints it).
+    pub fn readiness_rule(&self) -> String {
+        let boot = match self.boot_timeout {
+            Some(limit) => format!(
+                "within the boot timeout ({})",
+                humantime::format_duration(limit)
+            ),
+            None => "with no boot timeout".to_owned(),
+        };
+        let exec = match self.ready_after.is_zero() {
+            true => "once exec'd".to_owned(),
+            false => format!(
+                "{} after its exec",
+                humantime::format_duration(self.ready_after)
+            ),
+        };
+        match self.ready {
+            ReadyMode::Notify => format!("a worker is ready when it sends READY=1, {boot}"),
+            ReadyMode::Exec => format!("a worker is ready {exec}; READY=1 is not awaited"),
+            ReadyMode::Auto => format!(
+                "a worker is ready {exec} until a worker of its command has sent READY=1, from \
+                 then on when it sends READY=1 ({boot}); so first-generation workers count as \
+                 ready at exec: if they send READY=1, set ready = \"notify\""
+            ),
+        }
+    }
+
     /// The resolved configuration as a TOML configuration file: every key, one per line; an
     /// unset optional key is a comment. Read back with `--config`, it gives these settings.
     pub fn to_toml(&self) -> String {
@@ -437,6 +464,13 @@ impl Settings {
             Some(list(command.iter().map(String::as_str))),
             "",
         );
+        // The rule `ready` and `ready_after` give, right after them.
+        let rule = format!("# readiness: {}\n", self.readiness_rule());
+        let at = out
+            .find("\nready_after = ")
+            .and_then(|start| out[start + 1..].find('\n').map(|end| start + end + 2))
+            .unwrap_or(out.len());
+        out.insert_str(at, &rule);
         out
     }
 }

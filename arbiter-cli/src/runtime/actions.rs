@@ -414,6 +414,7 @@ impl Runtime {
             SupervisorNote::Status(text) => format!("STATUS={text}"),
             SupervisorNote::MainPid => format!("MAINPID={}", std::process::id()),
             SupervisorNote::Watchdog => "WATCHDOG=1".to_owned(),
+            extend @ SupervisorNote::ExtendTimeout(_) => extend.to_string(),
         };
         if let Err(e) = supervisor.send(&message) {
             debug!(self.log, "notify to the service manager failed: {e}");

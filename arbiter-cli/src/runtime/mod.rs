@@ -20,7 +20,7 @@ use nix::sys::signal::Signal as NixSignal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use slog::{debug, error, info, warn, Logger};
 
-use crate::config::{Settings, Sources};
+use crate::config::{ReadyMode, Settings, Sources};
 use crate::library::WorkerFn;
 use crate::ops::hooks;
 use crate::ops::{Ops, Order};
@@ -211,7 +211,10 @@ impl Runtime {
         let origin = Instant::now();
         let mut core_config = setup::core_config(&settings, command.key, gpus.clone());
         core_config.watchdog = watchdog;
+        // A service manager waits for READY=1: a slow first boot extends its start timeout.
+        core_config.extend_start = master_env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
         let mut core = Arbiter::new(core_config, role, Moment::ZERO);
+        let learned_notify = notify_keys.contains(&command.key);
         for key in notify_keys {
             core.learn_notify_command(key);
         }
@@ -265,6 +268,21 @@ impl Runtime {
             info!(log, "Listening at: {} ({})", listener, std::process::id());
         }
         info!(log, "Using worker: {}", command.display);
+        let supervised = master_env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
+        let probed = settings.metrics_bind.is_some();
+        if settings.ready == ReadyMode::Auto && !learned_notify && (supervised || probed) {
+            let told = match (supervised, probed) {
+                (true, true) => "READY=1 to the service manager and /readyz",
+                (true, false) => "READY=1 to the service manager",
+                _ => "/readyz",
+            };
+            info!(
+                log,
+                "Readiness: with --ready auto, first-generation workers count as ready once \
+                 exec'd, so {told} can come before they serve; if they send READY=1, use \
+                 --ready notify"
+            );
+        }
         if let Some(identity) = &identity {
             info!(log, "Workers run as {}", identity.display);
             give_unix_listeners(identity, listeners.get())

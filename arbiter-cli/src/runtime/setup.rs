@@ -272,6 +272,8 @@ pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig
         pidfile: settings.pidfile.is_some(),
         // From the service manager's environment, not the settings: the caller adds it.
         watchdog: None,
+        // Set by the runtime, which knows the service manager.
+        extend_start: false,
     }
 }
 

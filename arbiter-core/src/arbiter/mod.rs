@@ -24,6 +24,12 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How long a stop waits for reaps after the final KILL before it gives up on them.
 pub const REAP_GRACE: Duration = Duration::from_secs(5);
+/// While the first generation boots under a service manager: how often its start timeout is
+/// extended, and by how much at most each time (so a master whose loop hangs is timed out
+/// that long after its last extension).
+pub const START_EXTENSION_EVERY: Duration = Duration::from_secs(10);
+/// See [`START_EXTENSION_EVERY`].
+pub const START_EXTENSION: Duration = Duration::from_secs(30);
 
 /// The master's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +149,9 @@ pub struct Arbiter {
     reexec_pid: Option<Pid>,
     parent: Option<Pid>,
     announced_ready: bool,
+    /// While the first generation boots under a service manager: extend its start timeout
+    /// until then (`Config::extend_start`).
+    extend_start_until: Option<Moment>,
     ever_spawned: bool,
     /// A fresh master's pidfile is being written: nothing is spawned until it is.
     awaiting_pidfile: bool,
@@ -194,6 +203,7 @@ impl Arbiter {
             reexec_pid: None,
             parent,
             announced_ready: false,
+            extend_start_until: None,
             ever_spawned: false,
             awaiting_pidfile: false,
             pidfile_op: None,
@@ -216,6 +226,17 @@ impl Arbiter {
             // The first ping goes out at once.
             let first = arbiter.config.watchdog.map(|_| now);
             arbiter.timers.set(Timer::Watchdog, first);
+        }
+        if let (true, None, Some(boot)) = (
+            arbiter.config.extend_start,
+            parent,
+            arbiter.config.boot_timeout,
+        ) {
+            // The manager's TimeoutStartSec= is unknown here, and an extension never shortens
+            // it: the first goes out at once (unless the workers are ready by then).
+            let until = now + boot + arbiter.config.abort_grace + START_EXTENSION_EVERY;
+            arbiter.extend_start_until = Some(until);
+            arbiter.timers.set(Timer::ExtendStart, Some(now));
         }
         arbiter.manage(now);
         arbiter
@@ -735,6 +756,7 @@ impl Arbiter {
                     let next = self.config.watchdog.map(|every| now + every);
                     self.timers.set(Timer::Watchdog, next);
                 }
+                Timer::ExtendStart => self.extend_start(now),
                 Timer::Drain => {
                     self.event(Event::DrainOver { early: false });
                     self.begin_stop(false, Reason::Shutdown, 0, now);
@@ -753,6 +775,28 @@ impl Arbiter {
     /// Workers are being stopped (not while draining: then they still serve).
     fn is_stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// While the first generation boots under a service manager: `EXTEND_TIMEOUT_USEC=` up
+    /// to the extension's end, and the next one a period later.
+    fn extend_start(&mut self, now: Moment) {
+        let Some(until) = self.extend_start_until else {
+            return;
+        };
+        if self.announced_ready || self.stop_requested() || now >= until {
+            self.end_start_extension();
+            return;
+        }
+        let by = until.saturating_since(now).min(START_EXTENSION);
+        self.push(Action::Notify(SupervisorNote::ExtendTimeout(by)));
+        self.timers
+            .set(Timer::ExtendStart, Some(now + START_EXTENSION_EVERY));
+    }
+
+    /// The first generation is ready, or a stop was ordered: no more start extensions.
+    pub(super) fn end_start_extension(&mut self) {
+        self.extend_start_until = None;
+        self.timers.set(Timer::ExtendStart, None);
     }
 
     /// A stop was ordered: draining or stopping. Orders that would change the workers
@@ -782,6 +826,7 @@ impl Arbiter {
                 let delay = self.config.shutdown_delay;
                 let until = now + delay;
                 self.phase = Phase::Draining { until };
+                self.end_start_extension();
                 self.push(Action::Notify(SupervisorNote::Stopping));
                 self.event(Event::DrainStarted { delay });
                 self.timers.set(Timer::Drain, Some(until));
@@ -858,6 +903,7 @@ impl Arbiter {
         self.phase = Phase::Stopping { quick };
         self.exit_code = code;
         self.exit_reason = reason;
+        self.end_start_extension();
         if !drained {
             // A drain told the service manager when it began.
             self.push(Action::Notify(SupervisorNote::Stopping));

@@ -257,6 +257,7 @@ impl Arbiter {
 
     pub(super) fn notify_ready(&mut self) {
         self.announced_ready = true;
+        self.end_start_extension();
         if self.parent.is_some() && self.config.pidfile && !self.upgrade_pidfile_asked {
             // Its appearance tells `arbiter upgrade` (and scripts) that the new generation
             // serves, so an upgrade child writes it only now.

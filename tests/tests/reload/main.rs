@@ -6,6 +6,7 @@
 //! `target/reload-results.txt`.
 
 mod bind;
+mod boot;
 mod drain;
 mod hup;
 mod load;
