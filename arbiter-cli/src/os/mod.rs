@@ -11,5 +11,6 @@ pub mod heartbeat;
 pub mod identity;
 pub mod notify;
 pub mod pidfile;
+pub mod seam;
 pub mod spawn;
 pub mod title;
