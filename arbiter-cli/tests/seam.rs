@@ -15,7 +15,7 @@ fn the_real_system_peeks_without_reaping() {
         .spawn()
         .expect("sh");
     let pid = child.id() as i32;
-    let mut os = System::new();
+    let mut os = System::new().expect("the signal pipe");
     // Wait (bounded) for its exit; other tests' children may show up too.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = None;

@@ -5,19 +5,23 @@
 //! `process/unix/orphan.rs` (`Wait` and its mock).
 //!
 //! The seam knows nothing of the core: pids are `i32` (negative: a process group), statuses are
-//! [`ChildStatus`], time is a [`Duration`] since the seam's origin.
+//! [`ChildStatus`], time is a [`Duration`] since the seam's origin. The real side owns the
+//! process-wide resources (the signal self-pipe), so a test double needs none of them.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use arbiter_signals::SignalPipe;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::pidfile::{self, PidfileError, Previous};
+use super::spawn::{self, ExecWatch, FunctionSpawn, MasterSpawn, SpawnError, WorkerSpawn};
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +46,29 @@ pub struct ChildExit {
     pub status: ChildStatus,
 }
 
-/// What the runtime asks of the operating system, besides forking (see [`super::spawn`]).
+/// What the runtime asks of the operating system.
 pub trait Os {
     /// Monotonic time since this seam was created.
     fn elapsed(&self) -> Duration;
+    /// The fd to poll for signals, if there is one (the test double has none).
+    fn signal_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// The signals that arrived, in arrival order, appended to `into`.
+    fn drain_signals(&mut self, into: &mut Vec<Signal>) -> io::Result<()>;
+    /// Forks and execs a worker (see [`spawn::spawn_worker`]); its pid, and, for a real
+    /// exec, the watch that tells whether the exec failed.
+    fn spawn_worker(
+        &mut self,
+        spawn: WorkerSpawn<'_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError>;
+    /// Forks a library-mode worker that runs `run` without exec (see
+    /// [`spawn::spawn_function`]).
+    fn spawn_function(
+        &mut self,
+        spawn: FunctionSpawn<'_>,
+        run: Box<dyn FnOnce(u32) -> i32 + '_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError>;
+    /// Forks and execs a new master (see [`spawn::spawn_master`]).
+    fn spawn_master(&mut self, spawn: MasterSpawn<'_>) -> Result<i32, SpawnError>;
     /// Sends `signal` to `pid` (a negative pid: to that process group).
     fn signal(&mut self, pid: i32, signal: Signal) -> io::Result<()>;
     /// An exited child, left a zombie (`waitid(WNOWAIT)`), so its pid cannot be reused before
@@ -74,24 +97,83 @@ pub trait Os {
     ) -> io::Result<i32>;
 }
 
-/// The real operating system.
-#[derive(Debug)]
-pub struct System {
-    origin: Instant,
-}
-
-impl System {
-    /// The seam over this process; its clock starts now.
-    pub fn new() -> System {
-        System {
-            origin: Instant::now(),
-        }
+/// A borrowed seam is a seam: a test keeps its double and looks at it after the runtime is
+/// gone.
+impl<T: Os + ?Sized> Os for &mut T {
+    fn elapsed(&self) -> Duration {
+        (**self).elapsed()
+    }
+    fn signal_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).signal_fd()
+    }
+    fn drain_signals(&mut self, into: &mut Vec<Signal>) -> io::Result<()> {
+        (**self).drain_signals(into)
+    }
+    fn spawn_worker(
+        &mut self,
+        spawn: WorkerSpawn<'_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError> {
+        (**self).spawn_worker(spawn)
+    }
+    fn spawn_function(
+        &mut self,
+        spawn: FunctionSpawn<'_>,
+        run: Box<dyn FnOnce(u32) -> i32 + '_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError> {
+        (**self).spawn_function(spawn, run)
+    }
+    fn spawn_master(&mut self, spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
+        (**self).spawn_master(spawn)
+    }
+    fn signal(&mut self, pid: i32, signal: Signal) -> io::Result<()> {
+        (**self).signal(pid, signal)
+    }
+    fn peek_exit(&mut self) -> Option<ChildExit> {
+        (**self).peek_exit()
+    }
+    fn reap(&mut self, pid: i32) -> Option<ChildExit> {
+        (**self).reap(pid)
+    }
+    fn parent_pid(&self) -> i32 {
+        (**self).parent_pid()
+    }
+    fn process_group(&self, pid: i32) -> Option<i32> {
+        (**self).process_group(pid)
+    }
+    fn write_pidfile(&mut self, path: &Path, pid: u32) -> Result<Previous, PidfileError> {
+        (**self).write_pidfile(path, pid)
+    }
+    fn rename_pidfile(&mut self, from: &Path, to: &Path, pid: u32) -> io::Result<()> {
+        (**self).rename_pidfile(from, to, pid)
+    }
+    fn remove_pidfile(&mut self, path: &Path, pid: u32) -> bool {
+        (**self).remove_pidfile(path, pid)
+    }
+    fn start_hook(
+        &mut self,
+        name: &str,
+        command: &str,
+        env: &[(OsString, OsString)],
+        vars: &[(&str, String)],
+    ) -> io::Result<i32> {
+        (**self).start_hook(name, command, env, vars)
     }
 }
 
-impl Default for System {
-    fn default() -> System {
-        System::new()
+/// The real operating system: this process, its children and its signal handlers.
+pub struct System {
+    origin: Instant,
+    signals: SignalPipe,
+}
+
+impl System {
+    /// The seam over this process: installs the signal self-pipe (once per process); its
+    /// clock starts now.
+    pub fn new() -> Result<System, arbiter_signals::Error> {
+        Ok(System {
+            origin: Instant::now(),
+            signals: SignalPipe::install()?,
+        })
     }
 }
 
@@ -115,6 +197,33 @@ fn child_exit(status: WaitStatus) -> Option<ChildExit> {
 impl Os for System {
     fn elapsed(&self) -> Duration {
         self.origin.elapsed()
+    }
+
+    fn signal_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.signals.fd())
+    }
+
+    fn drain_signals(&mut self, into: &mut Vec<Signal>) -> io::Result<()> {
+        self.signals.drain(into).map_err(io::Error::other)
+    }
+
+    fn spawn_worker(
+        &mut self,
+        spawn: WorkerSpawn<'_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError> {
+        spawn::spawn_worker(spawn, &self.signals).map(|(pid, exec)| (pid, Some(exec)))
+    }
+
+    fn spawn_function(
+        &mut self,
+        spawn: FunctionSpawn<'_>,
+        run: Box<dyn FnOnce(u32) -> i32 + '_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError> {
+        spawn::spawn_function(spawn, &self.signals, run).map(|(pid, exec)| (pid, Some(exec)))
+    }
+
+    fn spawn_master(&mut self, spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
+        spawn::spawn_master(spawn, &self.signals)
     }
 
     fn signal(&mut self, pid: i32, signal: Signal) -> io::Result<()> {
@@ -203,6 +312,10 @@ pub enum Call {
     RemovePidfile(PathBuf),
     /// [`Os::start_hook`]: its name and the pid it got.
     StartHook(String, i32),
+    /// [`Os::spawn_worker`]: the program and the pid it got.
+    SpawnWorker(String, i32),
+    /// [`Os::spawn_master`]: the pid it got.
+    SpawnMaster(i32),
 }
 
 /// A scripted operating system: exits are queued by the test, every call is recorded, files
@@ -227,6 +340,10 @@ pub struct FakeOs {
     pub next_pid: i32,
     /// Live pids: a signal to any other pid fails with ESRCH, as the kernel's would.
     pub live: Vec<i32>,
+    /// Signals that arrived and wait to be drained.
+    pub signals: Vec<Signal>,
+    /// Whether forking fails (out of processes).
+    pub fork_fails: bool,
 }
 
 impl FakeOs {
@@ -239,6 +356,14 @@ impl FakeOs {
         }
     }
 
+    /// The next pid, marked live.
+    fn allocate_pid(&mut self) -> i32 {
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.live.push(pid);
+        pid
+    }
+
     /// `pid` exits with `status`: the next [`Os::peek_exit`] reports it.
     pub fn exit(&mut self, pid: i32, status: ChildStatus) {
         self.live.retain(|p| *p != pid);
@@ -249,6 +374,47 @@ impl FakeOs {
 impl Os for FakeOs {
     fn elapsed(&self) -> Duration {
         self.now
+    }
+
+    fn signal_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    fn drain_signals(&mut self, into: &mut Vec<Signal>) -> io::Result<()> {
+        into.append(&mut self.signals);
+        Ok(())
+    }
+
+    fn spawn_worker(
+        &mut self,
+        spawn: WorkerSpawn<'_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError> {
+        if self.fork_fails {
+            return Err(SpawnError::Fork(io::Error::from_raw_os_error(
+                nix::errno::Errno::EAGAIN as i32,
+            )));
+        }
+        let pid = self.allocate_pid();
+        let program = spawn.program.to_string_lossy().into_owned();
+        self.calls.push(Call::SpawnWorker(program, pid));
+        Ok((pid, None))
+    }
+
+    fn spawn_function(
+        &mut self,
+        _spawn: FunctionSpawn<'_>,
+        _run: Box<dyn FnOnce(u32) -> i32 + '_>,
+    ) -> Result<(i32, Option<ExecWatch>), SpawnError> {
+        let pid = self.allocate_pid();
+        self.calls
+            .push(Call::SpawnWorker("(function)".to_owned(), pid));
+        Ok((pid, None))
+    }
+
+    fn spawn_master(&mut self, _spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
+        let pid = self.allocate_pid();
+        self.calls.push(Call::SpawnMaster(pid));
+        Ok(pid)
     }
 
     fn signal(&mut self, pid: i32, signal: Signal) -> io::Result<()> {
@@ -327,9 +493,7 @@ impl Os for FakeOs {
         _env: &[(OsString, OsString)],
         _vars: &[(&str, String)],
     ) -> io::Result<i32> {
-        let pid = self.next_pid;
-        self.next_pid += 1;
-        self.live.push(pid);
+        let pid = self.allocate_pid();
         self.calls.push(Call::StartHook(name.to_owned(), pid));
         Ok(pid)
     }

@@ -95,8 +95,6 @@ pub struct WorkerSpawn<'a> {
     pub plan: HandoffPlan<'a>,
     /// `WATCHDOG_PID=` filled with the worker's pid, when a watchdog is set.
     pub watchdog_pid: Option<PidEnvSlot>,
-    /// The master's signal pipe, reset in the child.
-    pub signals: &'a SignalPipe,
     /// Put on the child's fd 1 (output capture); `None` inherits the master's stdout.
     pub stdout_fd: Option<BorrowedFd<'a>>,
     /// Put on the child's fd 2 (output capture); `None` inherits the master's stderr.
@@ -109,8 +107,12 @@ pub struct WorkerSpawn<'a> {
 /// empty mask, the configured identity, a parent-death signal, and only fds 0-2 plus the
 /// plan's. Returns its pid at
 /// once, without waiting for the exec (so the master stays free to take signals), and the
-/// watch that tells, once the worker has exited, whether its exec failed.
-pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), SpawnError> {
+/// watch that tells, once the worker has exited, whether its exec failed. `signals` (the
+/// master's pipe) is reset in the child.
+pub fn spawn_worker(
+    mut spawn: WorkerSpawn<'_>,
+    signals: &SignalPipe,
+) -> Result<(i32, ExecWatch), SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = {
         let mut entries: Vec<*const c_char> = spawn.env.iter().map(|e| e.as_ptr()).collect();
@@ -123,7 +125,7 @@ pub fn spawn_worker(mut spawn: WorkerSpawn<'_>) -> Result<(i32, ExecWatch), Spaw
     };
     let master = process::getpid();
     let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
-        spawn.signals.child_reset();
+        signals.child_reset();
         worker_setup(master, spawn.identity, spawn.stdout_fd, spawn.stderr_fd)?;
         if let Some(slot) = spawn.watchdog_pid.as_mut() {
             slot.fill(process::getpid().as_raw_nonzero().get() as u32);
@@ -174,8 +176,6 @@ fn make_group_leader(pid: i32) {
 pub struct FunctionSpawn<'a> {
     /// The fds; the plan's `LISTEN_*` variables are not used (nothing is exec'd).
     pub plan: HandoffPlan<'a>,
-    /// The master's signal pipe, reset in the child.
-    pub signals: &'a SignalPipe,
     /// The user and groups to switch to (`--user`, `--group`), prepared before the fork.
     pub identity: Option<&'a Identity>,
     /// Put on the child's fd 1 (output capture); `None` inherits the master's stdout.
@@ -195,6 +195,7 @@ pub struct FunctionSpawn<'a> {
 /// child with status 101, as a panicking `main` does.
 pub fn spawn_function(
     spawn: FunctionSpawn<'_>,
+    signals: &SignalPipe,
     run: impl FnOnce(u32) -> i32,
 ) -> Result<(i32, ExecWatch), SpawnError> {
     let threads = thread_count();
@@ -205,7 +206,6 @@ pub fn spawn_function(
     }
     let FunctionSpawn {
         mut plan,
-        signals,
         identity,
         stdout_fd,
         stderr_fd,
@@ -259,16 +259,15 @@ pub struct MasterSpawn<'a> {
     /// The directory the first master was started in: the new one starts there too, so its
     /// argv means what it meant (gunicorn's reexec does the same).
     pub cwd: &'a CString,
-    /// The master's signal pipe, reset in the child.
-    pub signals: &'a SignalPipe,
 }
 
-/// Forks and execs a new master that inherits the listeners at their fd numbers.
-pub fn spawn_master(spawn: MasterSpawn<'_>) -> Result<i32, SpawnError> {
+/// Forks and execs a new master that inherits the listeners at their fd numbers; `signals`
+/// (the master's pipe) is reset in the child.
+pub fn spawn_master(spawn: MasterSpawn<'_>, signals: &SignalPipe) -> Result<i32, SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
     let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
-        spawn.signals.child_reset();
+        signals.child_reset();
         process::chdir(spawn.cwd.as_c_str())?;
         arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds).map_err(errno_of)
     })?;

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use arbiter_core::{Action, Event, ExitStatus, Reason, Signal, SupervisorNote, WorkerId};
 use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
-use nix::sys::signal::{kill, Signal as NixSignal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal as NixSignal;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Hooks, Settings};
@@ -25,20 +23,28 @@ use crate::runtime::log::WORKER_PID;
 use crate::runtime::setup::{self, env_entry, WorkerCommand};
 
 use super::{Runtime, WorkerProc};
+use crate::os::seam::Os;
 
 /// How long the master waits for its `on_exit` hook.
 const ON_EXIT_LIMIT: Duration = Duration::from_secs(5);
 
-impl Runtime {
+impl<O: Os> Runtime<O> {
     /// Starts the hook `name` if one is configured, without waiting; the loop reaps it.
     pub(super) fn fire_hook(&mut self, name: &'static str, vars: &[(&str, String)]) {
-        if let Some(child) = self.start_hook(name, vars) {
-            self.hook_pids.insert(child.id() as i32, name);
+        let Some(command) = hook_command(&self.settings.hooks, name) else {
+            return;
+        };
+        match self.os.start_hook(name, command, &self.master_env, vars) {
+            Ok(pid) => {
+                debug!(self.log, "Hook {name} started (pid:{pid})");
+                self.hook_pids.insert(pid, name);
+            }
+            Err(e) => error!(self.log, "Hook {name} could not start: {e}"),
         }
     }
 
-    /// Starts the hook `name` if one is configured.
-    fn start_hook(&self, name: &'static str, vars: &[(&str, String)]) -> Option<Child> {
+    /// Starts the hook `name` if one is configured, to be waited for (`on_exit`).
+    fn start_waited_hook(&self, name: &'static str, vars: &[(&str, String)]) -> Option<Child> {
         let command = hook_command(&self.settings.hooks, name)?;
         match hooks::start(name, command, &self.master_env, vars) {
             Ok(child) => {
@@ -109,15 +115,15 @@ impl Runtime {
                 }
                 let target = if group { -pid } else { pid };
                 if let Some(nix_signal) = nix_signal(signal) {
-                    let _ = kill(Pid::from_raw(target), nix_signal);
+                    let _ = self.os.signal(target, nix_signal);
                 }
             }
             Action::KillGroup { pid, .. } => {
                 // The worker is a zombie still: its group id cannot have been reused.
-                let _ = kill(Pid::from_raw(-pid), NixSignal::SIGKILL);
+                let _ = self.os.signal(-pid, NixSignal::SIGKILL);
             }
             Action::Reap { pid } => {
-                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+                self.os.reap(pid);
             }
             Action::LoadConfig { .. } => {
                 let now = self.now();
@@ -130,9 +136,9 @@ impl Runtime {
             Action::WritePidfile { upgrade_child, .. } => {
                 let result = match &self.pidfile {
                     Some(path) if upgrade_child => {
-                        write_pidfile(&pidfile::upgrade_path(path), &self.log)
+                        write_pidfile(&mut self.os, &pidfile::upgrade_path(path), &self.log)
                     }
-                    Some(path) => write_pidfile(path, &self.log),
+                    Some(path) => write_pidfile(&mut self.os, path, &self.log),
                     None => Ok(()),
                 };
                 self.report_pidfile(result.map_err(|e| e.to_string()));
@@ -141,7 +147,8 @@ impl Runtime {
                 let result = match &self.pidfile {
                     Some(path) => {
                         let from = pidfile::upgrade_path(path);
-                        pidfile::rename(&from, path, std::process::id())
+                        self.os
+                            .rename_pidfile(&from, path, std::process::id())
                             .map_err(|e| format!("renaming {}: {e}", from.display()))
                     }
                     None => Ok(()),
@@ -177,7 +184,7 @@ impl Runtime {
                 self.remove_pidfile();
                 self.ops.finish(&self.log);
                 let vars = [("ARBITER_HOOK_EXIT_CODE", code.to_string())];
-                if let Some(mut hook) = self.start_hook("on_exit", &vars) {
+                if let Some(mut hook) = self.start_waited_hook("on_exit", &vars) {
                     if hooks::wait(&mut hook, ON_EXIT_LIMIT).is_none() {
                         warn!(
                             self.log,
@@ -246,13 +253,12 @@ impl Runtime {
         };
         let pipes = self.ops.worker_pipes().map_err(spawn::SpawnError::Fork)?;
         let output_fds = pipes.as_ref().map(|p| p.child_fds());
-        let (pid, exec) = spawn::spawn_worker(WorkerSpawn {
+        let (pid, exec) = self.os.spawn_worker(WorkerSpawn {
             program: &self.command.program,
             argv: &self.command.argv,
             env,
             plan,
             watchdog_pid,
-            signals: &self.signals,
             stdout_fd: output_fds.map(|fds| fds.0),
             stderr_fd: output_fds.map(|fds| fds.1),
             identity: self.identity.as_ref(),
@@ -293,7 +299,7 @@ impl Runtime {
                 self.set_probe(*id, None);
                 self.notify.close(id.0);
                 if let Some(proc) = self.procs.remove(id) {
-                    if let Some(error) = proc.exec.failure() {
+                    if let Some(error) = proc.exec.as_ref().and_then(|exec| exec.failure()) {
                         error!(
                             self.log,
                             "cannot execute {}: {error}",
@@ -331,13 +337,13 @@ impl Runtime {
         }
     }
 
-    fn remove_pidfile(&self) {
+    fn remove_pidfile(&mut self) {
         let Some(path) = &self.pidfile else {
             return;
         };
         let ours = std::process::id();
-        if !pidfile::remove_if_ours(path, ours) {
-            pidfile::remove_if_ours(&pidfile::upgrade_path(path), ours);
+        if !self.os.remove_pidfile(path, ours) {
+            self.os.remove_pidfile(&pidfile::upgrade_path(path), ours);
         }
     }
 
@@ -375,15 +381,15 @@ impl Runtime {
             let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.fd()).collect();
             let cwd =
                 CString::new(self.start_dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-            spawn::spawn_master(MasterSpawn {
-                program: &program,
-                argv: &argv,
-                env: &env,
-                listener_fds: &fds,
-                cwd: &cwd,
-                signals: &self.signals,
-            })
-            .map_err(|e| e.to_string())
+            self.os
+                .spawn_master(MasterSpawn {
+                    program: &program,
+                    argv: &argv,
+                    env: &env,
+                    listener_fds: &fds,
+                    cwd: &cwd,
+                })
+                .map_err(|e| e.to_string())
         })();
         match result {
             Ok(pid) => {
@@ -518,8 +524,12 @@ fn nix_signal(signal: Signal) -> Option<NixSignal> {
 }
 
 /// Writes the pidfile at `path` (atomically, refusing a live arbiter's, replacing a stale one).
-pub(super) fn write_pidfile(path: &Path, log: &Logger) -> Result<(), pidfile::PidfileError> {
-    match pidfile::create(path, std::process::id())? {
+pub(super) fn write_pidfile(
+    os: &mut impl Os,
+    path: &Path,
+    log: &Logger,
+) -> Result<(), pidfile::PidfileError> {
+    match os.write_pidfile(path, std::process::id())? {
         pidfile::Previous::Stale(old) => warn!(
             log,
             "Replacing stale pidfile {} (held {old:?})",

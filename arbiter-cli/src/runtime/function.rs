@@ -12,10 +12,11 @@ use arbiter_sockets::{HandoffPlan, Listener};
 use crate::config::Settings;
 use crate::library::WorkerContext;
 use crate::os::heartbeat::Heartbeat;
-use crate::os::spawn::{self, cstring, FunctionSpawn, SpawnError};
+use crate::os::spawn::{cstring, FunctionSpawn, SpawnError};
 use crate::runtime::setup::{command_key, StartError, WorkerCommand};
 
 use super::{Runtime, WorkerProc};
+use crate::os::seam::Os;
 
 /// The worker command to run: `resolved` for exec'd workers; in library mode, the function,
 /// named after the program (a worker command in the settings is then refused).
@@ -50,7 +51,7 @@ pub(super) fn worker_command(
     })
 }
 
-impl Runtime {
+impl<O: Os> Runtime<O> {
     /// Forks a worker that runs the library-mode function, with the same fds, protocol and
     /// bookkeeping as an exec'd worker.
     pub(super) fn spawn_function(
@@ -119,7 +120,6 @@ impl Runtime {
         let output_fds = pipes.as_ref().map(|p| p.child_fds());
         let spawn = FunctionSpawn {
             plan,
-            signals: &self.signals,
             identity: self.identity.as_ref(),
             stdout_fd: output_fds.map(|fds| fds.0),
             stderr_fd: output_fds.map(|fds| fds.1),
@@ -135,15 +135,18 @@ impl Runtime {
         let title = format!("worker [{name}]");
         // Everything the child needs is built above; the closure runs in the child only, once
         // its set-up is done: from here on it is the worker's own code.
-        let (pid, exec) = spawn::spawn_function(spawn, move |pid| {
-            crate::os::title::set(&title);
-            let mut context = context;
-            context.pid = pid;
-            let code = (*function)(context);
-            let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
-            i32::from(code)
-        })?;
+        let (pid, exec) = self.os.spawn_function(
+            spawn,
+            Box::new(move |pid| {
+                crate::os::title::set(&title);
+                let mut context = context;
+                context.pid = pid;
+                let code = (*function)(context);
+                let _ = std::io::stdout().flush();
+                let _ = std::io::stderr().flush();
+                i32::from(code)
+            }),
+        )?;
         self.ops.on_spawned(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(

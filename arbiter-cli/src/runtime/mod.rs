@@ -8,16 +8,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arbiter_core::{
     Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId, WorkerState,
 };
-use arbiter_signals::SignalPipe;
 use arbiter_sockets::Listener;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal as NixSignal;
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{ReadyMode, Settings, Sources};
@@ -28,6 +26,7 @@ use crate::os::heartbeat::{self, Heartbeat};
 use crate::os::identity::Identity;
 use crate::os::notify::{Message, NotifyHub, Supervisor};
 use crate::os::pidfile;
+use crate::os::seam::{ChildStatus, Os, System};
 use crate::os::spawn;
 use crate::runtime::log::LogOutput;
 pub use setup::StartError;
@@ -39,6 +38,8 @@ pub mod log;
 pub mod preflight;
 mod reload;
 pub mod setup;
+#[cfg(test)]
+mod tests;
 mod trace;
 
 use actions::set_title;
@@ -57,12 +58,14 @@ struct WorkerProc {
     heartbeat: Heartbeat,
     /// While the worker has shown no heartbeat yet: when to look at its file next.
     probe_at: Option<Moment>,
-    /// Tells, once it exited, whether its exec failed.
-    exec: spawn::ExecWatch,
+    /// Tells, once it exited, whether its exec failed (none for a test double's spawn).
+    exec: Option<spawn::ExecWatch>,
 }
 
 /// Everything the master owns while it runs.
-pub struct Runtime {
+pub struct Runtime<O: Os = System> {
+    /// The OS seam: signals, spawning, reaping, pidfiles, hooks, the clock.
+    os: O,
     log: Logger,
     log_output: LogOutput,
     settings: Settings,
@@ -70,9 +73,7 @@ pub struct Runtime {
     env_snapshot: BTreeMap<String, String>,
     /// The core; every input and action passes through its trace.
     core: trace::Core,
-    origin: Instant,
     listeners: Vec<Listener>,
-    signals: SignalPipe,
     /// The workers' notify sockets.
     notify: NotifyHub,
     /// When the lazily read notify sockets are read next; `None` while they were quiet at
@@ -126,8 +127,8 @@ pub struct Start {
     pub argv: Vec<OsString>,
 }
 
-impl Runtime {
-    /// Binds, writes the pidfile, installs signal handlers, and boots the workers' core.
+impl Runtime<System> {
+    /// Installs the signal handlers, binds, writes the pidfile, and boots the workers' core.
     pub fn start(start: Start) -> Result<Runtime, StartError> {
         Self::start_with(start, None)
     }
@@ -135,6 +136,18 @@ impl Runtime {
     /// As [`Runtime::start`]; with `function`, in library mode: every worker is forked from
     /// this master without exec and runs `function` ([`crate::library`]).
     pub fn start_with(start: Start, function: Option<Rc<WorkerFn>>) -> Result<Runtime, StartError> {
+        let os = System::new().map_err(|e| StartError::Runtime(format!("signal handlers: {e}")))?;
+        Runtime::start_over(start, function, os)
+    }
+}
+
+impl<O: Os> Runtime<O> {
+    /// [`Runtime::start_with`] over the OS seam `os` (the real [`System`], or a test double).
+    pub fn start_over(
+        start: Start,
+        function: Option<Rc<WorkerFn>>,
+        mut os: O,
+    ) -> Result<Runtime<O>, StartError> {
         let Start {
             mut settings,
             sources,
@@ -208,12 +221,12 @@ impl Runtime {
             info!(log, "Configuration: {}", path.display());
         }
         let watchdog = watchdog_interval(&master_env, inherited_parent(role));
-        let origin = Instant::now();
+        let born = Moment::from_origin(os.elapsed());
         let mut core_config = setup::core_config(&settings, command.key, gpus.clone());
         core_config.watchdog = watchdog;
         // A service manager waits for READY=1: a slow first boot extends its start timeout.
         core_config.extend_start = master_env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
-        let mut core = Arbiter::new(core_config, role, Moment::ZERO);
+        let mut core = Arbiter::new(core_config, role, born);
         let learned_notify = notify_keys.contains(&command.key);
         for key in notify_keys {
             core.learn_notify_command(key);
@@ -226,13 +239,13 @@ impl Runtime {
             if let (Some(Action::WritePidfile { .. }), Some(path)) =
                 (core.poll_action(), &settings.pidfile)
             {
-                match actions::write_pidfile(path, &log) {
+                match actions::write_pidfile(&mut os, path, &log) {
                     Ok(()) => {
                         written.0 = Some(path.clone());
-                        core.handle_pidfile_written(Moment::ZERO);
+                        core.handle_pidfile_written(born);
                     }
                     Err(e) => {
-                        core.handle_pidfile_failed(e.to_string(), Moment::ZERO);
+                        core.handle_pidfile_failed(e.to_string(), born);
                         return Err(StartError::Runtime(e.to_string()));
                     }
                 }
@@ -304,8 +317,6 @@ impl Runtime {
             .iter()
             .find(|(k, _)| k == "NOTIFY_SOCKET")
             .and_then(|(_, v)| Supervisor::new(&v.to_string_lossy()).ok());
-        let signals = SignalPipe::install()
-            .map_err(|e| StartError::Runtime(format!("signal handlers: {e}")))?;
         if let Role::UpgradeChild { parent } = role {
             // SIGCHLD on the old master's death wakes the loop to promote this master.
             let _ = nix::sys::prctl::set_pdeathsig(NixSignal::SIGCHLD);
@@ -323,15 +334,14 @@ impl Runtime {
         // From here on the master removes its pidfile at its exit.
         written.0 = None;
         Ok(Runtime {
+            os,
             log,
             log_output,
             settings,
             sources,
             env_snapshot,
             core,
-            origin,
             listeners: listeners.take(),
-            signals,
             notify,
             lazy_notify_at: None,
             supervisor,
@@ -358,7 +368,7 @@ impl Runtime {
     }
 
     fn now(&self) -> Moment {
-        Moment::from_origin(self.origin.elapsed())
+        Moment::from_origin(self.os.elapsed())
     }
 
     /// Runs until the core exits; returns the exit code.
@@ -399,13 +409,13 @@ impl Runtime {
         // they carry messages they are read on a schedule instead.
         let poll_lazy = self.lazy_notify_at.is_none();
         let (signals_ready, eager_ready, lazy_ready, ops_events) = {
-            let mut fds = vec![
-                PollFd::new(self.signals.fd(), PollFlags::POLLIN),
-                PollFd::new(self.notify.eager_fd(), PollFlags::POLLIN),
-            ];
+            let mut fds = vec![PollFd::new(self.notify.eager_fd(), PollFlags::POLLIN)];
             if poll_lazy {
                 fds.push(PollFd::new(self.notify.lazy_fd(), PollFlags::POLLIN));
             }
+            let signals_at = fds.len();
+            let signal_fd = self.os.signal_fd();
+            fds.extend(signal_fd.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
             let ops_from = fds.len();
             let interest = self.ops.interest();
             fds.extend(
@@ -420,9 +430,9 @@ impl Runtime {
                 .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
                 .collect();
             (
+                ops_from > signals_at && readable(&fds[signals_at]),
                 readable(&fds[0]),
-                readable(&fds[1]),
-                poll_lazy && readable(&fds[2]),
+                poll_lazy && readable(&fds[1]),
                 ops_events,
             )
         };
@@ -487,7 +497,7 @@ impl Runtime {
 
     fn feed_signals(&mut self) {
         let mut signals = std::mem::take(&mut self.pending_signals);
-        if let Err(e) = self.signals.drain(&mut signals) {
+        if let Err(e) = self.os.drain_signals(&mut signals) {
             error!(self.log, "reading the signal pipe: {e}");
         }
         for signal in signals.drain(..) {
@@ -514,31 +524,30 @@ impl Runtime {
     /// Reaps every exited child. Each exit is peeked at first (`WNOWAIT`) and fed to the core
     /// while the child is a zombie: its pid, which is also its process group id, cannot be
     /// reused, so the core's group kill is race-free; the core's `Reap` then reaps it.
-    fn reap(&mut self, now: Moment) {
-        loop {
-            let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            let (pid, status) = match waitid(Id::All, peek) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
-                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
-                    pid,
-                    ExitStatus::Signaled {
-                        signal: signal as i32,
-                        core_dumped,
-                    },
-                ),
-                _ => return,
+    pub(crate) fn reap(&mut self, now: Moment) {
+        while let Some(exit) = self.os.peek_exit() {
+            let status = match exit.status {
+                ChildStatus::Exited(code) => ExitStatus::Exited(code),
+                ChildStatus::Signaled {
+                    signal,
+                    core_dumped,
+                } => ExitStatus::Signaled {
+                    signal,
+                    core_dumped,
+                },
             };
-            if let Some(name) = self.hook_pids.remove(&pid.as_raw()) {
+            let pid = exit.pid;
+            if let Some(name) = self.hook_pids.remove(&pid) {
                 // Hooks are the shell's own children, not the core's.
-                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                self.os.reap(pid);
                 match status {
                     ExitStatus::Exited(0) => debug!(self.log, "Hook {name} done"),
                     other => warn!(self.log, "Hook {name} (pid:{pid}) failed: {other}"),
                 }
                 continue;
             }
-            self.core.handle_exit(pid.as_raw(), status, now);
-            // The group kill, then the reap, then what the exit leads to.
+            self.core.handle_exit(pid, status, now);
+            // The group kill, then the reap (every exit gets one), then what the exit leads to.
             self.execute_actions();
         }
     }
@@ -578,7 +587,7 @@ impl Runtime {
 
     fn check_promotion(&mut self) {
         if let Some(parent) = self.core.parent_master() {
-            if nix::unistd::getppid().as_raw() != parent {
+            if self.os.parent_pid() != parent {
                 let now = self.now();
                 self.core.handle_parent_exited(now);
             }
@@ -658,7 +667,7 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
+impl<O: Os> Drop for Runtime<O> {
     fn drop(&mut self) {
         // Listeners are closed by the core's CloseListeners; anything left (an error path)
         // is closed without unlinking.

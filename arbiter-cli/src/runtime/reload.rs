@@ -11,8 +11,9 @@ use crate::runtime::log::LogOutput;
 use crate::runtime::setup::{self, StartError};
 
 use super::Runtime;
+use crate::os::seam::Os;
 
-impl Runtime {
+impl<O: Os> Runtime<O> {
     pub(super) fn reload(&mut self, now: Moment) {
         let applied = config::reload(&self.sources, &self.env_snapshot)
             .map_err(|e| e.to_string())

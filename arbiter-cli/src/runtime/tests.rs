@@ -1,0 +1,260 @@
+//! The shell's own sequencing, over the OS test double: no fork, no signal handler, no real
+//! child. The core's decisions are tested in arbiter-core; these check that the runtime
+//! carries them out in the right order (peek, group kill, reap; the upgrade pidfile dance;
+//! hooks reaped as the shell's own children).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal as NixSignal;
+
+use super::{Runtime, Start};
+use crate::config::{self, Invocation};
+use crate::os::pidfile;
+use crate::os::seam::{Call, ChildStatus, FakeOs, Os};
+
+/// A `Start` for `arbiter -b 127.0.0.1:0 ARGS -- true` in `dir`, as a fresh master or as the
+/// upgrade child of `old_master`.
+fn start(dir: &Path, args: &[&str], old_master: Option<u32>) -> Start {
+    let mut argv: Vec<OsString> = ["arbiter", "-b", "127.0.0.1:0", "--log-level", "error"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    argv.extend(args.iter().map(OsString::from));
+    argv.extend(["--", "true"].iter().map(OsString::from));
+    let (invocation, sources) = config::load(argv, &BTreeMap::new()).expect("valid options");
+    let Invocation::Run(mut settings) = invocation else {
+        panic!("not a run");
+    };
+    settings.worker_tmp_dir = Some(dir.to_path_buf());
+    let master_env = vec![
+        (OsString::from("PATH"), OsString::from("/usr/bin:/bin")),
+        (OsString::from("TMPDIR"), dir.as_os_str().to_owned()),
+    ];
+    Start {
+        settings: *settings,
+        sources,
+        env_snapshot: BTreeMap::new(),
+        inherited: arbiter_sockets::Inherited {
+            origin: None,
+            listeners: Vec::new(),
+            old_master,
+        },
+        master_env,
+        argv: vec![OsString::from("arbiter")],
+    }
+}
+
+/// The pids of the workers spawned so far, in order.
+fn spawned(os: &FakeOs) -> Vec<i32> {
+    os.calls
+        .iter()
+        .filter_map(|call| match call {
+            Call::SpawnWorker(_, pid) => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The calls made since `from`.
+fn calls_since(os: &FakeOs, from: usize) -> Vec<Call> {
+    os.calls[from..].to_vec()
+}
+
+#[test]
+fn an_exit_is_peeked_then_its_group_killed_then_it_is_reaped_then_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut os = FakeOs::new();
+    {
+        let mut runtime =
+            Runtime::start_with(start(dir.path(), &["-w", "2"], None), &mut os).unwrap();
+        runtime.execute_actions();
+        let workers = spawned(runtime.os);
+        assert_eq!(workers.len(), 2, "{:?}", runtime.os.calls);
+        let crashed = workers[0];
+        let mark = runtime.os.calls.len();
+        runtime.os.exit(
+            crashed,
+            ChildStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+        );
+        let now = runtime.now();
+        runtime.reap(now);
+        let after = calls_since(runtime.os, mark);
+        assert_eq!(
+            after[..3],
+            [
+                Call::Peek(crashed),
+                Call::Signal(-crashed, NixSignal::SIGKILL),
+                Call::Reap(crashed),
+            ],
+            "{after:?}"
+        );
+        assert!(
+            matches!(after.get(3), Some(Call::SpawnWorker(_, pid)) if !workers.contains(pid)),
+            "the slot is refilled after the reap: {after:?}"
+        );
+        // Nothing is left a zombie.
+        assert_eq!(runtime.os.peek_exit(), None);
+    }
+}
+
+#[test]
+fn the_pidfile_is_written_before_any_worker_and_an_unwritable_one_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.pid");
+    let path_text = path.to_str().unwrap().to_owned();
+    let mut os = FakeOs::new();
+    {
+        let mut runtime =
+            Runtime::start_with(start(dir.path(), &["-p", &path_text], None), &mut os).unwrap();
+        runtime.execute_actions();
+    }
+    let first_spawn = os
+        .calls
+        .iter()
+        .position(|c| matches!(c, Call::SpawnWorker(..)))
+        .expect("a worker was spawned");
+    let write = os
+        .calls
+        .iter()
+        .position(|c| *c == Call::WritePidfile(path.clone()))
+        .expect("the pidfile was written");
+    assert!(write < first_spawn, "{:?}", os.calls);
+
+    let mut refusing = FakeOs::new();
+    refusing.unwritable.push(path.clone());
+    let error = Runtime::start_with(start(dir.path(), &["-p", &path_text], None), &mut refusing)
+        .err()
+        .expect("the start fails");
+    assert_eq!(error.exit_code(), 1);
+    assert!(error.to_string().contains("a.pid"), "{error}");
+    assert!(
+        !refusing
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::SpawnWorker(..) | Call::StartHook(..))),
+        "nothing started: {:?}",
+        refusing.calls
+    );
+}
+
+#[test]
+fn an_upgrade_child_writes_pidfile_2_once_ready_and_renames_it_when_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let path_text = path.to_str().unwrap().to_owned();
+    let second = pidfile::upgrade_path(&path);
+    let mut os = FakeOs::new();
+    os.parent = 4242;
+    {
+        let args = ["-p", &path_text, "-w", "2", "--ready", "exec"];
+        let mut runtime =
+            Runtime::start_with(start(dir.path(), &args, Some(4242)), &mut os).unwrap();
+        assert!(
+            !runtime.os.calls.contains(&Call::WritePidfile(path.clone())),
+            "an upgrade child never writes the old master's pidfile"
+        );
+        runtime.execute_actions();
+        let calls = runtime.os.calls.clone();
+        let write_two = calls
+            .iter()
+            .position(|c| *c == Call::WritePidfile(second.clone()))
+            .expect("PIDFILE.2 written once the new workers are ready");
+        let spawns: Vec<usize> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Call::SpawnWorker(..)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(spawns.len(), 2, "{calls:?}");
+        assert!(spawns.iter().all(|&i| i < write_two), "{calls:?}");
+        assert!(!calls.iter().any(|c| matches!(c, Call::RenamePidfile(..))));
+
+        // The old master exits: this one is reparented, and promotes itself.
+        runtime.os.parent = 1;
+        runtime.check_promotion();
+        runtime.execute_actions();
+        assert!(
+            runtime
+                .os
+                .calls
+                .contains(&Call::RenamePidfile(second.clone(), path.clone())),
+            "{:?}",
+            runtime.os.calls
+        );
+    }
+    assert_eq!(os.pidfiles, vec![(path, std::process::id())]);
+}
+
+#[test]
+fn a_worker_exit_hook_is_started_and_reaped_as_the_shells_own_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut os = FakeOs::new();
+    let mut runtime =
+        Runtime::start_with(start(dir.path(), &["--worker-exit", "true"], None), &mut os).unwrap();
+    runtime.execute_actions();
+    let worker = spawned(runtime.os)[0];
+    runtime.os.exit(worker, ChildStatus::Exited(1));
+    let now = runtime.now();
+    runtime.reap(now);
+    let hook = runtime
+        .os
+        .calls
+        .iter()
+        .find_map(|c| match c {
+            Call::StartHook(name, pid) if name == "worker_exit" => Some(*pid),
+            _ => None,
+        })
+        .expect("the worker_exit hook started");
+    let workers_before = spawned(runtime.os).len();
+    let mark = runtime.os.calls.len();
+    runtime.os.exit(hook, ChildStatus::Exited(0));
+    let now = runtime.now();
+    runtime.reap(now);
+    assert_eq!(
+        calls_since(runtime.os, mark),
+        vec![Call::Peek(hook), Call::Reap(hook)],
+        "a hook's exit is reaped, never fed to the core (no group kill, no respawn)"
+    );
+    assert_eq!(spawned(runtime.os).len(), workers_before);
+    assert!(runtime.hook_pids.is_empty());
+}
+
+#[test]
+fn a_stop_signals_every_worker_and_exits_once_all_are_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("s.pid");
+    let path_text = path.to_str().unwrap().to_owned();
+    let mut os = FakeOs::new();
+    {
+        let args = ["-w", "3", "-p", &path_text];
+        let mut runtime = Runtime::start_with(start(dir.path(), &args, None), &mut os).unwrap();
+        runtime.execute_actions();
+        let workers = spawned(runtime.os);
+        runtime.os.signals.push(NixSignal::SIGTERM);
+        runtime.feed_signals();
+        for pid in &workers {
+            assert!(
+                runtime
+                    .os
+                    .calls
+                    .contains(&Call::Signal(*pid, NixSignal::SIGTERM)),
+                "TERM to {pid}: {:?}",
+                runtime.os.calls
+            );
+        }
+        assert_eq!(runtime.exit, None, "not before the workers are reaped");
+        for pid in &workers {
+            runtime.os.exit(*pid, ChildStatus::Exited(0));
+        }
+        let now = runtime.now();
+        runtime.reap(now);
+        assert_eq!(runtime.exit, Some(0));
+    }
+    assert!(os.calls.contains(&Call::RemovePidfile(path)));
+    assert!(os.pidfiles.is_empty(), "the pidfile is gone at exit");
+}
