@@ -68,7 +68,7 @@ fn an_exit_is_peeked_then_its_group_killed_then_it_is_reaped_then_replaced() {
     let mut os = FakeOs::new();
     {
         let mut runtime =
-            Runtime::start_with(start(dir.path(), &["-w", "2"], None), &mut os).unwrap();
+            Runtime::start_over(start(dir.path(), &["-w", "2"], None), None, &mut os).unwrap();
         runtime.execute_actions();
         let workers = spawned(runtime.os);
         assert_eq!(workers.len(), 2, "{:?}", runtime.os.calls);
@@ -110,7 +110,8 @@ fn the_pidfile_is_written_before_any_worker_and_an_unwritable_one_stops_the_star
     let mut os = FakeOs::new();
     {
         let mut runtime =
-            Runtime::start_with(start(dir.path(), &["-p", &path_text], None), &mut os).unwrap();
+            Runtime::start_over(start(dir.path(), &["-p", &path_text], None), None, &mut os)
+                .unwrap();
         runtime.execute_actions();
     }
     let first_spawn = os
@@ -127,9 +128,13 @@ fn the_pidfile_is_written_before_any_worker_and_an_unwritable_one_stops_the_star
 
     let mut refusing = FakeOs::new();
     refusing.unwritable.push(path.clone());
-    let error = Runtime::start_with(start(dir.path(), &["-p", &path_text], None), &mut refusing)
-        .err()
-        .expect("the start fails");
+    let error = Runtime::start_over(
+        start(dir.path(), &["-p", &path_text], None),
+        None,
+        &mut refusing,
+    )
+    .err()
+    .expect("the start fails");
     assert_eq!(error.exit_code(), 1);
     assert!(error.to_string().contains("a.pid"), "{error}");
     assert!(
@@ -153,7 +158,7 @@ fn an_upgrade_child_writes_pidfile_2_once_ready_and_renames_it_when_promoted() {
     {
         let args = ["-p", &path_text, "-w", "2", "--ready", "exec"];
         let mut runtime =
-            Runtime::start_with(start(dir.path(), &args, Some(4242)), &mut os).unwrap();
+            Runtime::start_over(start(dir.path(), &args, Some(4242)), None, &mut os).unwrap();
         assert!(
             !runtime.os.calls.contains(&Call::WritePidfile(path.clone())),
             "an upgrade child never writes the old master's pidfile"
@@ -194,8 +199,12 @@ fn an_upgrade_child_writes_pidfile_2_once_ready_and_renames_it_when_promoted() {
 fn a_worker_exit_hook_is_started_and_reaped_as_the_shells_own_child() {
     let dir = tempfile::tempdir().unwrap();
     let mut os = FakeOs::new();
-    let mut runtime =
-        Runtime::start_with(start(dir.path(), &["--worker-exit", "true"], None), &mut os).unwrap();
+    let mut runtime = Runtime::start_over(
+        start(dir.path(), &["--worker-exit", "true"], None),
+        None,
+        &mut os,
+    )
+    .unwrap();
     runtime.execute_actions();
     let worker = spawned(runtime.os)[0];
     runtime.os.exit(worker, ChildStatus::Exited(1));
@@ -232,7 +241,8 @@ fn a_stop_signals_every_worker_and_exits_once_all_are_reaped() {
     let mut os = FakeOs::new();
     {
         let args = ["-w", "3", "-p", &path_text];
-        let mut runtime = Runtime::start_with(start(dir.path(), &args, None), &mut os).unwrap();
+        let mut runtime =
+            Runtime::start_over(start(dir.path(), &args, None), None, &mut os).unwrap();
         runtime.execute_actions();
         let workers = spawned(runtime.os);
         runtime.os.signals.push(NixSignal::SIGTERM);
