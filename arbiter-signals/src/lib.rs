@@ -193,6 +193,16 @@ impl SignalPipe {
         self.close_in_child();
     }
 
+    /// For a child that shares the parent's memory until it execs (`clone` with `CLONE_VM`,
+    /// as `vfork` and `posix_spawn` do): as [`SignalPipe::child_reset`], but the handler's
+    /// state, which is the parent's own memory here, is left alone. The child must start with
+    /// every signal blocked (so no handler runs in it before its dispositions are the
+    /// defaults). Async-signal-safe and allocation-free.
+    pub fn vfork_child_reset(&self) {
+        reset_dispositions(Scope::Exec);
+        self.close_in_child();
+    }
+
     /// For a forked child that runs on without `exec` (a library-mode worker):
     /// [`reset_in_forked_child`], then closes both pipe ends. Async-signal-safe and
     /// allocation-free.
@@ -239,6 +249,12 @@ enum Scope {
 fn reset(scope: Scope) {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
     WRITE_FD.store(-1, Ordering::Relaxed);
+    reset_dispositions(scope);
+}
+
+/// With every signal blocked: the dispositions to their defaults, then an empty mask.
+fn reset_dispositions(scope: Scope) {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
     let reserved = 32..libc::SIGRTMIN();
     for signal in 1..NSIG {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {

@@ -1,10 +1,17 @@
 //! Fork and exec: workers (with the hand-off plan) and the re-exec'd master (USR2).
 //!
-//! Everything that allocates happens before `fork`. Between `fork` and `exec` the child only
-//! makes async-signal-safe calls on memory prepared in advance: no allocation, no lock, no
-//! logging: the child's calls are rustix's raw syscalls, plus `execve` and `_exit`. An exec
-//! failure is reported to the parent through a close-on-exec pipe (the errno, four bytes); EOF
-//! on that pipe means the exec succeeded.
+//! Everything that allocates happens before the child is made. Between then and `exec` the
+//! child only makes async-signal-safe calls on memory prepared in advance: no allocation, no
+//! lock, no logging: the child's calls are rustix's raw syscalls, plus `execve` and `_exit`.
+//!
+//! A child that execs is made the way `posix_spawn` makes it: `clone(CLONE_VM | CLONE_VFORK)`
+//! on a stack of its own. Nothing of the master's memory is copied (no page tables, no
+//! copy-on-write faults in the master afterwards), the master is suspended until the child
+//! has exec'd or exited, and the child's only writes to the memory it shares are the errno of
+//! a failed set-up or exec and the pid digits of the environment prepared for it; its signal
+//! handlers are its own (no `CLONE_SIGHAND`), and it starts with every signal blocked, so the
+//! master's handler never runs in it. A library-mode worker, which runs on without exec, is
+//! forked; it reports a failed set-up through a close-on-exec pipe.
 
 use std::ffi::{c_char, CString, OsStr};
 use std::io;
@@ -105,9 +112,8 @@ pub struct WorkerSpawn<'a> {
 
 /// Forks and execs a worker in its own process group, with default signal dispositions, an
 /// empty mask, the configured identity, a parent-death signal, and only fds 0-2 plus the
-/// plan's. Returns its pid at
-/// once, without waiting for the exec (so the master stays free to take signals), and the
-/// watch that tells, once the worker has exited, whether its exec failed. `signals` (the
+/// plan's. Returns its pid once the child has exec'd (or failed to), and the watch that
+/// tells, once the worker has exited, whether its exec failed. `signals` (the
 /// master's pipe) is reset in the child.
 pub fn spawn_worker(
     mut spawn: WorkerSpawn<'_>,
@@ -124,8 +130,8 @@ pub fn spawn_worker(
         entries
     };
     let master = process::getpid();
-    let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
-        signals.child_reset();
+    let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, || {
+        signals.vfork_child_reset();
         worker_setup(master, spawn.identity, spawn.stdout_fd, spawn.stderr_fd)?;
         if let Some(slot) = spawn.watchdog_pid.as_mut() {
             slot.fill(process::getpid().as_raw_nonzero().get() as u32);
@@ -134,7 +140,7 @@ pub fn spawn_worker(
         unsafe { spawn.plan.apply_in_child(Others::CloseOnExec) }.map_err(errno_of)
     })?;
     make_group_leader(pid);
-    Ok((pid, report.into_watch()))
+    Ok((pid, ExecWatch::known(failed)))
 }
 
 /// In a new worker between fork and exec: its own process group, the configured user and
@@ -266,12 +272,20 @@ pub struct MasterSpawn<'a> {
 pub fn spawn_master(spawn: MasterSpawn<'_>, signals: &SignalPipe) -> Result<i32, SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
-    let (pid, report) = fork_exec(spawn.program, &argv, &envp, || {
-        signals.child_reset();
+    let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, || {
+        signals.vfork_child_reset();
         process::chdir(spawn.cwd.as_c_str())?;
         arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds).map_err(errno_of)
     })?;
-    report.wait(pid, spawn.program)
+    let Some(errno) = failed else {
+        return Ok(pid);
+    };
+    // It has exited already: reaped here, it never reaches the worker table.
+    let _ = waitpid(Pid::from_raw(pid), None);
+    Err(SpawnError::Exec {
+        program: spawn.program.to_string_lossy().into_owned(),
+        error: errno.into(),
+    })
 }
 
 /// The errno of an error from a wrapper that speaks `io::Error`.
@@ -307,34 +321,88 @@ unsafe fn fork_blocked() -> Result<ForkResult, SpawnError> {
     forked.map_err(|errno| SpawnError::Fork(errno.into()))
 }
 
-/// Forks; the child runs `prepare` (async-signal-safe and allocation-free: it runs between
-/// fork and exec), then execs `program`. Returns the child's pid and the pipe on which it
-/// reports a failed `prepare` or exec.
-fn fork_exec(
+/// The child's stack: its set-up and `execve` need a few KiB; debug builds more.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// What the child of [`vfork_exec`] runs, in memory shared with the suspended parent.
+struct VforkChild<F> {
+    program: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    prepare: Option<F>,
+    /// Written by the child when its set-up or exec failed; 0 otherwise.
+    errno: i32,
+}
+
+/// The child's entry point: set up, exec, or leave the errno and exit 127.
+extern "C" fn vfork_child<F: FnOnce() -> Result<(), Errno>>(arg: *mut libc::c_void) -> i32 {
+    // SAFETY: `arg` is the `VforkChild<F>` that `vfork_exec` passed; the parent is suspended
+    // until this child execs or exits, so nothing else uses it meanwhile.
+    let child = unsafe { &mut *arg.cast::<VforkChild<F>>() };
+    let errno = match child.prepare.take().map_or(Ok(()), |prepare| prepare()) {
+        Err(errno) => errno,
+        Ok(()) => {
+            // SAFETY: program, argv and envp are NUL-terminated arrays of C strings prepared
+            // before the clone; they live until exec replaces this image.
+            unsafe { libc::execve(child.program, child.argv, child.envp) };
+            Errno::from_raw_os_error(nix::errno::Errno::last_raw())
+        }
+    };
+    child.errno = errno.raw_os_error().max(1);
+    exit_child(127)
+}
+
+/// Starts a child that shares the master's memory until it execs (see the module doc); the
+/// child runs `prepare` (async-signal-safe and allocation-free, and writing nothing of the
+/// master's but what was prepared for it), then execs `program`. Returns when the child has
+/// exec'd or exited: its pid, and the errno if its set-up or exec failed (it then exited 127).
+/// Every signal is blocked across the clone (see [`fork_blocked`] for why), and the parent's
+/// mask restored when the child is gone from its memory.
+fn vfork_exec<F: FnOnce() -> Result<(), Errno>>(
     program: &CString,
     argv: &[*const c_char],
     envp: &[*const c_char],
-    prepare: impl FnOnce() -> Result<(), Errno>,
-) -> Result<(i32, ExecReport), SpawnError> {
-    let report = ExecReport::new()?;
-    // SAFETY: the master is single-threaded when it forks (DESIGN: no thread in the master),
-    // and the child below only runs `prepare` (async-signal-safe by its contract), execve and
-    // the report.
-    match unsafe { fork_blocked() }? {
-        ForkResult::Parent { child } => Ok((child.as_raw(), report)),
-        ForkResult::Child => {
-            let errno = match prepare() {
-                Err(errno) => errno,
-                Ok(()) => {
-                    // SAFETY: program, argv and envp are NUL-terminated arrays of C strings
-                    // prepared before the fork; they live until exec replaces this image.
-                    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-                    Errno::from_raw_os_error(nix::errno::Errno::last_raw())
-                }
-            };
-            report.fail_and_exit(errno)
-        }
+    prepare: F,
+) -> Result<(i32, Option<Errno>), SpawnError> {
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its (16-byte aligned) end.
+    let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK - 64);
+    let top = top.wrapping_sub(top as usize % 16);
+    let mut child = VforkChild {
+        program: program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        prepare: Some(prepare),
+        errno: 0,
+    };
+    let mut saved = SigSet::empty();
+    let _ = sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    );
+    // SAFETY: the master is single-threaded (DESIGN: no thread in the master); the child runs
+    // `vfork_child` on its own stack, which lives until this returns, and with CLONE_VFORK
+    // this returns only once the child has exec'd or exited, so `child` and `stack` outlive
+    // its use of them. Without CLONE_SIGHAND the child's dispositions are its own copy; in a
+    // single-threaded process the C library's set-id calls (--user) go straight to the kernel
+    // and change only the calling task, the child.
+    let pid = unsafe {
+        libc::clone(
+            vfork_child::<F>,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut child as *mut VforkChild<F>).cast(),
+        )
+    };
+    let clone_error = (pid < 0).then(io::Error::last_os_error);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+    drop(stack);
+    if let Some(error) = clone_error {
+        return Err(SpawnError::Fork(error));
     }
+    let failed = (child.errno != 0).then(|| Errno::from_raw_os_error(child.errno));
+    Ok((pid, failed))
 }
 
 fn pointers<'a>(items: impl Iterator<Item = *const c_char> + 'a) -> Vec<*const c_char> {
@@ -350,18 +418,31 @@ pub(crate) fn exit_child(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// The parent's end of a worker's exec report, kept until the worker exits.
-pub struct ExecWatch {
-    read: OwnedFd,
+/// Whether a worker's set-up or exec failed, told once it has exited: known at the spawn
+/// for an exec'd worker, or the parent's end of a forked worker's report pipe.
+pub struct ExecWatch(Watch);
+
+enum Watch {
+    Known(Option<Errno>),
+    Pipe(OwnedFd),
 }
 
 impl ExecWatch {
-    /// After the worker exited: the errno it reported if its setup or exec failed (an exec
-    /// that succeeded closed the pipe without a word).
+    fn known(failed: Option<Errno>) -> ExecWatch {
+        ExecWatch(Watch::Known(failed))
+    }
+
+    /// After the worker exited: the errno it reported if its setup or exec failed (on the
+    /// pipe, an exec that succeeded closed it without a word).
     pub fn failure(&self) -> Option<io::Error> {
-        let mut bytes = [0u8; 4];
-        let n = rustix::io::read(&self.read, &mut bytes).ok()?;
-        (n == 4).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)))
+        match &self.0 {
+            Watch::Known(failed) => failed.map(io::Error::from),
+            Watch::Pipe(read) => {
+                let mut bytes = [0u8; 4];
+                let n = rustix::io::read(read, &mut bytes).ok()?;
+                (n == 4).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)))
+            }
+        }
     }
 }
 
@@ -389,38 +470,57 @@ impl ExecReport {
         // Our copy of the write end closes here; only the child's remains.
         drop(self.write);
         let _ = rustix::fs::fcntl_setfl(&self.read, rustix::fs::OFlags::NONBLOCK);
-        ExecWatch { read: self.read }
-    }
-
-    /// In the parent: EOF means exec succeeded; four bytes are the child's errno, and the
-    /// child is reaped here so it never reaches the worker table.
-    fn wait(self, pid: i32, program: &CString) -> Result<i32, SpawnError> {
-        // Our copy of the write end closes here, so EOF arrives once the child execs.
-        drop(self.write);
-        let mut bytes = [0u8; 4];
-        let mut got = 0;
-        while got < bytes.len() {
-            match rustix::io::read(&self.read, &mut bytes[got..]) {
-                Err(Errno::INTR) => continue,
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-        }
-        drop(self.read);
-        if got == 0 {
-            return Ok(pid);
-        }
-        let _ = waitpid(Pid::from_raw(pid), None);
-        Err(SpawnError::Exec {
-            program: program.to_string_lossy().into_owned(),
-            error: io::Error::from_raw_os_error(i32::from_ne_bytes(bytes)),
-        })
+        ExecWatch(Watch::Pipe(self.read))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::wait::WaitStatus;
+
+    fn exit_code(pid: i32) -> i32 {
+        match waitpid(Pid::from_raw(pid), None).unwrap() {
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vforked_child_execs_or_reports_why_not_and_writes_what_it_was_given() {
+        let sh = CString::new("/bin/sh").unwrap();
+        let args = [
+            sh.clone(),
+            CString::new("-c").unwrap(),
+            CString::new("exit 7").unwrap(),
+        ];
+        let argv = pointers(args.iter().map(|a| a.as_ptr()));
+        let envp = pointers(std::iter::empty());
+        let mut written = 0;
+        let (pid, failed) = vfork_exec(&sh, &argv, &envp, || {
+            written = 42;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(failed, None);
+        assert_eq!(
+            written, 42,
+            "the child shares the parent's memory until it execs"
+        );
+        assert_eq!(exit_code(pid), 7);
+
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "not a program").unwrap();
+        let plain = CString::new(plain.as_os_str().as_bytes()).unwrap();
+        let (pid, failed) = vfork_exec(&plain, &argv, &envp, || Ok(())).unwrap();
+        assert_eq!(failed, Some(Errno::ACCESS));
+        assert_eq!(exit_code(pid), 127);
+
+        let (pid, failed) = vfork_exec(&sh, &argv, &envp, || Err(Errno::SRCH)).unwrap();
+        assert_eq!(failed, Some(Errno::SRCH));
+        assert_eq!(exit_code(pid), 127);
+    }
 
     #[test]
     fn resolves_on_path_and_reports_missing_and_non_executable() {
