@@ -423,7 +423,9 @@ impl Master {
         }
     }
 
-    /// Polls until `n` workers are ready; the time since the master was spawned.
+    /// Polls until `n` workers are ready; the time since the master was spawned. Fails after
+    /// `limit`, or once the count has not moved for 30 s (a limit was hit, or the master
+    /// stalled).
     pub fn wait_ready(&self, n: usize, limit: Duration) -> Result<Duration, String> {
         // Metrics are served by the master itself: poll them less often at large sizes.
         let pause = match (&self.collector, n) {
@@ -432,16 +434,26 @@ impl Master {
             (None, _) => Duration::from_millis(20),
         };
         let begin = Instant::now();
+        let (mut last, mut moved) = (0, Instant::now());
         loop {
             let ready = self.ready_count().unwrap_or(0);
             if ready >= n {
                 return Ok(self.started.elapsed());
+            }
+            if ready != last {
+                (last, moved) = (ready, Instant::now());
             }
             if procfs::is_dead(self.pid) {
                 return Err(self.fail(&format!("master died with {ready} of {n} ready")));
             }
             if begin.elapsed() > limit {
                 return Err(self.fail(&format!("only {ready} of {n} ready within {limit:?}")));
+            }
+            if moved.elapsed() > Duration::from_secs(30) {
+                return Err(self.fail(&format!(
+                    "stalled at {ready} of {n} ready for 30 s ({} live children)",
+                    self.workers().len()
+                )));
             }
             std::thread::sleep(pause);
         }
@@ -485,5 +497,78 @@ impl Drop for Master {
             procfs::kill_tree(self.pid);
         }
         procfs::reap_any();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    /// The Python worker speaks the protocol: READY=1, then WATCHDOG=1 about once a second,
+    /// serves `GET /` on fd 3 with its pid, and on TERM sends STOPPING=1 and exits.
+    #[test]
+    fn the_python_worker_speaks_the_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fd = listener.as_raw_fd();
+        let script = crate::common::root().join("scripts/py_worker.py");
+        let mut command = Command::new("python3");
+        command
+            .arg(&script)
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("BENCH_BEAT_INTERVAL", "0.2")
+            .stdin(Stdio::null());
+        // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which
+        // are async-signal-safe; it allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, 3) != 3 || libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut messages = Vec::new();
+        let mut buffer = [0u8; 256];
+        while messages.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
+            let Ok(n) = notify.recv(&mut buffer) else {
+                procfs::kill_tree(pid);
+                let _ = child.wait();
+                panic!("no notify message within 10 s; got {messages:?}");
+            };
+            messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        assert_eq!(messages[..2], ["WATCHDOG=1", "READY=1"], "{messages:?}");
+        let (status, body) = crate::common::http_get(port, "/", Duration::from_secs(5)).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(super::super::load::pid_in(&body), Some(pid as u32), "{body}");
+        procfs::kill(pid, libc::SIGTERM);
+        let mut stopping = false;
+        while let Ok(n) = notify.recv(&mut buffer) {
+            if &buffer[..n] == b"STOPPING=1" {
+                stopping = true;
+                break;
+            }
+        }
+        let exited = procfs::wait_exit(pid, Duration::from_secs(10));
+        if exited.is_none() {
+            procfs::kill_tree(pid);
+        }
+        let _ = child.try_wait();
+        assert!(stopping, "no STOPPING=1 after TERM");
+        assert!(exited.is_some(), "did not exit within 10 s of TERM");
     }
 }
