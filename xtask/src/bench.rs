@@ -70,7 +70,7 @@ const SCENARIOS: &[&str] = &[
 pub struct Plan {
     /// Repetitions of each run.
     pub reps: usize,
-    /// Repetitions of the HUP and USR2 runs (6 s each).
+    /// Repetitions of the HUP and USR2 runs (6 s each) and of the hung request.
     pub reload_reps: usize,
     /// Worker counts for the boot scenario.
     pub boot_sizes: Vec<usize>,

@@ -282,7 +282,7 @@ pub fn hung_and_crash(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         timeout_s: 2,
         ..Spec::workers(1)
     };
-    for _ in 0..plan.reps {
+    for _ in 0..plan.reload_reps {
         for (column, &system) in SERVERS.iter().enumerate() {
             if !bench.available(system) {
                 continue;

@@ -424,8 +424,8 @@ impl Master {
     }
 
     /// Polls until `n` workers are ready; the time since the master was spawned. Fails after
-    /// `limit`, or once the count has not moved for 30 s (a limit was hit, or the master
-    /// stalled).
+    /// `limit`, or once neither the ready count nor the live children have moved for 30 s (a
+    /// limit was hit, or the master stalled).
     pub fn wait_ready(&self, n: usize, limit: Duration) -> Result<Duration, String> {
         // Metrics are served by the master itself: poll them less often at large sizes.
         let pause = match (&self.collector, n) {
@@ -434,26 +434,42 @@ impl Master {
             (None, _) => Duration::from_millis(20),
         };
         let begin = Instant::now();
-        let (mut last, mut moved) = (0, Instant::now());
+        let (mut last, mut children, mut moved) = (0, 0, Instant::now());
+        let mut answered = false;
         loop {
-            let ready = self.ready_count().unwrap_or(0);
+            let count = self.ready_count();
+            answered |= count.is_some();
+            let ready = count.unwrap_or(0);
             if ready >= n {
                 return Ok(self.started.elapsed());
             }
             if ready != last {
                 (last, moved) = (ready, Instant::now());
             }
-            if procfs::is_dead(self.pid) {
-                return Err(self.fail(&format!("master died with {ready} of {n} ready")));
-            }
-            if begin.elapsed() > limit {
-                return Err(self.fail(&format!("only {ready} of {n} ready within {limit:?}")));
-            }
-            if moved.elapsed() > Duration::from_secs(30) {
-                return Err(self.fail(&format!(
-                    "stalled at {ready} of {n} ready for 30 s ({} live children)",
-                    self.workers().len()
-                )));
+            let failure = if procfs::is_dead(self.pid) {
+                Some(format!("master died with {ready} of {n} ready"))
+            } else if begin.elapsed() > limit {
+                Some(format!("only {ready} of {n} ready within {limit:?}"))
+            } else if moved.elapsed() > Duration::from_secs(30) {
+                // No readiness for 30 s: still spawning, or stuck?
+                let now = self.workers().len();
+                if now != children {
+                    (children, moved) = (now, Instant::now());
+                    None
+                } else {
+                    Some(format!("stalled at {ready} of {n} ready for 30 s"))
+                }
+            } else {
+                None
+            };
+            if let Some(why) = failure {
+                let live = self.workers().len();
+                let metrics = match (&self.collector, answered) {
+                    (Some(_), _) => "",
+                    (None, true) => ", metrics answered",
+                    (None, false) => ", metrics never answered",
+                };
+                return Err(self.fail(&format!("{why} ({live} live children{metrics})")));
             }
             std::thread::sleep(pause);
         }
@@ -554,7 +570,11 @@ mod tests {
         assert_eq!(messages[..2], ["WATCHDOG=1", "READY=1"], "{messages:?}");
         let (status, body) = crate::common::http_get(port, "/", Duration::from_secs(5)).unwrap();
         assert_eq!(status, 200);
-        assert_eq!(super::super::load::pid_in(&body), Some(pid as u32), "{body}");
+        assert_eq!(
+            super::super::load::pid_in(&body),
+            Some(pid as u32),
+            "{body}"
+        );
         procfs::kill(pid, libc::SIGTERM);
         let mut stopping = false;
         while let Ok(n) = notify.recv(&mut buffer) {
