@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
@@ -152,6 +152,9 @@ fn since_epoch(at: TimeSpec) -> Duration {
     Duration::new(at.tv_sec().max(0) as u64, at.tv_nsec().max(0) as u32)
 }
 
+/// The most fds one message can carry (Linux's `SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
 /// The most datagrams read from one socket per call, and the buffer for each.
 const BATCH: usize = 16;
 const DATAGRAM_MAX: usize = 4096;
@@ -196,7 +199,10 @@ impl NotifyHub {
     /// A hub binding its sockets in `dir` (a private directory: who can write there can
     /// speak for a worker).
     pub fn new(dir: &Path) -> io::Result<NotifyHub> {
-        let cmsg = nix::cmsg_space!(TimeSpec, [i32; 16]);
+        // Room for as many fds as one message can carry: with less, the kernel installs what
+        // fits and flags the message truncated, nix then yields no control messages, and the
+        // installed fds would leak in the master (found by the `notify` fuzz target).
+        let cmsg = nix::cmsg_space!(TimeSpec, [RawFd; SCM_MAX_FD]);
         Ok(NotifyHub {
             dir: dir.to_path_buf(),
             eager: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
@@ -444,6 +450,37 @@ mod tests {
         worker.send("WATCHDOG=1").unwrap();
         assert!(!readable(hub.eager_fd()), "calmed: lazy again");
         assert!(readable(hub.lazy_fd()));
+    }
+
+    /// Found by the `notify` fuzz target: a datagram with more fds than the receive buffer
+    /// had room for came back truncated, and its fds stayed open in the master.
+    #[test]
+    fn passed_fds_are_closed_however_many() {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        use std::io::IoSlice;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let path = hub.open(5).unwrap();
+        let sender = UnixDatagram::unbound().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = open_fds();
+        let fds = vec![null.as_raw_fd(); SCM_MAX_FD];
+        sendmsg(
+            sender.as_raw_fd(),
+            &[IoSlice::new(b"READY=1")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&UnixAddr::new(&path).unwrap()),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        hub.read_eager(&mut out);
+        assert_eq!(open_fds(), before, "every passed fd closed");
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.ready);
+        assert!(out[0].1.age.is_some(), "the stamp is read too");
     }
 
     #[test]
