@@ -57,6 +57,14 @@ pub(crate) fn duration(raw: &Raw) -> Parsed<Duration> {
         Raw::Float(x) => seconds(*x),
         Raw::Str(s) => {
             let s = s.trim();
+            // Whole seconds exactly (an f64 rounds above 2^53), as a TOML integer gives them.
+            if let Some(whole) = s
+                .starts_with(|c: char| c.is_ascii_digit())
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+            {
+                return Ok(Duration::from_secs(whole));
+            }
             if s.starts_with(|c: char| c.is_ascii_digit() || c == '.') && s.parse::<f64>().is_ok() {
                 return seconds(s.parse::<f64>().unwrap_or(f64::NAN));
             }

@@ -287,6 +287,22 @@ fn duration_forms() {
     );
 }
 
+/// Found by the `duration` fuzz target: whole seconds went through an f64 and came back
+/// rounded above 2^53 (`--check-config` then printed another value).
+#[test]
+fn whole_seconds_are_exact() {
+    let timeout = |value: &str| run(&["--timeout", value], &[]).expect("duration").timeout;
+    assert_eq!(
+        timeout("9116640000035064000"),
+        Some(Duration::from_secs(9_116_640_000_035_064_000))
+    );
+    assert_eq!(
+        parse_duration(" 18446744073709551615 "),
+        Ok(Duration::from_secs(u64::MAX))
+    );
+    assert!(parse_duration("+5").is_err(), "a sign is no duration");
+}
+
 #[test]
 fn umask_forms() {
     let umask = |value: &str| run(&["--umask", value], &[]).expect("umask").umask;
