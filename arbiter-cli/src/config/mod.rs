@@ -38,6 +38,26 @@ pub use settings::{
     Settings,
 };
 
+/// A duration as a flag or variable gives it (`--timeout`, `ARBITER_GRACEFUL_TIMEOUT`, ...):
+/// seconds (`"30"`, `"0.5"`) or humantime (`"500ms"`, `"1m"`); the reason when refused.
+/// Public for fuzzing; [`load`] adds the option and the value to the reason.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    parse::duration(&raw::Raw::Str(text.to_owned()))
+}
+
+/// Worker environment pairs as repeated `--env KEY=VALUE` flags give them; the reason when
+/// refused. Public for fuzzing.
+pub fn parse_env_flags(values: &[String]) -> Result<Vec<(String, String)>, String> {
+    let raw = raw::Raw::List(values.iter().cloned().map(raw::Raw::Str).collect());
+    parse::env_pairs(&raw)
+}
+
+/// Worker environment pairs as `ARBITER_ENV` gives them (`KEY=VALUE`, comma separated); the
+/// reason when refused. Public for fuzzing.
+pub fn parse_env_variable(text: &str) -> Result<Vec<(String, String)>, String> {
+    parse::env_pairs(&raw::Raw::Str(text.to_owned()))
+}
+
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Invocation {

@@ -15,7 +15,8 @@
 //! Limits: no chunked request bodies (501), heads up to 8 KiB, no TLS; `LISTEN_PID` is honoured
 //! when set but not required.
 
-mod http;
+/// HTTP/1.x request-head parsing, routing and responses (pure; public for fuzzing).
+pub mod http;
 mod listeners;
 mod protocol;
 mod server;
