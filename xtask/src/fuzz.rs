@@ -22,8 +22,13 @@ const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--jobs J] [TARGET...
   --list prints the targets.";
 
 /// Inputs longer than libFuzzer's default of 4096 bytes, for parsers whose limits lie beyond it
-/// (the worker's and the metrics server's 8 KiB request heads).
-const MAX_LEN: &[(&str, usize)] = &[("http_worker", 20_000), ("metrics_request", 12_000)];
+/// (the worker's and the metrics server's 8 KiB request heads, the notify socket's 4 KiB
+/// receive buffer).
+const MAX_LEN: &[(&str, usize)] = &[
+    ("http_worker", 20_000),
+    ("metrics_request", 12_000),
+    ("notify", 5_000),
+];
 
 /// Seconds one input may take before libFuzzer calls it a hang.
 const INPUT_TIMEOUT_S: u64 = 10;
