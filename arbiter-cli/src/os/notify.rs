@@ -100,6 +100,13 @@ impl NotifySocket {
         mut each: impl FnMut(Message),
     ) -> u32 {
         let mut received = [(0usize, None::<Duration>); BATCH];
+        // The kernel shrinks each header's control room to what its message used, and nix
+        // does not restore it: after a message with k fds, a later one with more would get k
+        // installed, come back truncated (nix then yields no control messages) and leak them
+        // (found by the `notify` fuzz target). So the headers are rebuilt whenever fds came
+        // or a message was cut; after timestamp-only messages the room fits no fd at all, so
+        // the kernel installs none and drops them.
+        let mut reset = false;
         let count = {
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
                 .chunks_mut(DATAGRAM_MAX)
@@ -117,18 +124,23 @@ impl NotifySocket {
             let mut count = 0;
             for (slot, message) in received.iter_mut().zip(results) {
                 let mut stamp = None;
-                if let Ok(cmsgs) = message.cmsgs() {
-                    for cmsg in cmsgs {
-                        match cmsg {
-                            ControlMessageOwned::ScmTimestampns(at) => stamp = Some(at),
-                            ControlMessageOwned::ScmRights(fds) => {
-                                for fd in fds {
-                                    let _ = nix::unistd::close(fd);
+                match message.cmsgs() {
+                    Ok(cmsgs) => {
+                        for cmsg in cmsgs {
+                            match cmsg {
+                                ControlMessageOwned::ScmTimestampns(at) => stamp = Some(at),
+                                ControlMessageOwned::ScmRights(fds) => {
+                                    reset = true;
+                                    for fd in fds {
+                                        let _ = nix::unistd::close(fd);
+                                    }
                                 }
+                                _ => {}
                             }
-                            _ => {}
                         }
                     }
+                    // Truncated: the kernel installed no fds in the room left (see below).
+                    Err(_) => reset = true,
                 }
                 *slot = (
                     message.bytes,
@@ -138,6 +150,9 @@ impl NotifySocket {
             }
             count
         };
+        if reset {
+            *headers = multi_headers();
+        }
         for (i, (len, age)) in received[..count].iter().enumerate() {
             let start = i * DATAGRAM_MAX;
             let mut message = parse(&buffers[start..start + len.min(&DATAGRAM_MAX)]);
@@ -154,6 +169,13 @@ fn since_epoch(at: TimeSpec) -> Duration {
 
 /// The most fds one message can carry (Linux's `SCM_MAX_FD`).
 const SCM_MAX_FD: usize = 253;
+
+/// Headers for one batch, each with room for a stamp and as many fds as one message can
+/// carry: with less, the kernel installs what fits and flags the message truncated, nix then
+/// yields no control messages, and the installed fds would leak in the master.
+fn multi_headers() -> MultiHeaders<()> {
+    MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec, [RawFd; SCM_MAX_FD])))
+}
 
 /// The most datagrams read from one socket per call, and the buffer for each.
 const BATCH: usize = 16;
@@ -199,10 +221,6 @@ impl NotifyHub {
     /// A hub binding its sockets in `dir` (a private directory: who can write there can
     /// speak for a worker).
     pub fn new(dir: &Path) -> io::Result<NotifyHub> {
-        // Room for as many fds as one message can carry: with less, the kernel installs what
-        // fits and flags the message truncated, nix then yields no control messages, and the
-        // installed fds would leak in the master (found by the `notify` fuzz target).
-        let cmsg = nix::cmsg_space!(TimeSpec, [RawFd; SCM_MAX_FD]);
         Ok(NotifyHub {
             dir: dir.to_path_buf(),
             eager: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
@@ -210,7 +228,7 @@ impl NotifyHub {
             endpoints: HashMap::new(),
             chatty: HashSet::new(),
             buffers: vec![0; BATCH * DATAGRAM_MAX],
-            headers: MultiHeaders::preallocate(BATCH, Some(cmsg)),
+            headers: multi_headers(),
             events: vec![EpollEvent::empty(); 256],
         })
     }
@@ -453,34 +471,46 @@ mod tests {
     }
 
     /// Found by the `notify` fuzz target: a datagram with more fds than the receive buffer
-    /// had room for came back truncated, and its fds stayed open in the master.
+    /// had room for came back truncated and its fds stayed open in the master; the room left
+    /// after a message with fewer fds did the same to the next one.
     #[test]
-    fn passed_fds_are_closed_however_many() {
+    fn passed_fds_are_closed_whatever_came_before() {
         use nix::sys::socket::{sendmsg, ControlMessage};
         use std::io::IoSlice;
 
         let dir = tempfile::tempdir().unwrap();
         let mut hub = NotifyHub::new(dir.path()).unwrap();
-        let path = hub.open(5).unwrap();
+        let address = UnixAddr::new(&hub.open(5).unwrap()).unwrap();
         let sender = UnixDatagram::unbound().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
         let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
         let before = open_fds();
-        let fds = vec![null.as_raw_fd(); SCM_MAX_FD];
-        sendmsg(
-            sender.as_raw_fd(),
-            &[IoSlice::new(b"READY=1")],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            Some(&UnixAddr::new(&path).unwrap()),
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        hub.read_eager(&mut out);
-        assert_eq!(open_fds(), before, "every passed fd closed");
-        assert_eq!(out.len(), 1);
-        assert!(out[0].1.ready);
-        assert!(out[0].1.age.is_some(), "the stamp is read too");
+        let mut send_and_read = |payload: &[u8], fds: usize| {
+            let fds = vec![null.as_raw_fd(); fds];
+            let rights = [ControlMessage::ScmRights(&fds)];
+            let cmsgs = if fds.is_empty() { &[][..] } else { &rights[..] };
+            let flags = MsgFlags::empty();
+            sendmsg(
+                sender.as_raw_fd(),
+                &[IoSlice::new(payload)],
+                cmsgs,
+                flags,
+                Some(&address),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            hub.read_eager(&mut out);
+            assert_eq!(open_fds(), before, "every passed fd closed");
+            assert_eq!(out.len(), 1);
+            out.pop().unwrap().1
+        };
+        assert!(send_and_read(b"READY=1", SCM_MAX_FD).ready);
+        assert!(send_and_read(b"WATCHDOG=1", 1).watchdog);
+        assert!(send_and_read(b"WATCHDOG=1", 200).watchdog);
+        assert!(send_and_read(b"STATUS=a", 0).age.is_some());
+        assert!(send_and_read(b"STATUS=b", 3).status.is_some());
+        let after_a_cut = send_and_read(b"STATUS=c", 5);
+        assert!(after_a_cut.age.is_some(), "full room again: stamped");
     }
 
     #[test]
