@@ -93,7 +93,8 @@ fn one(fixture: &mut Fixture, what: u8, payload: &[u8]) {
         }
         messages
     });
-    assert_bounded(peak, 4 * payload.len() + 4096, payload);
+    // The message, plus the receive headers rebuilt after fds (16 of about 1 KiB each).
+    assert_bounded(peak, 4 * payload.len() + 32 * 1024, payload);
     assert_eq!(open_fds(), before, "passed fds are closed at once");
     let [(key, message)] = &messages[..] else {
         panic!("one datagram, {} messages", messages.len());
