@@ -29,14 +29,15 @@ pub fn check(
             true => pidfile::upgrade_path(path),
             false => path.clone(),
         };
-        file_to_create(&path, &format!("pidfile {}", path.display()))?;
+        // Written as a temp file renamed over it: its directory must take new files.
+        file_to_create(&path, &format!("pidfile {}", path.display()), true)?;
     }
     if let Some(path) = settings
         .log_file
         .as_deref()
         .filter(|p| *p != Path::new("-"))
     {
-        file_to_create(path, &format!("--log-file {}", path.display()))?;
+        file_to_create(path, &format!("--log-file {}", path.display()), false)?;
     }
     if let Some(dir) = &settings.worker_tmp_dir {
         writable_dir(dir, &format!("--worker-tmp-dir {}", dir.display()))?;
@@ -49,15 +50,19 @@ pub fn check(
     Ok(())
 }
 
-/// A file the master creates or appends to: not a directory, writable if it exists, in a
-/// directory where files can be created.
-fn file_to_create(path: &Path, what: &str) -> Result<(), StartError> {
+/// A file the master creates or appends to: not a directory, writable if it exists, and in
+/// a directory where files can be created if it does not exist or is `replaced` (written
+/// anew by a rename), so an existing log file such as `/dev/stderr` needs no writable `/dev`.
+fn file_to_create(path: &Path, what: &str, replaced: bool) -> Result<(), StartError> {
     let fail = |why: String| StartError::Runtime(format!("{what}: {why}"));
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => return Err(fail("is a directory".into())),
         Ok(_) => {
             access(path, AccessFlags::W_OK)
                 .map_err(|e| fail(format!("not writable: {}", io::Error::from(e))))?;
+            if !replaced {
+                return Ok(());
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e.to_string())),

@@ -237,3 +237,34 @@ fn a_port_in_use_after_a_unix_bind_leaves_no_socket_file() {
     after.remove(Path::new("arbiter.stderr"));
     assert_eq!(after, before, "files left behind:\n{stderr}");
 }
+
+#[test]
+fn an_existing_log_file_in_a_directory_it_cannot_write_is_fine() {
+    let fx = fixture();
+    let locked = fx.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let log = locked.join("app.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(fx.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let bin = arbiter_bin().to_str().unwrap();
+    let mut args = vec!["-b", "127.0.0.1:0", "--log-file", log.to_str().unwrap()];
+    let mut master = if root {
+        // Root writes anywhere: as nobody, only the file itself is writable.
+        let mut full = vec!["--reuid=65534", "--regid=65534", "--clear-groups", bin];
+        full.append(&mut args);
+        fx.start_program("arbiter", Path::new("setpriv"), &full, &[])
+    } else {
+        fx.start("arbiter", &args)
+    };
+    let started = arbiter_tests::wait_until(arbiter_tests::SOON, || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("Booting worker"))
+            || master.exited()
+    });
+    assert!(started && !master.exited(), "{}", master.stderr());
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(EXIT), 0, "{}", master.stderr());
+    master.assert_no_process_left();
+}
