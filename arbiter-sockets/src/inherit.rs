@@ -168,15 +168,16 @@ pub unsafe fn take_inherited() -> Result<Inherited, Error> {
 /// missing and closing (without unlinking) inherited ones no bind wants.
 ///
 /// A tcp spec with port 0 matches an inherited socket on the same IP whatever its port (the
-/// old master's ephemeral port). Systemd sockets with no configured binds at all are all used.
-/// The result is in bind order.
+/// old master's ephemeral port). With no binds at all, inherited listeners (from systemd, or
+/// from an old master, which may have had them from systemd) are all used. The result is in
+/// bind order.
 pub fn resolve(
     binds: &[BindSpec],
     inherited: Inherited,
     opts: &BindOptions,
 ) -> Result<Vec<Listener>, Error> {
     let mut pool: Vec<Option<Listener>> = inherited.listeners.into_iter().map(Some).collect();
-    if binds.is_empty() && inherited.origin == Some(Origin::Systemd) {
+    if binds.is_empty() && matches!(inherited.origin, Some(Origin::Systemd | Origin::Reexec)) {
         return Ok(pool.into_iter().flatten().collect());
     }
     // In bind order, each with whether it was bound here (not inherited): if a later spec

@@ -284,6 +284,22 @@ fn resolve_with_systemd_and_no_binds_uses_all() {
 }
 
 #[test]
+fn resolve_after_a_reexec_with_no_binds_uses_all() {
+    // The upgrade child of a socket-activated master: its listeners came from systemd through
+    // the old master, and no bind is configured.
+    let old = bind(&"127.0.0.1:0".parse().unwrap(), &opts()).unwrap();
+    let addr = old[0].local_addr().clone();
+    let inherited = Inherited {
+        origin: Some(Origin::Reexec),
+        listeners: old,
+        old_master: Some(1),
+    };
+    let listeners = resolve(&[], inherited, &opts()).unwrap();
+    assert_eq!(listeners.len(), 1);
+    assert_eq!(listeners[0].local_addr(), &addr);
+}
+
+#[test]
 fn localhost_binds_every_address_it_resolves_to() {
     let listeners = bind(&"localhost:0".parse().unwrap(), &opts()).unwrap();
     let expected: std::collections::HashSet<_> =

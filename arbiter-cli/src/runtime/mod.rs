@@ -172,10 +172,14 @@ impl<O: Os> Runtime<O> {
             identity,
         } = setup::prepare(&settings, &master_env)?;
         let command = function::worker_command(function.is_some(), &settings, command, &argv)?;
-        // Socket-activated with no bind configured: serve on what systemd passed.
-        let systemd_only =
-            inherited.origin == Some(arbiter_sockets::Origin::Systemd) && !settings.bind_explicit;
-        let specs = if systemd_only {
+        // No bind configured and listeners passed in: serve on exactly those, whether systemd
+        // passed them or an upgrading master did (which may have had them from systemd: the
+        // default bind would replace systemd's socket by a socket of our own).
+        let inherited_only = matches!(
+            inherited.origin,
+            Some(arbiter_sockets::Origin::Systemd | arbiter_sockets::Origin::Reexec)
+        ) && !settings.bind_explicit;
+        let specs = if inherited_only {
             Vec::new()
         } else {
             setup::bind_specs(&settings)?

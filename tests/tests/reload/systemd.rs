@@ -1,13 +1,14 @@
 //! Scenario 7: socket activation by `systemd-socket-activate` (skipped, with a message, where
 //! it is not installed): the inherited TCP socket serves; a named unix socket is not unlinked
-//! at stop, because it belongs to the service manager.
+//! at stop, because it belongs to the service manager; an upgrade keeps serving on systemd's
+//! socket.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arbiter_tests::{Fixture, SOON};
+use arbiter_tests::{wait_until, Fixture, SOON};
 
-use crate::{bin, free_port, s};
+use crate::{bin, free_port, promoted, read_pid, run_upgrade, s, stop, wait_log_count};
 
 fn socket_activate() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -75,4 +76,50 @@ fn socket_activated_unix_socket_is_not_unlinked_at_stop() {
         path.display(),
         master.stderr()
     );
+}
+
+#[test]
+fn socket_activated_master_upgrades_onto_systemds_socket() {
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let _guard = crate::CopyGuard::new(fx.path());
+    let program = fx.copy_arbiter("arbiter");
+    let pidfile = fx.join("app.pid");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // No --bind: the master serves on the socket systemd passed, and so must its successor
+    // (which inherits that socket from the master, not from systemd).
+    let args = [
+        "-l",
+        listen.as_str(),
+        s(&program),
+        "-w",
+        "2",
+        "-p",
+        s(&pidfile),
+    ];
+    let mut master = fx.start_program("activate", &activate, &args, &[]);
+    arbiter_tests::wait_serving(port, SOON).unwrap_or_else(|e| panic!("{e}\n{}", master.stderr()));
+    master.wait_children(2, SOON);
+    assert!(
+        wait_until(SOON, || read_pid(&pidfile) == Some(master.pid())),
+        "no pidfile\n{}",
+        master.stderr()
+    );
+    let old = master.pid();
+    let run = run_upgrade(&program, &pidfile, Duration::from_secs(45));
+    master.track_tree();
+    assert_eq!(run.code, 0, "{run:?}\n{}", master.stderr());
+    assert_eq!(master.exit_code(SOON), 0, "the old master stopped cleanly");
+    let (new, new_workers) = promoted(&mut master, &pidfile, old, 2);
+    let needle = format!("Listening at: http://{listen} ({new})");
+    let log = wait_log_count(&mut master, &needle, 1, SOON);
+    let answered = arbiter_tests::identities_of(port, &new_workers, SOON);
+    assert!(
+        new_workers.iter().all(|p| answered.contains_key(p)),
+        "the new workers {new_workers:?} answer on systemd's socket: {answered:?}\n{log}"
+    );
+    stop(&mut master, new);
 }
