@@ -14,20 +14,31 @@
 //! with `NOTIFY_SOCKET` ours and a 2 s watchdog instead of `WatchdogSec=`: the master (the
 //! activator's pid, after its exec) sends `READY=1`, `WATCHDOG=1`; the unit's reload
 //! (`ExecReload=`, or `ReloadSignal=` for notify-reload) gets `RELOADING=1` with a current
-//! `MONOTONIC_USEC=`, then `READY=1` once N new workers run (the old ones then leave); TERM to the master alone
-//! (`KillMode=mixed`) gets `STOPPING=1` and exit 0 within `TimeoutStopSec=`, no process left.
+//! `MONOTONIC_USEC=`, then `READY=1` once N new workers run (the old ones then leave);
+//! `arbiter upgrade --pidfile` ends the old master with exit 0 and the new one (reparented to
+//! this task, a child subreaper, as it would be to systemd) sends `MAINPID=` with its pid, then
+//! `WATCHDOG=1`; TERM to it alone (`KillMode=mixed`) gets `STOPPING=1` and exit 0 within
+//! `TimeoutStopSec=`, no process left. systemd's own reaction to the hand-over (kept alive by
+//! `ExitType=cgroup`) needs a booted systemd and is not checked.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
+use nix::sys::prctl::set_child_subreaper;
 use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::time::{clock_gettime, ClockId};
+use nix::unistd::Pid;
 
 use super::notify::NotifyReceiver;
 use crate::common;
-use crate::process::{find_in_path, secs, Http, Master, SERVE_LIMIT};
+use crate::process::{
+    descendants, find_in_path, secs, signal, wait_gone, Http, Master, Proc, LINGER, SERVE_LIMIT,
+};
 
 /// The unit files, relative to the workspace root.
 const DIR: &str = "deploy/systemd";
@@ -266,8 +277,17 @@ fn exercise(
         .args(&argv)
         .current_dir(&work);
     let stop_limit = parse_seconds(&service.require("Service", "TimeoutStopSec")?)?;
+    let pidfile = argv
+        .iter()
+        .position(|a| a == "--pidfile")
+        .and_then(|i| argv.get(i + 1))
+        .map(PathBuf::from)
+        .ok_or("ExecStart= has no --pidfile (the upgrade needs it)")?;
     let mut master = Master::spawn(command, work.join("master.log"))?.with_stop_limit(stop_limit);
-    let result = sequence(service, &mut master, &mut notify, port);
+    // The upgrade's new master outlives its parent, the activator's pid: it is reparented here.
+    set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    let result = sequence(service, &mut master, &mut notify, port, arbiter, &pidfile);
+    let _ = set_child_subreaper(false);
     result.map_err(|e| master.with_log(format!("{e}; notifications: {}", notify.summary())))
 }
 
@@ -342,13 +362,16 @@ fn monotonic_usec() -> u64 {
     now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
 }
 
-/// Ready, watchdog, reload, stop.
+/// Ready, watchdog, reload, upgrade, stop.
 fn sequence(
     service: &Unit,
     master: &mut Master,
     notify: &mut NotifyReceiver,
     port: u16,
+    arbiter: &Path,
+    pidfile: &Path,
 ) -> Result<String, String> {
+    let stop_limit = parse_seconds(&service.require("Service", "TimeoutStopSec")?)?;
     let http = Http::Tcp(port);
     // The activator execs arbiter on the first connection: the probe is that connection.
     let serving = master.wait_serving(&http)?;
@@ -415,25 +438,159 @@ fn sequence(
     master.wait_serving(&http)?;
     master.track();
 
-    let (status, stopped) = master.stop()?;
-    notify.wait_for(Duration::from_millis(100), "STOPPING=1", |n| {
-        from_master(n) && n.get("STOPPING") == Some("1")
-    })?;
-    if status.code() != Some(0) {
-        return Err(format!("TERM: exit {status}, expected 0"));
+    // The upgrade: the new master announces MAINPID= and takes over.
+    let start = Instant::now();
+    let output = Command::new(arbiter)
+        .args([
+            "upgrade",
+            "--ready-timeout",
+            "20s",
+            "--stop-timeout",
+            "20s",
+            "--pidfile",
+        ])
+        .arg(pidfile)
+        .output()
+        .map_err(|e| format!("arbiter upgrade: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "arbiter upgrade: {} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
-    let left = master.leftovers();
+    let (status, _) = master.wait_exit()?;
+    if status.code() != Some(0) {
+        return Err(format!(
+            "upgrade: the old master exited {status}, expected 0"
+        ));
+    }
+    let text = fs::read_to_string(pidfile).map_err(|e| format!("{}: {e}", pidfile.display()))?;
+    let new_pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{}: {text:?} is not a pid", pidfile.display()))?;
+    let mut successor = Successor::adopt(new_pid);
+    let announced = new_pid.to_string();
+    notify.wait_for(SERVE_LIMIT, "MAINPID= from the new master", |n| {
+        n.pid == new_pid && n.get("MAINPID") == Some(announced.as_str())
+    })?;
+    let upgraded = start.elapsed();
+    notify.wait_for(WATCHDOG * 2, "WATCHDOG=1 from the new master", |n| {
+        n.pid == new_pid && n.get("WATCHDOG") == Some("1")
+    })?;
+    wait_serving(port)?;
+
+    // The stop, of the service's main process now: TERM to it alone (KillMode=mixed).
+    let start = Instant::now();
+    signal(new_pid, Signal::SIGTERM)?;
+    notify.wait_for(stop_limit, "STOPPING=1 from the new master", |n| {
+        n.pid == new_pid && n.get("STOPPING") == Some("1")
+    })?;
+    let status = successor.wait_exit(stop_limit)?;
+    let stopped = start.elapsed();
+    if status != 0 {
+        return Err(format!("TERM: the new master exited {status}, expected 0"));
+    }
+    let left = successor.leftovers();
     if !left.is_empty() {
         return Err(format!("TERM: processes left: {left:?}"));
     }
     Ok(format!(
         "serving in {}; READY=1 and WATCHDOG=1 from the master; {how}: RELOADING=1 with a \
-         current MONOTONIC_USEC, READY=1 {} later with {count} new workers, the old ones then gone; TERM: STOPPING=1, \
-         exit 0 in {}, no process left",
+         current MONOTONIC_USEC, READY=1 {} later with {count} new workers, the old ones then \
+         gone; arbiter upgrade: the old master exited 0, MAINPID={new_pid} from the new one \
+         {} after the upgrade began, then its WATCHDOG=1; TERM: STOPPING=1, exit 0 in {}, no \
+         process left",
         secs(serving),
         secs(reloaded),
+        secs(upgraded),
         secs(stopped),
     ))
+}
+
+/// Waits until `GET /` on the port answers 200.
+fn wait_serving(port: u16) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let last = common::http_get(port, "/", Duration::from_millis(500));
+        if matches!(last, Ok((200, _))) {
+            return Ok(());
+        }
+        if start.elapsed() > SERVE_LIMIT {
+            return Err(format!("not serving within {SERVE_LIMIT:?}: {last:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The new master of an upgrade, reparented to this task (a child subreaper): reaped here, and
+/// killed by pid with everything under it when dropped before it exited.
+struct Successor {
+    pid: i32,
+    seen: BTreeSet<Proc>,
+    exited: bool,
+}
+
+impl Successor {
+    fn adopt(pid: i32) -> Self {
+        let mut seen = descendants(pid);
+        if let Some(entry) = crate::process::stat(pid) {
+            seen.insert(Proc {
+                pid,
+                start: entry.start,
+            });
+        }
+        Successor {
+            pid,
+            seen,
+            exited: false,
+        }
+    }
+
+    /// Reaps it within `limit`; its exit code (128 + N for a signal).
+    fn wait_exit(&mut self, limit: Duration) -> Result<i32, String> {
+        let start = Instant::now();
+        loop {
+            self.seen.extend(descendants(self.pid));
+            match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => {
+                    self.exited = true;
+                    return Ok(code);
+                }
+                Ok(WaitStatus::Signaled(_, signal, _)) => {
+                    self.exited = true;
+                    return Ok(128 + signal as i32);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("waitpid {}: {e} (not reparented here?)", self.pid)),
+            }
+            if start.elapsed() > limit {
+                return Err(format!("the new master did not exit within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn leftovers(&self) -> Vec<i32> {
+        wait_gone(&self.seen, LINGER)
+            .iter()
+            .map(|p| p.pid)
+            .collect()
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        for proc in &self.seen {
+            if proc.alive() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(proc.pid), Signal::SIGKILL);
+            }
+        }
+        if !self.exited {
+            let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
 }
 
 #[cfg(test)]
