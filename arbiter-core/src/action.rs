@@ -241,6 +241,17 @@ pub enum Event {
         /// Why it ended.
         cause: ExitCause,
     },
+    /// A worker was forked (and exec'd) with this pid.
+    WorkerSpawned {
+        /// The worker.
+        id: WorkerId,
+        /// Its pid.
+        pid: Pid,
+        /// Its slot.
+        slot: Slot,
+        /// Its generation.
+        generation: u64,
+    },
     /// A worker became ready.
     WorkerReady {
         /// The worker.
@@ -293,6 +304,8 @@ pub enum Event {
         /// How it ended.
         status: ExitStatus,
     },
+    /// The new master of an upgrade (USR2) could not be started; this master goes on.
+    ReexecFailed,
     /// This master's parent master exited: it is the master now.
     Promoted,
     /// A graceful stop began with a drain: the master reports not ready and keeps serving
@@ -354,6 +367,15 @@ impl fmt::Display for Event {
                     "worker {id} (pid {pid}, slot {slot}) {status}: {cause}, {expected}"
                 )
             }
+            Event::WorkerSpawned {
+                id,
+                pid,
+                slot,
+                generation,
+            } => write!(
+                f,
+                "worker {id} (pid {pid}) spawned in slot {slot}, generation {generation}"
+            ),
             Event::WorkerReady { id, pid } => write!(f, "worker {id} (pid {pid}) is ready"),
             Event::Backoff { slot, delay } => {
                 write!(f, "slot {slot} backs off for {delay:?}")
@@ -370,6 +392,7 @@ impl fmt::Display for Event {
                 write!(f, "configuration rejected: {}", error.escape_debug())
             }
             Event::ReexecExited { pid, status } => write!(f, "new master {pid} {status}"),
+            Event::ReexecFailed => f.write_str("the new master could not be started"),
             Event::Promoted => f.write_str("promoted"),
             Event::DrainStarted { delay } => {
                 write!(f, "draining for {delay:?}: not ready, still serving")

@@ -862,3 +862,49 @@ fn due_lists_only_the_deadlines_a_wake_up_judges() {
         "none after the exit"
     );
 }
+
+// ----- what observers follow -----
+
+#[test]
+fn each_spawn_and_a_failed_reexec_are_events_observers_can_count() {
+    let mut arbiter = Arbiter::new(
+        Config {
+            pidfile: false,
+            ..config(2)
+        },
+        Role::Fresh,
+        Moment::ZERO,
+    );
+    let mut spawned = Vec::new();
+    let mut pid = 100;
+    while let Some(action) = arbiter.poll_action() {
+        match action {
+            Action::Spawn { id, slot, .. } => {
+                pid += 1;
+                arbiter.handle_spawned(id, pid, Moment::ZERO);
+                spawned.push((id, pid, slot));
+            }
+            Action::Event(Event::WorkerSpawned {
+                id,
+                pid,
+                slot,
+                generation,
+            }) => {
+                assert_eq!(generation, 0);
+                assert!(spawned.contains(&(id, pid, slot)), "{id} {pid} {slot}");
+                spawned.retain(|s| *s != (id, pid, slot));
+            }
+            _ => {}
+        }
+    }
+    assert!(spawned.is_empty(), "every spawn was an event: {spawned:?}");
+    arbiter.handle_signal(Signal::Usr2, Moment::ZERO);
+    let reexec = std::iter::from_fn(|| arbiter.poll_action()).any(|a| a == Action::ReExec);
+    assert!(reexec, "USR2 asks for a re-exec");
+    arbiter.handle_reexec_failed();
+    let events: Vec<Action> = std::iter::from_fn(|| arbiter.poll_action()).collect();
+    assert_eq!(events, vec![Action::Event(Event::ReexecFailed)]);
+    // The failure is over: a second USR2 is not refused as "an upgrade is under way".
+    arbiter.handle_signal(Signal::Usr2, Moment::ZERO);
+    assert!(std::iter::from_fn(|| arbiter.poll_action()).any(|a| a == Action::ReExec));
+}

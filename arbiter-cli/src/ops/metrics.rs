@@ -44,27 +44,16 @@ pub struct Counters {
 
 impl Counters {
     /// A worker was forked and exec'd.
-    pub fn on_spawned(&mut self) {
-        self.spawns += 1;
-    }
-
-    /// A reload could not start (invalid configuration).
-    pub fn on_reload_failed(&mut self) {
-        self.reloads_failed += 1;
-    }
-
-    /// An upgrade (re-exec) could not be started.
-    pub fn on_upgrade_failed(&mut self) {
-        self.upgrades_failed += 1;
-    }
-
     /// Follows the core's events.
     pub fn on_event(&mut self, event: &Event) {
         match event {
+            Event::WorkerSpawned { .. } => self.spawns += 1,
             Event::WorkerExited { cause, .. } => *self.exits.entry(*cause).or_default() += 1,
             Event::ReloadFinished { .. } => self.reloads_ok += 1,
+            Event::ConfigRejected { .. } => self.reloads_failed += 1,
             Event::Promoted => self.upgrades_ok += 1,
-            Event::ReexecExited { .. }
+            Event::ReexecFailed
+            | Event::ReexecExited { .. }
             | Event::SignalRefused {
                 signal: Signal::Usr2,
                 ..
@@ -433,8 +422,13 @@ mod tests {
     fn exposition_lines_are_comments_or_samples_with_the_expected_values() {
         let core = core_with_ready_workers(3);
         let mut counters = Counters::default();
-        for _ in 0..3 {
-            counters.on_spawned();
+        for i in 0..3u64 {
+            counters.on_event(&Event::WorkerSpawned {
+                id: arbiter_core::WorkerId(i),
+                pid: 101 + i as i32,
+                slot: i as usize,
+                generation: 0,
+            });
         }
         counters.on_event(&Event::WorkerExited {
             id: arbiter_core::WorkerId(0),

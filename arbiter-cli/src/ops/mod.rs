@@ -257,15 +257,19 @@ impl Ops {
         control.into_iter().chain(metrics).min()
     }
 
-    /// The core emitted an event.
-    pub fn on_event(&mut self, event: &Event, log: &Logger) {
+    /// The core emitted an event: every observer follows it (counters, statsd, waiting control
+    /// orders); this is the only way the runtime tells the observers what happened.
+    pub fn on_event(&mut self, event: &Event, log: &Logger, now: Moment) {
         self.counters.on_event(event);
         if let Some(statsd) = &self.statsd {
             match event {
+                Event::WorkerSpawned { .. } => statsd.count("spawns", 1),
                 Event::WorkerExited { cause, .. } => statsd.count(&format!("exits.{cause}"), 1),
                 Event::ReloadFinished { .. } => statsd.count("reloads.ok", 1),
+                Event::ConfigRejected { .. } => statsd.count("reloads.failed", 1),
                 Event::Promoted => statsd.count("upgrades.ok", 1),
-                Event::ReexecExited { .. }
+                Event::ReexecFailed
+                | Event::ReexecExited { .. }
                 | Event::SignalRefused {
                     signal: Signal::Usr2,
                     ..
@@ -276,6 +280,9 @@ impl Ops {
         }
         if let Some(control) = &mut self.control {
             control.on_event(event);
+            if let Event::ConfigRejected { error } = event {
+                control.reload_failed(error, now);
+            }
             if matches!(event, Event::Promoted) {
                 match control.promote() {
                     Some(Ok(path)) => info!(log, "Control socket: {}", path.display()),
@@ -283,25 +290,6 @@ impl Ops {
                     None => {}
                 }
             }
-        }
-    }
-
-    /// A reload was refused (invalid configuration): counted, and waiting clients told why.
-    pub fn on_reload_failed(&mut self, why: &str, now: Moment) {
-        self.counters.on_reload_failed();
-        if let Some(statsd) = &self.statsd {
-            statsd.count("reloads.failed", 1);
-        }
-        if let Some(control) = &mut self.control {
-            control.reload_failed(why, now);
-        }
-    }
-
-    /// An upgrade could not start its new master.
-    pub fn on_upgrade_failed(&mut self) {
-        self.counters.on_upgrade_failed();
-        if let Some(statsd) = &self.statsd {
-            statsd.count("upgrades.failed", 1);
         }
     }
 
@@ -313,12 +301,9 @@ impl Ops {
         }
     }
 
-    /// A worker was spawned (with `pipes`, when capturing).
-    pub fn on_spawned(&mut self, pid: Pid, slot: usize, pipes: Option<WorkerPipes>) {
-        self.counters.on_spawned();
-        if let Some(statsd) = &self.statsd {
-            statsd.count("spawns", 1);
-        }
+    /// A worker was forked with `pipes` (when capturing): its output is relayed from now on.
+    /// (It is counted when the core's `WorkerSpawned` event comes.)
+    pub fn capture_output(&mut self, pid: Pid, slot: usize, pipes: Option<WorkerPipes>) {
         if let (Some(capture), Some(pipes)) = (&mut self.capture, pipes) {
             capture.add(pid, slot, pipes);
         }

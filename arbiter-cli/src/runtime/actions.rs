@@ -170,7 +170,8 @@ impl<O: Os> Runtime<O> {
             }
             Action::Event(event) => {
                 self.follow_event(&event);
-                self.ops.on_event(&event, &self.log);
+                let now = self.now();
+                self.ops.on_event(&event, &self.log, now);
                 self.log_event(event)
             }
             Action::Exit { code, reason } => {
@@ -263,7 +264,7 @@ impl<O: Os> Runtime<O> {
             stderr_fd: output_fds.map(|fds| fds.1),
             identity: self.identity.as_ref(),
         })?;
-        self.ops.on_spawned(pid, slot, pipes);
+        self.ops.capture_output(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(
             id,
@@ -326,8 +327,6 @@ impl<O: Os> Runtime<O> {
             Event::ConfigRejected { error } => {
                 // The master never exits over a bad reload: it says so and keeps its config.
                 eprintln!("arbiter: reload failed, keeping the running configuration: {error}");
-                let now = self.now();
-                self.ops.on_reload_failed(error, now);
             }
             Event::Promoted => {
                 info!(self.log, "Master has been promoted.");
@@ -398,7 +397,6 @@ impl<O: Os> Runtime<O> {
             }
             Err(e) => {
                 error!(self.log, "Upgrade failed, keeping this master: {e}");
-                self.ops.on_upgrade_failed();
                 self.core.handle_reexec_failed();
             }
         }
@@ -490,6 +488,9 @@ impl<O: Os> Runtime<O> {
                 log,
                 "reload failed, keeping the running configuration: {error}"
             ),
+            // Logged by the shell where it happens ("Booting worker with pid", "Upgrade
+            // failed"); observers count them.
+            Event::WorkerSpawned { .. } | Event::ReexecFailed => {}
             Event::Promoted => {}
             Event::DrainStarted { delay } => info!(
                 log,

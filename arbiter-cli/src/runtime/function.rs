@@ -147,7 +147,7 @@ impl<O: Os> Runtime<O> {
                 i32::from(code)
             }),
         )?;
-        self.ops.on_spawned(pid, slot, pipes);
+        self.ops.capture_output(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(
             id,

@@ -542,7 +542,14 @@ impl Arbiter {
         worker.spawned_at = now;
         worker.awaits_ready = awaits_ready;
         let (state, stop_reason) = (worker.state, worker.stop_reason);
+        let (slot, generation) = (worker.slot, worker.generation);
         self.by_pid.insert(pid, id);
+        self.event(Event::WorkerSpawned {
+            id,
+            pid,
+            slot,
+            generation,
+        });
         match state {
             WorkerState::Spawning => {
                 self.set_state(id, WorkerState::Booting);
@@ -669,6 +676,9 @@ impl Arbiter {
     /// The new master from USR2 could not be started; a later USR2 may try again.
     pub fn handle_reexec_failed(&mut self) {
         self.reexec_pid = None;
+        if !self.exited {
+            self.event(Event::ReexecFailed);
+        }
     }
 
     /// This master's parent master (it is an upgrade child) exited: promote. `PIDFILE.2` is
