@@ -173,9 +173,11 @@ fn failed_upgrade_keeps_the_old_master_serving() {
         ),
     );
     assert_eq!(run.code, 1, "{run:?}\n{}", master.stderr());
+    // The failure is found by the client's no-new-master rule (5 s), not by waiting out its
+    // 60 s --ready-timeout; how fast is the benchmark's business (a loaded machine took 12 s).
     assert!(
-        run.took <= Duration::from_millis(6500),
-        "a failed upgrade is reported within ~6 s: {run:?}"
+        run.took < Duration::from_secs(20),
+        "a failed upgrade is reported by the no-new-master rule, not the ready timeout: {run:?}"
     );
     assert!(
         run.stderr.contains("arbiter upgrade:") && run.stderr.contains("keeps serving"),
