@@ -8,6 +8,12 @@
 //! and status; [`client`] (`ctl`, `upgrade`) and [`worker`] share no code with the runtime.
 //! The `arbiter` binary is [`cli::Cli`] parsed and [`cli::run`] mapped to an exit code.
 //!
+//! The runtime reaches the kernel only through the OS seam, [`os::seam::Os`]: the real
+//! [`os::seam::System`] (which owns the signal self-pipe) or the recording
+//! [`os::seam::FakeOs`], over which the shell's own sequencing is tested without forking.
+//! [`library::serve`] runs a Rust function as every worker, forked from a master that loaded
+//! its state once (gunicorn's `preload_app`); `examples/preload.rs` shows it.
+//!
 //! ```no_run
 //! // Run a master from code: settings as the command line would give them.
 //! let cli = <arbiter_cli::cli::Cli as clap::Parser>::parse_from(["arbiter", "-w", "2"]);
