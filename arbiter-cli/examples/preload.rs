@@ -29,6 +29,10 @@ struct Options {
     /// Size of the table the master loads before forking its workers, in MiB
     #[arg(long, default_value_t = 64)]
     table_mib: usize,
+    /// Ask for transparent huge pages for the table (MADV_HUGEPAGE): a fork then copies one
+    /// page-table entry per 2 MiB instead of per 4 KiB, so a worker starts faster
+    #[arg(long)]
+    huge_pages: bool,
     #[command(flatten)]
     arbiter: ServeArgs,
 }
@@ -42,8 +46,11 @@ struct Table {
 impl Table {
     /// `mib` MiB of pseudo-random bytes (xorshift), every page written so it is really
     /// resident in the master before the fork.
-    fn load(mib: usize) -> Table {
+    fn load(mib: usize, huge_pages: bool) -> Table {
         let mut bytes = vec![0u8; mib << 20];
+        if huge_pages {
+            advise_huge_pages(&mut bytes);
+        }
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         for chunk in bytes.chunks_mut(8) {
             state ^= state << 13;
@@ -59,9 +66,29 @@ impl Table {
     }
 }
 
+/// MADV_HUGEPAGE on the pages of `bytes`, before they are first written.
+fn advise_huge_pages(bytes: &mut [u8]) {
+    let page = 4096;
+    let start = (bytes.as_mut_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_mut_ptr() as usize + bytes.len()) & !(page - 1);
+    let Some(addr) = std::ptr::NonNull::new(start as *mut std::ffi::c_void) else {
+        return;
+    };
+    if end > start {
+        // SAFETY: the range lies within `bytes`, which this function borrows mutably; the
+        // advice only changes how the kernel backs those pages, not their contents.
+        let advised = unsafe {
+            nix::sys::mman::madvise(addr, end - start, nix::sys::mman::MmapAdvise::MADV_HUGEPAGE)
+        };
+        if let Err(e) = advised {
+            eprintln!("preload: MADV_HUGEPAGE: {e} (the table uses 4 KiB pages)");
+        }
+    }
+}
+
 fn main() {
     let options = Options::parse();
-    let table = Arc::new(Table::load(options.table_mib));
+    let table = Arc::new(Table::load(options.table_mib, options.huge_pages));
     eprintln!(
         "preload: table of {} MiB loaded in the master (pid {})",
         options.table_mib,

@@ -153,3 +153,107 @@ fn the_library_mode_example_serves_its_table_survives_a_crash_and_a_hup_and_stop
         "{log}"
     );
 }
+
+#[test]
+fn every_example_of_the_library_crates_has_a_test_here() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf();
+    // The examples this file runs, by crate; a new example needs its test here.
+    let tested = [
+        ("arbiter-core", vec!["minimal_shell"]),
+        ("arbiter-cli", vec!["preload"]),
+    ];
+    for (krate, names) in tested {
+        let mut found: Vec<String> = std::fs::read_dir(root.join(krate).join("examples"))
+            .unwrap_or_else(|e| panic!("{krate}/examples: {e}"))
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".rs").map(str::to_owned)
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found, names,
+            "{krate}/examples and the tests of tests/examples.rs"
+        );
+    }
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn the_library_mode_example_answers_ctl_and_upgrades_itself_on_usr2() {
+    let bin = example_bin("arbiter-cli", "preload");
+    let fixture = Fixture::new();
+    let pidfile = fixture.join("preload.pid");
+    let args = [
+        "--table-mib",
+        "4",
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+        "-p",
+        pidfile.to_str().unwrap(),
+    ];
+    let mut master = fixture.start_program("preload", &bin, &args, &[]);
+    let port = master.port();
+    let old_workers = master.wait_children(2, BOUND);
+    assert!(wait_until(BOUND, || read_pid(&pidfile) == Some(master.pid())));
+
+    // `arbiter ctl` speaks to a library-mode master as to any other.
+    let status = Command::new(arbiter_tests::arbiter_bin())
+        .args(["ctl", "--pidfile", pidfile.to_str().unwrap(), "status"])
+        .output()
+        .expect("running arbiter ctl");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    for pid in &old_workers {
+        assert!(text.contains(&pid.to_string()), "worker {pid} in:\n{text}");
+    }
+
+    // USR2 re-execs the program, which loads its table again and serves on the same socket.
+    let old = master.pid();
+    master.signal(libc::SIGUSR2);
+    let upgrade = fixture.join("preload.pid.2");
+    let mut new = 0;
+    assert!(
+        wait_until(BOUND, || {
+            new = read_pid(&upgrade).unwrap_or(0);
+            new > 0 && new != old && arbiter_tests::alive(new)
+        }),
+        "no {}\n{}",
+        upgrade.display(),
+        master.stderr()
+    );
+    master.track(new);
+    master.track_tree();
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(BOUND), 0, "{}", master.stderr());
+    assert!(
+        wait_until(BOUND, || read_pid(&pidfile) == Some(new)),
+        "the new master is not promoted\n{}",
+        master.stderr()
+    );
+    let new_workers = arbiter_tests::children_of(new);
+    assert_eq!(new_workers.len(), 2, "{new_workers:?}");
+    for &pid in &new_workers {
+        master.track(pid);
+    }
+    assert!(
+        wait_until(BOUND, || served_by(port)
+            .is_some_and(|pid| new_workers.contains(&pid))),
+        "the new master's workers do not serve\n{}",
+        master.stderr()
+    );
+    arbiter_tests::signal(new, libc::SIGTERM).unwrap();
+    assert!(
+        arbiter_tests::wait_gone(new, BOUND).is_some(),
+        "the new master did not stop"
+    );
+    master.assert_no_process_left();
+}

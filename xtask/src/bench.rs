@@ -12,7 +12,7 @@
 mod coresim;
 mod floor;
 mod load;
-mod procfs;
+pub(crate) mod procfs;
 mod report;
 mod reuseport;
 mod scale;

@@ -6,6 +6,8 @@
 //!   `deploy/`, checked and exercised without a cluster, an engine or a booted systemd.
 //! - `dist`: the release binary, man pages and shell completions in `target/dist/`.
 //! - `fuzz`: the libFuzzer targets of `fuzz/`, every parser the outside world reaches.
+//! - `libmode-bench`: arbiter's library mode against gunicorn `--preload`: per-worker PSS
+//!   with a preloaded table, and crash to replacement serving.
 //! - `gpu-check`: on a machine with NVIDIA GPUs, workers that initialise CUDA each see exactly
 //!   their own GPU (not part of CI; without `nvidia-smi` it says so and succeeds).
 //!
@@ -20,6 +22,7 @@ mod dist;
 mod fuzz;
 mod gpu_check;
 mod integration;
+mod libmode_bench;
 mod process;
 
 use std::process::ExitCode;
@@ -35,6 +38,7 @@ tasks:
   fuzz         the libFuzzer targets of fuzz/
   gpu-check    on a machine with NVIDIA GPUs: each worker sees exactly its own GPU
   integration  arbiter with real servers (uvicorn, gunicorn, node) as its workers
+  libmode-bench  library mode against gunicorn --preload: worker PSS, crash to serving
 
 `cargo xtask <task> --help` prints the usage of one task.
 ";
@@ -133,6 +137,14 @@ fn main() -> ExitCode {
             Ok(())
         }
         "integration" => integration::run(rest).map_err(Failure::Failed),
+        "libmode-bench" => match libmode_bench::parse(rest) {
+            Err(e) => Err(Failure::Usage(e)),
+            Ok(None) => {
+                println!("{}", libmode_bench::USAGE);
+                Ok(())
+            }
+            Ok(Some(options)) => libmode_bench::run(options).map_err(Failure::Failed),
+        },
         other => Err(Failure::Usage(format!("unknown task {other:?}\n\n{USAGE}"))),
     };
     match result {
