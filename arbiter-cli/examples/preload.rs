@@ -49,7 +49,9 @@ impl Table {
     fn load(mib: usize, huge_pages: bool) -> Table {
         let mut bytes = vec![0u8; mib << 20];
         if huge_pages {
-            advise_huge_pages(&mut bytes);
+            if let Err(e) = library::advise_huge_pages(&mut bytes) {
+                eprintln!("preload: MADV_HUGEPAGE: {e} (the table uses 4 KiB pages)");
+            }
         }
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         for chunk in bytes.chunks_mut(8) {
@@ -63,26 +65,6 @@ impl Table {
             sum.wrapping_mul(31).wrapping_add(u64::from(b))
         });
         Table { bytes, checksum }
-    }
-}
-
-/// MADV_HUGEPAGE on the pages of `bytes`, before they are first written.
-fn advise_huge_pages(bytes: &mut [u8]) {
-    let page = 4096;
-    let start = (bytes.as_mut_ptr() as usize).next_multiple_of(page);
-    let end = (bytes.as_mut_ptr() as usize + bytes.len()) & !(page - 1);
-    let Some(addr) = std::ptr::NonNull::new(start as *mut std::ffi::c_void) else {
-        return;
-    };
-    if end > start {
-        // SAFETY: the range lies within `bytes`, which this function borrows mutably; the
-        // advice only changes how the kernel backs those pages, not their contents.
-        let advised = unsafe {
-            nix::sys::mman::madvise(addr, end - start, nix::sys::mman::MmapAdvise::MADV_HUGEPAGE)
-        };
-        if let Err(e) = advised {
-            eprintln!("preload: MADV_HUGEPAGE: {e} (the table uses 4 KiB pages)");
-        }
     }
 }
 

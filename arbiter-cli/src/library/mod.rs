@@ -46,6 +46,7 @@
 //! ```
 
 mod context;
+mod memory;
 
 use std::ffi::OsString;
 use std::rc::Rc;
@@ -53,6 +54,7 @@ use std::rc::Rc;
 use clap::Parser;
 
 pub use context::{Heartbeat, ListenerSocket, Notifier, WorkerContext};
+pub use memory::advise_huge_pages;
 
 use crate::config::ServeArgs;
 use crate::Failure;
