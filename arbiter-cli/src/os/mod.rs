@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod heartbeat;
 pub mod identity;
+pub mod limits;
 pub mod notify;
 pub mod pidfile;
 pub mod seam;

@@ -132,6 +132,7 @@ pub fn spawn_worker(
     let master = process::getpid();
     let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, || {
         signals.vfork_child_reset();
+        crate::os::limits::restore_in_child();
         worker_setup(master, spawn.identity, spawn.stdout_fd, spawn.stderr_fd)?;
         if let Some(slot) = spawn.watchdog_pid.as_mut() {
             slot.fill(process::getpid().as_raw_nonzero().get() as u32);
@@ -274,6 +275,7 @@ pub fn spawn_master(spawn: MasterSpawn<'_>, signals: &SignalPipe) -> Result<i32,
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
     let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, || {
         signals.vfork_child_reset();
+        crate::os::limits::restore_in_child();
         process::chdir(spawn.cwd.as_c_str())?;
         arbiter_sockets::clear_cloexec_in_child(spawn.listener_fds).map_err(errno_of)
     })?;

@@ -24,6 +24,7 @@ use crate::ops::hooks;
 use crate::ops::{Ops, Order};
 use crate::os::heartbeat::{self, Heartbeat};
 use crate::os::identity::Identity;
+use crate::os::limits;
 use crate::os::notify::{Message, NotifyHub, Supervisor};
 use crate::os::pidfile;
 use crate::os::seam::{ChildStatus, Os, System};
@@ -285,6 +286,7 @@ impl<O: Os> Runtime<O> {
             info!(log, "Listening at: {} ({})", listener, std::process::id());
         }
         info!(log, "Using worker: {}", command.display);
+        open_files_for(&settings, &log);
         let supervised = master_env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
         let probed = settings.metrics_bind.is_some();
         if settings.ready == ReadyMode::Auto && !learned_notify && (supervised || probed) {
@@ -730,6 +732,27 @@ fn give_unix_listeners(identity: &Identity, listeners: &[Listener]) -> std::io::
         }
     }
     Ok(())
+}
+
+/// Raises the open-file limit for the workers asked for, and says so when it stays too low.
+fn open_files_for(settings: &Settings, log: &Logger) {
+    let per_worker = if settings.capture_output { 4 } else { 2 };
+    let need = settings.workers as u64 * per_worker + limits::RESERVED;
+    let files = limits::raise_open_files(need);
+    if files.now < need {
+        warn!(
+            log,
+            "Open-file limit (RLIMIT_NOFILE) is {}: about {} workers fit, {} asked for; raise it (ulimit -n, LimitNOFILE=)",
+            files.now,
+            limits::workers_within(files.now, per_worker),
+            settings.workers
+        );
+    } else if files.now != files.was {
+        debug!(
+            log,
+            "Open-file limit raised from {} to {}", files.was, files.now
+        );
+    }
 }
 
 /// Whether `NO_COLOR` asks for no colour: set and not empty (no-color.org).

@@ -1,7 +1,7 @@
 //! Many workers, and workers that speak the notify protocol the way sd_notify clients do:
 //! nothing they send is lost or left to block them, and nobody is timed out who heartbeated.
 
-use arbiter_tests::{wait_until, Fixture, SOON};
+use arbiter_tests::{signal, wait_until, Fixture, SOON};
 
 use crate::protocol::python;
 
@@ -75,4 +75,47 @@ fn workers_that_heartbeat_only_by_datagram_are_never_timed_out_nor_refused() {
         let refused = count(&fx.join(&format!("refused.{pid}")));
         assert_eq!(refused, 0, "worker {pid} found the queue full\n{log}");
     }
+}
+
+#[test]
+fn a_thousand_workers_boot_are_replaced_and_stop_with_nothing_lost() {
+    let fx = Fixture::new();
+    let mut master = fx.start(
+        "arbiter",
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1000",
+            "--ready",
+            "exec",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    // Generous bounds: a thousand spawns take about a second on an idle machine, many more
+    // when the machine is shared (they bound a hang, they time nothing).
+    let workers = master.wait_children(1000, SOON * 6);
+    // Every tenth killed at once: each is replaced, none twice, none forgotten.
+    let victims: Vec<i32> = workers.iter().step_by(10).copied().collect();
+    for &victim in &victims {
+        signal(victim, libc::SIGKILL).unwrap();
+    }
+    let mut now = Vec::new();
+    assert!(
+        wait_until(SOON * 6, || {
+            now = master.children();
+            now.len() == 1000 && victims.iter().all(|v| !now.contains(v))
+        }),
+        "{} children, {} victims left",
+        now.len(),
+        victims.iter().filter(|v| now.contains(v)).count()
+    );
+    let log = master.stderr();
+    assert_eq!(log.matches("Booting worker").count(), 1100, "{log}");
+    assert!(!log.contains("Open-file limit"), "{log}");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON * 3), 0);
+    master.assert_no_process_left();
 }
