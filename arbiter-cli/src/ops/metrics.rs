@@ -324,7 +324,7 @@ fn head_end(input: &[u8]) -> Option<usize> {
 }
 
 /// The pure part of reading a request: `None` while the head is incomplete (and within
-/// [`MAX_HEAD`]), else the path of a GET or HEAD (query dropped) or the HTTP error code to
+/// `MAX_HEAD`, 8 KiB), else the path of a GET or HEAD (query dropped) or the HTTP error code to
 /// answer (405 another method, 400 a malformed request line, 431 a head too long).
 pub fn parse_head(input: &[u8]) -> Option<Result<String, u16>> {
     let Some(end) = head_end(input) else {

@@ -12,7 +12,6 @@
 pub mod capture;
 pub mod conns;
 pub mod control;
-pub mod hooks;
 pub mod metrics;
 pub mod socket;
 pub mod statsd;

@@ -8,6 +8,7 @@
 
 pub mod daemon;
 pub mod heartbeat;
+pub mod hooks;
 pub mod identity;
 pub mod limits;
 pub mod notify;

@@ -280,16 +280,7 @@ impl Os for System {
         env: &[(OsString, OsString)],
         vars: &[(&str, String)],
     ) -> io::Result<i32> {
-        let child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("ARBITER_HOOK", name)
-            .env("ARBITER_PID", std::process::id().to_string())
-            .envs(vars.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .spawn()?;
+        let child = super::hooks::start(name, command, env, vars)?;
         // The loop reaps it with waitid/waitpid; dropping `Child` neither waits nor kills.
         Ok(child.id() as i32)
     }

@@ -15,8 +15,8 @@ use nix::sys::signal::Signal as NixSignal;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Hooks, Settings};
-use crate::ops::hooks;
 use crate::os::heartbeat::Heartbeat;
+use crate::os::hooks;
 use crate::os::pidfile;
 use crate::os::spawn::{self, MasterSpawn, WorkerSpawn};
 use crate::runtime::log::WORKER_PID;

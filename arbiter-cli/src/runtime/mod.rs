@@ -20,9 +20,9 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{ReadyMode, Settings, Sources};
 use crate::library::WorkerFn;
-use crate::ops::hooks;
 use crate::ops::{Ops, Order};
 use crate::os::heartbeat::{self, Heartbeat};
+use crate::os::hooks;
 use crate::os::identity::Identity;
 use crate::os::limits;
 use crate::os::notify::{Message, NotifyHub, Supervisor};
