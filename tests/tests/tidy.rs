@@ -294,7 +294,7 @@ fn arbiter_cli_modules_point_down() {
                 "crate::cli",
                 "crate::client",
                 "signal::kill",
-                "std::process",
+                "process::Command",
             ],
         ),
         // The clients speak the protocol; they never use the runtime or its observers.
