@@ -55,6 +55,25 @@ pub enum Reason {
     Promoted,
     /// The pidfile could not be written at start: a master nobody can find must not run.
     PidfileFailure,
+    /// A worker reached its (staggered) maximum age: it is replaced, then retired.
+    RecycleAge,
+    /// A worker's process group used more memory than allowed: it is replaced, then retired.
+    RecycleMemory,
+    /// A worker asked to be replaced (`X_ARBITER_RECYCLE=1`, as the built-in worker's
+    /// `--max-requests` does): it is replaced, then retired.
+    RecycleRequested,
+    /// The memory limit is enforced by sampling every worker's group at a fixed interval.
+    MemoryLimit,
+}
+
+impl Reason {
+    /// Whether this is a planned replacement of one worker (recycling).
+    pub fn is_recycle(self) -> bool {
+        matches!(
+            self,
+            Reason::RecycleAge | Reason::RecycleMemory | Reason::RecycleRequested
+        )
+    }
 }
 
 impl fmt::Display for Reason {
@@ -83,6 +102,10 @@ impl fmt::Display for Reason {
             Reason::UpgradeReady => "upgrade ready",
             Reason::Promoted => "promoted",
             Reason::PidfileFailure => "the pidfile could not be written",
+            Reason::RecycleAge => "recycle: max worker age",
+            Reason::RecycleMemory => "recycle: max worker memory",
+            Reason::RecycleRequested => "recycle: the worker asked for it",
+            Reason::MemoryLimit => "max worker memory",
         })
     }
 }
@@ -136,17 +159,20 @@ pub enum ExitCause {
     Culled,
     /// Stopped with the master (or by WINCH).
     Stopped,
+    /// Retired once its replacement was ready: its age, its memory, or its own request.
+    Recycled,
 }
 
 impl ExitCause {
     /// Every cause, so each series can exist from the start.
-    pub const ALL: [ExitCause; 6] = [
+    pub const ALL: [ExitCause; 7] = [
         ExitCause::Crash,
         ExitCause::Signal,
         ExitCause::Timeout,
         ExitCause::BootFailure,
         ExitCause::Culled,
         ExitCause::Stopped,
+        ExitCause::Recycled,
     ];
 
     /// The cause of an exit: the reason the master stopped the worker, if it did, else
@@ -159,6 +185,7 @@ impl ExitCause {
             Some(Reason::Shutdown | Reason::QuickShutdown | Reason::GraceOver | Reason::Winch) => {
                 ExitCause::Stopped
             }
+            Some(reason) if reason.is_recycle() => ExitCause::Recycled,
             Some(_) => ExitCause::Culled,
             None => match status {
                 ExitStatus::Exited(3 | 4) => ExitCause::BootFailure,
@@ -177,6 +204,7 @@ impl ExitCause {
             ExitCause::BootFailure => "boot_failure",
             ExitCause::Culled => "culled",
             ExitCause::Stopped => "stopped",
+            ExitCause::Recycled => "recycled",
         }
     }
 }
@@ -258,6 +286,18 @@ pub enum Event {
         id: WorkerId,
         /// Its pid.
         pid: Pid,
+    },
+    /// A worker is to be recycled: its slot gets a replacement first, and the worker is
+    /// retired once that one is ready.
+    Recycling {
+        /// The worker.
+        id: WorkerId,
+        /// Its pid.
+        pid: Pid,
+        /// Its slot.
+        slot: Slot,
+        /// Why: its age, its memory, or its own request.
+        reason: Reason,
     },
     /// A slot is held back after repeated quick deaths.
     Backoff {
@@ -377,6 +417,15 @@ impl fmt::Display for Event {
                 "worker {id} (pid {pid}) spawned in slot {slot}, generation {generation}"
             ),
             Event::WorkerReady { id, pid } => write!(f, "worker {id} (pid {pid}) is ready"),
+            Event::Recycling {
+                id,
+                pid,
+                slot,
+                reason,
+            } => write!(
+                f,
+                "worker {id} (pid {pid}, slot {slot}) is replaced before it retires: {reason}"
+            ),
             Event::Backoff { slot, delay } => {
                 write!(f, "slot {slot} backs off for {delay:?}")
             }
@@ -503,6 +552,14 @@ pub enum Action {
     ReExec,
     /// Reopen log files.
     ReopenLogs,
+    /// Measure the resident memory of each of these workers' process groups and report it
+    /// with `handle_memory` (every `memory_sample_every` while a memory limit is set).
+    SampleMemory {
+        /// The running workers' pids (each also its process group id).
+        pids: Vec<Pid>,
+        /// Why ([`Reason::MemoryLimit`]).
+        reason: Reason,
+    },
     /// Tell the service manager.
     Notify(SupervisorNote),
     /// Log this.
@@ -570,6 +627,9 @@ impl fmt::Display for Action {
             }
             Action::ReExec => write!(f, "re-exec a new master: {}", Reason::Upgrade),
             Action::ReopenLogs => write!(f, "reopen logs: {}", Reason::ReopenLogs),
+            Action::SampleMemory { pids, reason } => {
+                write!(f, "sample the memory of {} workers: {reason}", pids.len())
+            }
             Action::Notify(note) => write!(f, "notify the service manager: {note}"),
             Action::Event(event) => write!(f, "event: {event}"),
             Action::Exit { code, reason } => write!(f, "exit {code}: {reason}"),

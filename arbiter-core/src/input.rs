@@ -54,6 +54,19 @@ pub enum Input {
         /// When (a heartbeat file's change time may be earlier than now).
         at: Moment,
     },
+    /// The resident memory of a worker's process group (by the worker's pid), sampled for
+    /// [`crate::Action::SampleMemory`].
+    Memory {
+        /// The worker.
+        pid: Pid,
+        /// Bytes resident, summed over its process group.
+        bytes: u64,
+    },
+    /// A worker (by pid) asked to be replaced (`X_ARBITER_RECYCLE=1`).
+    RecycleRequested {
+        /// The worker.
+        pid: Pid,
+    },
     /// A worker (by pid) sent `STATUS=...`.
     Status {
         /// The worker.
@@ -99,6 +112,8 @@ impl fmt::Display for Input {
             Input::Heartbeat { pid, at } => {
                 write!(f, "pid {pid} heartbeat at {:?}", at.since_origin())
             }
+            Input::Memory { pid, bytes } => write!(f, "pid {pid} group resident {bytes} bytes"),
+            Input::RecycleRequested { pid } => write!(f, "pid {pid} sent X_ARBITER_RECYCLE=1"),
             Input::Status { pid, text } => write!(f, "pid {pid} status {}", text.escape_debug()),
             Input::ReexecSpawned { pid } => write!(f, "new master spawned as pid {pid}"),
             Input::ReexecFailed => f.write_str("new master failed to start"),

@@ -25,6 +25,8 @@ pub enum Timer {
     ReadyAfter(WorkerId),
     /// A retiring or aborted worker is killed (its whole group) if it is still there.
     Kill(WorkerId),
+    /// A worker reaches its (staggered) maximum age and is recycled.
+    Recycle(WorkerId),
     /// A crash-looping slot may spawn again.
     Backoff(Slot),
     /// The next `WATCHDOG=1` to the service manager is due.
@@ -34,6 +36,8 @@ pub enum Timer {
     ExtendStart,
     /// A drain (`shutdown_delay` after a graceful stop order) is over: the stop begins.
     Drain,
+    /// The workers' memory is sampled next (while a memory limit is set).
+    MemorySample,
     /// A stop gives up waiting for reaps after its final KILLs (`REAP_GRACE` past them).
     Stop,
 }
@@ -45,10 +49,12 @@ impl fmt::Display for Timer {
             Timer::Heartbeat(id) => write!(f, "heartbeat deadline of worker {id}"),
             Timer::ReadyAfter(id) => write!(f, "ready-after deadline of worker {id}"),
             Timer::Kill(id) => write!(f, "kill deadline of worker {id}"),
+            Timer::Recycle(id) => write!(f, "age deadline of worker {id}"),
             Timer::Backoff(slot) => write!(f, "backoff of slot {slot}"),
             Timer::Watchdog => f.write_str("watchdog ping"),
             Timer::ExtendStart => f.write_str("start timeout extension"),
             Timer::Drain => f.write_str("end of the drain"),
+            Timer::MemorySample => f.write_str("memory sample"),
             Timer::Stop => f.write_str("stop deadline"),
         }
     }

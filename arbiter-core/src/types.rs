@@ -206,6 +206,17 @@ pub struct Config {
     /// (`EXTEND_TIMEOUT_USEC=`), up to `boot_timeout` (plus the abort grace and a period)
     /// after the start. Nothing without a boot timeout, nor for an upgrade child.
     pub extend_start: bool,
+    /// Recycle a worker once it is this old (replacement first, as a reload does).
+    pub max_worker_age: Option<Duration>,
+    /// The stagger of age recycling: a worker is recycled between `max_worker_age` minus
+    /// this and `max_worker_age` after its exec, on its slot's own schedule, so two slots never
+    /// recycle together. `None`: half of `max_worker_age`; zero: no stagger.
+    pub max_worker_age_jitter: Option<Duration>,
+    /// Recycle a worker whose process group's resident memory is above this many bytes.
+    pub max_worker_memory: Option<u64>,
+    /// How often the shell samples the workers' memory ([`crate::Action::SampleMemory`])
+    /// while `max_worker_memory` is set.
+    pub memory_sample_every: Duration,
 }
 
 impl Default for Config {
@@ -230,6 +241,10 @@ impl Default for Config {
             watchdog: None,
             shutdown_delay: Duration::ZERO,
             extend_start: false,
+            max_worker_age: None,
+            max_worker_age_jitter: None,
+            max_worker_memory: None,
+            memory_sample_every: Duration::from_secs(2),
         }
     }
 }

@@ -74,4 +74,7 @@ pub struct Worker {
     pub kill_at: Option<Moment>,
     /// Why it is being stopped, if it is.
     pub stop_reason: Option<Reason>,
+    /// Why it is being recycled, once it is: its slot gets a replacement, and it is retired
+    /// once that replacement is ready.
+    pub recycle: Option<Reason>,
 }

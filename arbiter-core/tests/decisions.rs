@@ -456,6 +456,16 @@ fn exit_causes_follow_the_stop_reason_then_the_status() {
         ExitCause::of(Some(Reason::Shutdown), ExitStatus::Exited(0)),
         ExitCause::Stopped
     );
+    for reason in [
+        Reason::RecycleAge,
+        Reason::RecycleMemory,
+        Reason::RecycleRequested,
+    ] {
+        assert_eq!(
+            ExitCause::of(Some(reason), ExitStatus::Exited(0)),
+            ExitCause::Recycled
+        );
+    }
     let names: Vec<&str> = ExitCause::ALL.iter().map(|c| c.name()).collect();
     assert_eq!(
         names,
@@ -465,7 +475,8 @@ fn exit_causes_follow_the_stop_reason_then_the_status() {
             "timeout",
             "boot_failure",
             "culled",
-            "stopped"
+            "stopped",
+            "recycled"
         ]
     );
 }

@@ -7,8 +7,8 @@
 mod sim;
 
 use arbiter_core::{
-    Action, Command, Config, ExitStatus, GpuConfig, Phase, Pid, ReadyMode, Role, Signal,
-    SupervisorNote, WorkerState, REAP_GRACE, START_EXTENSION_EVERY,
+    Action, Command, Config, Event, ExitCause, ExitStatus, GpuConfig, Moment, Phase, Pid,
+    ReadyMode, Role, Signal, SupervisorNote, WorkerState, REAP_GRACE, START_EXTENSION_EVERY,
 };
 use proptest::prelude::*;
 use sim::{ms, secs, Behavior, World};
@@ -31,6 +31,8 @@ enum Op {
     PidfileBreaks,
     Scale(usize),
     KillWorker(usize),
+    AskRecycle(usize),
+    Memory(usize, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,6 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::PidfileBreaks),
         1 => (0usize..9).prop_map(Op::Scale),
         1 => (0usize..16).prop_map(Op::KillWorker),
+        1 => (0usize..16).prop_map(Op::AskRecycle),
+        1 => (0usize..16, 0u64..200_000_000).prop_map(|(i, b)| Op::Memory(i, b)),
     ]
 }
 
@@ -71,6 +75,8 @@ fn behavior() -> impl Strategy<Value = Behavior> {
         1 => prop_oneof![Just(3), Just(4)].prop_map(Behavior::boot_error),
         1 => (1u64..8_000).prop_map(|t| Behavior::slow_ready(ms(t))),
         1 => Just(Behavior::ignores_term()),
+        1 => (100_000u64..10_000_000).prop_map(Behavior::leaks),
+        1 => (100u64..10_000).prop_map(|t| Behavior::asks_recycle(ms(t))),
     ]
 }
 
@@ -94,7 +100,14 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         any::<bool>(),
         prop_oneof![Just(None), (200u64..3_000).prop_map(|t| Some(ms(t)))],
         prop_oneof![Just(Duration::ZERO), (100u64..2_000).prop_map(ms)],
-        any::<bool>(),
+        (
+            any::<bool>(),
+            (
+                prop_oneof![Just(None), (1_000u64..20_000).prop_map(|t| Some(ms(t)))],
+                prop_oneof![Just(None), Just(Some(0)), (0u64..20_000).prop_map(Some)],
+                prop_oneof![Just(None), (20_000_000u64..100_000_000).prop_map(Some)],
+            ),
+        ),
     )
         .prop_map(
             |(
@@ -109,9 +122,13 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 pidfile,
                 watchdog,
                 shutdown_delay,
-                extend_start,
+                (extend_start, (max_worker_age, jitter, max_worker_memory)),
             )| {
                 Config {
+                    max_worker_age,
+                    max_worker_age_jitter: jitter.map(ms),
+                    max_worker_memory,
+                    memory_sample_every: ms(700),
                     pidfile,
                     watchdog,
                     shutdown_delay,
@@ -194,6 +211,18 @@ fn apply(world: &mut World, op: &Op) {
         Op::KillWorker(i) => {
             if let Some(pid) = live_worker(world, i) {
                 world.command(Command::KillWorker(pid));
+            }
+        }
+        Op::AskRecycle(i) => {
+            if let Some(pid) = live_worker(world, i) {
+                world.arbiter.handle_recycle_request(pid, world.now);
+                world.drain();
+            }
+        }
+        Op::Memory(i, bytes) => {
+            if let Some(pid) = live_worker(world, i) {
+                world.arbiter.handle_memory(pid, bytes, world.now);
+                world.drain();
             }
         }
     }
@@ -287,6 +316,32 @@ fn check(world: &World, config: &Config) {
         let pings = world.watchdog_pings();
         for pair in pings.windows(2) {
             assert_eq!(pair[1] - pair[0], every, "pings {pings:?}");
+        }
+    }
+    // Recycled exits are expected (never a crash, never a backoff), recycling starts only
+    // while the master runs, and the memory is sampled only under a limit, one interval apart.
+    let mut stopping = false;
+    let mut last_sample: Option<Moment> = None;
+    for (at, action) in &world.log {
+        match action {
+            Action::Notify(SupervisorNote::Stopping) => stopping = true,
+            Action::Event(Event::Recycling { .. }) => assert!(!stopping, "recycling at {at:?}"),
+            Action::Event(Event::WorkerExited {
+                cause: ExitCause::Recycled,
+                expected,
+                ..
+            }) => assert!(*expected, "an unexpected recycled exit at {at:?}"),
+            Action::SampleMemory { .. } => {
+                assert!(config.max_worker_memory.is_some(), "a sample with no limit");
+                assert!(!stopping, "a sample while stopping");
+                if let Some(last) = last_sample.replace(*at) {
+                    assert!(
+                        *at - last >= config.memory_sample_every,
+                        "samples {last:?} {at:?}"
+                    );
+                }
+            }
+            _ => {}
         }
     }
     if let Some((_, code, _)) = world.exit {

@@ -106,9 +106,18 @@ pub struct ServeArgs {
     /// Forward USR1 to the workers after reopening the logs
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     forward_usr1: Option<String>,
-    /// Workers spawned above N during a rolling reload [default: 1]
+    /// Workers spawned above N during a rolling reload or a recycle [default: 1]
     #[arg(long, value_name = "N")]
     max_surge: Option<String>,
+    /// Recycle each worker at this age, replacement first, slots taking turns [default: 0, off]
+    #[arg(long, value_name = "DURATION")]
+    max_worker_age: Option<String>,
+    /// How much earlier than --max-worker-age a worker may go, so slots take turns [default: half the age]
+    #[arg(long, value_name = "DURATION")]
+    max_worker_age_jitter: Option<String>,
+    /// Recycle a worker whose process group's resident memory is above SIZE (512M, 2G) [default: 0, off]
+    #[arg(long, value_name = "SIZE")]
+    max_worker_memory: Option<String>,
     /// GPUs to spread workers over: auto, or ids such as 0,1,2 [env: ARBITER_GPUS, USE_GPUS]
     #[arg(long, value_name = "auto|IDS")]
     gpus: Option<String>,
@@ -213,6 +222,21 @@ impl ServeArgs {
         put("quick_signal", "--quick-signal", one(&self.quick_signal));
         put("forward_usr1", "--forward-usr1", one(&self.forward_usr1));
         put("max_surge", "--max-surge", one(&self.max_surge));
+        put(
+            "max_worker_age",
+            "--max-worker-age",
+            one(&self.max_worker_age),
+        );
+        put(
+            "max_worker_age_jitter",
+            "--max-worker-age-jitter",
+            one(&self.max_worker_age_jitter),
+        );
+        put(
+            "max_worker_memory",
+            "--max-worker-memory",
+            one(&self.max_worker_memory),
+        );
         put("gpus", "--gpus", one(&self.gpus));
         put(
             "gpus_per_worker",

@@ -22,6 +22,7 @@ mod parse;
 mod raw;
 mod resolve;
 mod settings;
+mod size;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,7 @@ pub use settings::{
     BootErrorPolicy, ColorChoice, GpuSelection, Hooks, LogFormat, LogLevel, QuickSignal, ReadyMode,
     Settings,
 };
+pub use size::ByteSize;
 
 /// A duration as a flag or variable gives it (`--timeout`, `ARBITER_GRACEFUL_TIMEOUT`, ...):
 /// seconds (`"30"`, `"0.5"`) or humantime (`"500ms"`, `"1m"`); the reason when refused.

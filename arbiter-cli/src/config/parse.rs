@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::raw::Raw;
 use super::settings::GpuSelection;
+use super::size::ByteSize;
 
 /// What a parser returns: the value or a lowercase reason.
 pub(crate) type Parsed<T> = Result<T, String>;
@@ -76,6 +77,18 @@ pub(crate) fn duration(raw: &Raw) -> Parsed<Duration> {
         }
         _ => Err("expected a duration".to_owned()),
     }
+}
+
+/// A size in bytes (`512M`, `2G`, or a number of bytes); zero means disabled.
+pub(crate) fn size_or_off(raw: &Raw) -> Parsed<Option<ByteSize>> {
+    let size = match raw {
+        Raw::Int(n) => u64::try_from(*n)
+            .map(ByteSize)
+            .map_err(|_| "must not be negative".to_owned())?,
+        Raw::Str(s) => s.parse::<ByteSize>()?,
+        _ => return Err("expected a size such as 512M or 2G".to_owned()),
+    };
+    Ok((size.0 != 0).then_some(size))
 }
 
 /// A duration where zero means disabled.

@@ -105,6 +105,17 @@ pub(crate) fn settings(
         })?,
         forward_usr1: layers.value("forward_usr1", d.forward_usr1, parse::boolean)?,
         max_surge: layers.value("max_surge", d.max_surge, |r| usize_in(r, 1))?,
+        max_worker_age: layers.value("max_worker_age", d.max_worker_age, parse::duration_or_off)?,
+        max_worker_age_jitter: layers.value(
+            "max_worker_age_jitter",
+            d.max_worker_age_jitter,
+            |r| parse::duration(r).map(Some),
+        )?,
+        max_worker_memory: layers.value(
+            "max_worker_memory",
+            d.max_worker_memory,
+            parse::size_or_off,
+        )?,
         gpus: layers.value("gpus", d.gpus, |r| parse::gpus(r).map(Some))?,
         gpus_per_worker: layers.value("gpus_per_worker", d.gpus_per_worker, |r| usize_in(r, 1))?,
         gpu_env: layers.value("gpu_env", d.gpu_env, parse::env_name)?,
@@ -166,6 +177,19 @@ fn check_combinations(settings: &Settings, layers: &Layers<'_>) -> Result<(), Co
                 per_worker: settings.gpus_per_worker,
                 listed: ids.len(),
             });
+        }
+    }
+    if let (Some(age), Some(jitter), Some(sourced)) = (
+        settings.max_worker_age,
+        settings.max_worker_age_jitter,
+        layers.find("max_worker_age_jitter"),
+    ) {
+        if jitter > age {
+            let age = humantime::format_duration(age);
+            return Err(invalid(
+                sourced,
+                format!("is more than max_worker_age ({age})"),
+            ));
         }
     }
     let logs_to_stderr_explicitly = layers

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::size::ByteSize;
+
 /// Everything the arbiter needs to run, resolved from command line, environment, file and
 /// defaults, and validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,8 +72,15 @@ pub struct Settings {
     pub quick_signal: QuickSignal,
     /// Forward USR1 to workers after reopening the logs.
     pub forward_usr1: bool,
-    /// Workers spawned above `workers` during a rolling reload, at least 1.
+    /// Workers spawned above `workers` during a rolling reload or a recycle, at least 1.
     pub max_surge: usize,
+    /// Recycle a worker at this age (staggered per slot); `None`: never.
+    pub max_worker_age: Option<Duration>,
+    /// How much earlier than `max_worker_age` a worker may be recycled so that the slots take
+    /// turns; `None`: half of `max_worker_age`; zero: no stagger.
+    pub max_worker_age_jitter: Option<Duration>,
+    /// Recycle a worker whose process group's resident memory is above this; `None`: never.
+    pub max_worker_memory: Option<ByteSize>,
     /// GPUs to spread workers over; `None` means no GPU assignment.
     pub gpus: Option<GpuSelection>,
     /// GPUs given to each worker, at least 1 (ignored without `gpus`).
@@ -266,6 +275,9 @@ impl Default for Settings {
             quick_signal: QuickSignal::Quit,
             forward_usr1: false,
             max_surge: 1,
+            max_worker_age: None,
+            max_worker_age_jitter: None,
+            max_worker_memory: None,
             gpus: None,
             gpus_per_worker: 1,
             gpu_env: "CUDA_VISIBLE_DEVICES".to_owned(),
@@ -395,6 +407,21 @@ impl Settings {
         line("quick_signal", Some(quote(self.quick_signal.as_str())), "");
         line("forward_usr1", Some(self.forward_usr1.to_string()), "");
         line("max_surge", Some(self.max_surge.to_string()), "");
+        line(
+            "max_worker_age",
+            self.max_worker_age.map(duration),
+            "workers are not recycled by age",
+        );
+        line(
+            "max_worker_age_jitter",
+            self.max_worker_age_jitter.map(duration),
+            "half of max_worker_age",
+        );
+        line(
+            "max_worker_memory",
+            self.max_worker_memory.map(|size| quote(&size.to_string())),
+            "workers are not recycled by memory",
+        );
         let gpus = self.gpus.as_ref().map(|gpus| match gpus {
             GpuSelection::Auto => quote("auto"),
             GpuSelection::List(ids) => list(ids.iter().map(String::as_str)),

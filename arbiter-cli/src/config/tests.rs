@@ -866,3 +866,83 @@ fn shutdown_delay_from_each_source_and_its_errors() {
     assert!(message.contains("shutdown_delay"), "{message}");
     assert!(message.contains(path.to_str().unwrap()), "{message}");
 }
+
+#[test]
+fn recycling_limits_from_each_source_and_bad_values_name_their_source() {
+    let settings = run(
+        &[
+            "--max-worker-age",
+            "1h",
+            "--max-worker-age-jitter",
+            "10m",
+            "--max-worker-memory",
+            "512M",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(settings.max_worker_age, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        settings.max_worker_age_jitter,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(settings.max_worker_memory, Some(ByteSize(512 << 20)));
+    let settings = run(
+        &[],
+        &[
+            ("ARBITER_MAX_WORKER_AGE", "90"),
+            ("ARBITER_MAX_WORKER_MEMORY", "2G"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(settings.max_worker_age, Some(Duration::from_secs(90)));
+    assert_eq!(settings.max_worker_age_jitter, None);
+    assert_eq!(settings.max_worker_memory, Some(ByteSize(2 << 30)));
+    let settings = with_file(
+        "max_worker_age = \"30m\"\nmax_worker_age_jitter = 0\nmax_worker_memory = 1048576\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(settings.max_worker_age, Some(Duration::from_secs(1800)));
+    assert_eq!(settings.max_worker_age_jitter, Some(Duration::ZERO));
+    assert_eq!(settings.max_worker_memory, Some(ByteSize(1 << 20)));
+    // Zero turns a limit off; the defaults are off.
+    let off = run(&["--max-worker-age", "0", "--max-worker-memory", "0"], &[]).unwrap();
+    assert_eq!((off.max_worker_age, off.max_worker_memory), (None, None));
+    let default = run(&[], &[]).unwrap();
+    assert_eq!(
+        (default.max_worker_age, default.max_worker_memory),
+        (None, None)
+    );
+    assert_eq!(
+        error(&["--max-worker-memory", "12X"], &[]),
+        "--max-worker-memory \"12X\": unknown unit; use K, M, G or T (powers of 1024)"
+    );
+    assert_eq!(
+        error(&[], &[("ARBITER_MAX_WORKER_MEMORY", "lots")]),
+        "ARBITER_MAX_WORKER_MEMORY=\"lots\": expected a size such as 512M or 2G"
+    );
+    assert!(error(&["--max-worker-age", "soon"], &[]).starts_with("--max-worker-age \"soon\": "));
+    assert_eq!(
+        error(
+            &["--max-worker-age", "1m", "--max-worker-age-jitter", "2m"],
+            &[]
+        ),
+        "--max-worker-age-jitter \"2m\": is more than max_worker_age (1m)"
+    );
+    let (message, path) = file_error("max_worker_memory = -5\n");
+    assert_eq!(
+        message,
+        format!(
+            "max_worker_memory = -5 in {}: must not be negative",
+            path.display()
+        )
+    );
+    round_trip(&Settings {
+        max_worker_age: Some(Duration::from_secs(3600)),
+        max_worker_age_jitter: Some(Duration::from_secs(0)),
+        max_worker_memory: Some(ByteSize(1536 << 10)),
+        ..Settings::default()
+    });
+}

@@ -1,5 +1,5 @@
 //! The OS seam's real side: spawning (fork and exec), reaping, the notify socket, heartbeat
-//! files, the pidfile, the process title and daemonizing.
+//! files, the pidfile, the process title, daemonizing, and the workers' memory (`/proc`).
 //!
 //! Model: tokio's `process/unix`: small wrappers that carry out what the runtime was told to
 //! do and report what the kernel said. Nothing here decides: no policy, no deadlines. The only
@@ -13,6 +13,7 @@ pub mod identity;
 pub mod limits;
 pub mod notify;
 pub mod pidfile;
+pub mod procfs;
 pub mod seam;
 pub mod spawn;
 pub mod title;

@@ -40,7 +40,14 @@ pub struct Message {
     pub status: Option<String>,
     /// How long ago the kernel queued it, when the socket stamps datagrams.
     pub age: Option<Duration>,
+    /// `X_ARBITER_RECYCLE=1`: the worker asks to be replaced (it keeps serving until its
+    /// replacement is ready and it gets TERM). sd_notify leaves `X_`-prefixed names to
+    /// applications.
+    pub recycle: bool,
 }
+
+/// The notify field a worker sends (`=1`) to ask to be replaced.
+pub const RECYCLE_FIELD: &str = "X_ARBITER_RECYCLE";
 
 /// Parses the newline-separated assignments of one datagram.
 pub fn parse(payload: &[u8]) -> Message {
@@ -50,6 +57,7 @@ pub fn parse(payload: &[u8]) -> Message {
             Some(("READY", "1")) => message.ready = true,
             Some(("WATCHDOG", "1")) => message.watchdog = true,
             Some(("STOPPING", "1")) => message.stopping = true,
+            Some((RECYCLE_FIELD, "1")) => message.recycle = true,
             Some(("STATUS", text)) => message.status = Some(text.to_owned()),
             _ => {}
         }
@@ -389,7 +397,9 @@ mod tests {
 
     #[test]
     fn parses_every_known_assignment() {
-        let message = parse(b"READY=1\nSTATUS=serving 3\nWATCHDOG=1\nSTOPPING=1\nBOGUS=2");
+        let message = parse(
+            b"READY=1\nSTATUS=serving 3\nWATCHDOG=1\nSTOPPING=1\nX_ARBITER_RECYCLE=1\nBOGUS=2",
+        );
         assert_eq!(
             message,
             Message {
@@ -398,9 +408,11 @@ mod tests {
                 stopping: true,
                 status: Some("serving 3".into()),
                 age: None,
+                recycle: true,
             }
         );
         assert!(!parse(b"READY=0").ready);
+        assert!(!parse(b"X_ARBITER_RECYCLE=0").recycle);
     }
 
     fn readable(fd: BorrowedFd<'_>) -> bool {

@@ -8,7 +8,7 @@
 //! [`ChildStatus`], time is a [`Duration`] since the seam's origin. The real side owns the
 //! process-wide resources (the signal self-pipe), so a test double needs none of them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -21,6 +21,7 @@ use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::pidfile::{self, PidfileError, Previous};
+use super::procfs;
 use super::spawn::{self, ExecWatch, FunctionSpawn, MasterSpawn, SpawnError, WorkerSpawn};
 
 /// How a child ended.
@@ -80,6 +81,9 @@ pub trait Os {
     fn parent_pid(&self) -> i32;
     /// The process group of `pid`, to credit a notify message from a worker's child.
     fn process_group(&self, pid: i32) -> Option<i32>;
+    /// The resident bytes of each of these process groups (see [`procfs::group_resident`]);
+    /// a group with no process left is absent.
+    fn group_resident(&mut self, groups: &[i32]) -> HashMap<i32, u64>;
     /// Writes the pidfile atomically (see [`pidfile::create`]).
     fn write_pidfile(&mut self, path: &Path, pid: u32) -> Result<Previous, PidfileError>;
     /// Renames the pidfile (promotion of an upgrade child).
@@ -139,6 +143,9 @@ impl<T: Os + ?Sized> Os for &mut T {
     }
     fn process_group(&self, pid: i32) -> Option<i32> {
         (**self).process_group(pid)
+    }
+    fn group_resident(&mut self, groups: &[i32]) -> HashMap<i32, u64> {
+        (**self).group_resident(groups)
     }
     fn write_pidfile(&mut self, path: &Path, pid: u32) -> Result<Previous, PidfileError> {
         (**self).write_pidfile(path, pid)
@@ -261,6 +268,10 @@ impl Os for System {
             .map(Pid::as_raw)
     }
 
+    fn group_resident(&mut self, groups: &[i32]) -> HashMap<i32, u64> {
+        procfs::group_resident(groups)
+    }
+
     fn write_pidfile(&mut self, path: &Path, pid: u32) -> Result<Previous, PidfileError> {
         pidfile::create(path, pid)
     }
@@ -307,6 +318,8 @@ pub enum Call {
     SpawnWorker(String, i32),
     /// [`Os::spawn_master`]: the pid it got.
     SpawnMaster(i32),
+    /// [`Os::group_resident`]: the groups asked about.
+    GroupResident(Vec<i32>),
 }
 
 /// A scripted operating system: exits are queued by the test, every call is recorded, files
@@ -335,6 +348,8 @@ pub struct FakeOs {
     pub signals: Vec<Signal>,
     /// Whether forking fails (out of processes).
     pub fork_fails: bool,
+    /// Resident bytes by process group, for [`Os::group_resident`].
+    pub resident: HashMap<i32, u64>,
 }
 
 impl FakeOs {
@@ -440,6 +455,14 @@ impl Os for FakeOs {
 
     fn process_group(&self, pid: i32) -> Option<i32> {
         self.live.contains(&pid).then_some(pid)
+    }
+
+    fn group_resident(&mut self, groups: &[i32]) -> HashMap<i32, u64> {
+        self.calls.push(Call::GroupResident(groups.to_vec()));
+        groups
+            .iter()
+            .filter_map(|group| self.resident.get(group).map(|bytes| (*group, *bytes)))
+            .collect()
     }
 
     fn write_pidfile(&mut self, path: &Path, pid: u32) -> Result<Previous, PidfileError> {

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use arbiter_core::{Action, Event, ExitStatus, Reason, Signal, SupervisorNote, WorkerId};
+use arbiter_core::{
+    Action, Event, ExitCause, ExitStatus, Reason, Signal, SupervisorNote, WorkerId,
+};
 use arbiter_sockets::{HandoffPlan, Listener, PidEnvSlot};
 use nix::sys::signal::Signal as NixSignal;
 use slog::{debug, error, info, warn, Logger};
@@ -124,6 +126,15 @@ impl<O: Os> Runtime<O> {
             }
             Action::Reap { pid } => {
                 self.os.reap(pid);
+            }
+            Action::SampleMemory { pids, .. } => {
+                let resident = self.os.group_resident(&pids);
+                let now = self.now();
+                for pid in pids {
+                    if let Some(&bytes) = resident.get(&pid) {
+                        self.core.handle_memory(pid, bytes, now);
+                    }
+                }
             }
             Action::LoadConfig { .. } => {
                 let now = self.now();
@@ -427,12 +438,20 @@ impl<O: Os> Runtime<O> {
 
     fn log_event(&self, event: Event) {
         let log = &match &event {
-            Event::WorkerExited { pid, .. } | Event::WorkerReady { pid, .. } => {
-                self.log.new(slog::o!(WORKER_PID => *pid))
-            }
+            Event::WorkerExited { pid, .. }
+            | Event::WorkerReady { pid, .. }
+            | Event::Recycling { pid, .. } => self.log.new(slog::o!(WORKER_PID => *pid)),
             _ => self.log.clone(),
         };
         match event {
+            Event::WorkerExited {
+                pid,
+                slot,
+                cause: ExitCause::Recycled,
+                status,
+                ..
+            } => info!(log, "Worker recycled (pid: {pid}): {status}";
+                "slot" => slot, "cause" => ExitCause::Recycled.name()),
             Event::WorkerExited {
                 pid,
                 status,
@@ -461,6 +480,10 @@ impl<O: Os> Runtime<O> {
                 }
             },
             Event::WorkerReady { pid, .. } => debug!(log, "Worker (pid:{pid}) is ready"),
+            Event::Recycling {
+                pid, slot, reason, ..
+            } => info!(log, "Recycling worker (pid:{pid}): {reason}; its replacement starts first";
+                "slot" => slot, "reason" => reason.to_string()),
             Event::Backoff { slot, delay } => warn!(
                 log,
                 "Worker slot {slot} is crash-looping: next start in {:.1} s",

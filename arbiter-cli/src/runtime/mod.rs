@@ -576,6 +576,9 @@ impl<O: Os> Runtime<O> {
                 self.core.handle_ready(pid, now);
                 self.sync_urgency(id, pid);
             }
+            if message.recycle {
+                self.core.handle_recycle_request(pid, now);
+            }
             if message.stopping {
                 debug!(self.log, "Worker (pid:{pid}) is stopping"; log::WORKER_PID => pid);
             }

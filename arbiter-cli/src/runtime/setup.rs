@@ -274,6 +274,10 @@ pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig
         watchdog: None,
         // Set by the runtime, which knows the service manager.
         extend_start: false,
+        max_worker_age: settings.max_worker_age,
+        max_worker_age_jitter: settings.max_worker_age_jitter,
+        max_worker_memory: settings.max_worker_memory.map(|size| size.0),
+        memory_sample_every: Config::default().memory_sample_every,
     }
 }
 

@@ -268,3 +268,55 @@ fn a_stop_signals_every_worker_and_exits_once_all_are_reaped() {
     assert!(os.calls.contains(&Call::RemovePidfile(path)));
     assert!(os.pidfiles.is_empty(), "the pidfile is gone at exit");
 }
+
+#[test]
+fn a_memory_sample_reads_each_group_once_and_a_worker_over_the_limit_is_replaced_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut os = FakeOs::new();
+    let mut runtime = Runtime::start_over(
+        start(dir.path(), &["-w", "2", "--max-worker-memory", "1M"], None),
+        None,
+        &mut os,
+    )
+    .unwrap();
+    runtime.execute_actions();
+    let workers = spawned(runtime.os);
+    assert_eq!(workers.len(), 2);
+    runtime.os.resident.insert(workers[0], 2 << 20);
+    runtime.os.resident.insert(workers[1], 1 << 20);
+    let mark = runtime.os.calls.len();
+    // Nothing is sampled before the sample deadline.
+    let deadline = runtime.core.poll_timeout().expect("a sample deadline");
+    runtime.os.now = deadline.since_origin();
+    let now = runtime.now();
+    runtime.core.handle_timeout(now);
+    runtime.execute_actions();
+    let after = calls_since(runtime.os, mark);
+    let mut sorted = workers.clone();
+    sorted.sort_unstable();
+    let asked: Vec<Vec<i32>> = after
+        .iter()
+        .filter_map(|c| match c {
+            Call::GroupResident(groups) => {
+                let mut groups = groups.clone();
+                groups.sort_unstable();
+                Some(groups)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![sorted], "{after:?}");
+    // The worker over the limit (1M exactly is not over) gets a replacement, then TERM.
+    let spawn = after
+        .iter()
+        .position(|c| matches!(c, Call::SpawnWorker(_, pid) if !workers.contains(pid)))
+        .unwrap_or_else(|| panic!("no replacement: {after:?}"));
+    let term = after
+        .iter()
+        .position(|c| *c == Call::Signal(workers[0], NixSignal::SIGTERM))
+        .unwrap_or_else(|| panic!("no TERM: {after:?}"));
+    assert!(spawn < term, "{after:?}");
+    assert!(!after
+        .iter()
+        .any(|c| matches!(c, Call::Signal(pid, _) if *pid == workers[1] || *pid == -workers[1])));
+}

@@ -93,17 +93,15 @@ impl Core {
         Some(action)
     }
 
-    /// For a reload's retirement of an old worker: the ready new worker of its slot that
-    /// allows it (the roll's rule), from the core's table.
+    /// For a reload's (or a recycle's) retirement of an old worker: the ready new worker of
+    /// its slot that allows it (the roll's rule), from the core's table.
     fn roll_step(&self, action: &Action) -> Option<String> {
-        let Action::Signal {
-            id,
-            reason: Reason::Reload,
-            ..
-        } = action
-        else {
+        let Action::Signal { id, reason, .. } = action else {
             return None;
         };
+        if *reason != Reason::Reload && !reason.is_recycle() {
+            return None;
+        }
         let slot = self.arbiter.workers().find(|w| w.id == *id)?.slot;
         let generation = self.arbiter.generation();
         let new = self.arbiter.workers().find(|w| {
@@ -111,6 +109,7 @@ impl Core {
                 && w.id != *id
                 && w.generation == generation
                 && w.state == WorkerState::Ready
+                && w.recycle.is_none()
         })?;
         Some(format!(
             ", slot {slot} has ready worker {} of generation {generation}",
@@ -164,6 +163,16 @@ impl Core {
     /// [`Input::Heartbeat`].
     pub fn handle_heartbeat(&mut self, pid: Pid, at: Moment) {
         self.handle(Input::Heartbeat { pid, at }, at);
+    }
+
+    /// [`Input::Memory`].
+    pub fn handle_memory(&mut self, pid: Pid, bytes: u64, now: Moment) {
+        self.handle(Input::Memory { pid, bytes }, now);
+    }
+
+    /// [`Input::RecycleRequested`].
+    pub fn handle_recycle_request(&mut self, pid: Pid, now: Moment) {
+        self.handle(Input::RecycleRequested { pid }, now);
     }
 
     /// [`Input::Status`].

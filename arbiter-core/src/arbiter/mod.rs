@@ -112,8 +112,9 @@ struct SlotState {
 ///
 /// Invariants: no [`Action::Signal`] is ever emitted for a pid after its exit was reported;
 /// nothing is spawned before a fresh master's pidfile is written; spawns happen only while
-/// the table holds fewer than `workers + max_surge` processes; during a reload an old worker
-/// is retired only once its slot has a ready new one.
+/// the table holds fewer than `workers + max_surge` processes; during a reload, and when a
+/// worker is recycled (by age, memory or its own request), an old worker is retired only once
+/// its slot has a ready new one.
 #[derive(Debug)]
 pub struct Arbiter {
     config: Config,
@@ -238,6 +239,7 @@ impl Arbiter {
             arbiter.extend_start_until = Some(until);
             arbiter.timers.set(Timer::ExtendStart, Some(now));
         }
+        arbiter.arm_memory_sample(now);
         arbiter.manage(now);
         arbiter
     }
@@ -386,6 +388,8 @@ impl Arbiter {
             Input::Exited { pid, status } => self.handle_exit(pid, status, now),
             Input::Ready { pid } => self.handle_ready(pid, now),
             Input::Heartbeat { pid, at } => self.handle_heartbeat(pid, at),
+            Input::Memory { pid, bytes } => self.handle_memory(pid, bytes, now),
+            Input::RecycleRequested { pid } => self.handle_recycle_request(pid, now),
             Input::Status { pid, text } => self.handle_status(pid, text),
             Input::ReexecSpawned { pid } => self.handle_reexec_spawned(pid),
             Input::ReexecFailed => self.handle_reexec_failed(),
@@ -463,7 +467,16 @@ impl Arbiter {
             });
         }
         self.target = config.workers;
+        let sampling = (config.max_worker_memory, config.memory_sample_every);
+        let resample = sampling
+            != (
+                self.config.max_worker_memory,
+                self.config.memory_sample_every,
+            );
         self.config = config;
+        if resample {
+            self.arm_memory_sample(now);
+        }
         self.generation += 1;
         self.all_dirty = true;
         self.phase = Phase::Reloading;
@@ -659,6 +672,27 @@ impl Arbiter {
         self.timers.set(Timer::Heartbeat(id), deadline);
     }
 
+    /// The resident memory of the worker's (by pid) process group, sampled for
+    /// [`Action::SampleMemory`]: above `max_worker_memory`, the worker is recycled.
+    pub fn handle_memory(&mut self, pid: Pid, bytes: u64, now: Moment) {
+        let over = self
+            .config
+            .max_worker_memory
+            .is_some_and(|limit| bytes > limit);
+        if let (true, Some(&id)) = (over, self.by_pid.get(&pid)) {
+            self.recycle(id, Reason::RecycleMemory);
+            self.manage(now);
+        }
+    }
+
+    /// The worker (by pid) asked to be replaced (`X_ARBITER_RECYCLE=1`): it is recycled.
+    pub fn handle_recycle_request(&mut self, pid: Pid, now: Moment) {
+        if let Some(&id) = self.by_pid.get(&pid) {
+            self.recycle(id, Reason::RecycleRequested);
+            self.manage(now);
+        }
+    }
+
     /// The worker (by pid) sent `STATUS=...`.
     pub fn handle_status(&mut self, pid: Pid, text: String) {
         if let Some(&id) = self.by_pid.get(&pid) {
@@ -757,6 +791,22 @@ impl Arbiter {
                     }
                 }
                 Timer::Kill(id) => self.kill_due(id),
+                Timer::Recycle(id) => self.recycle(id, Reason::RecycleAge),
+                Timer::MemorySample => {
+                    let pids: Vec<Pid> = self
+                        .workers
+                        .values()
+                        .filter(|w| w.state.is_active())
+                        .filter_map(|w| w.pid)
+                        .collect();
+                    if !pids.is_empty() {
+                        self.push(Action::SampleMemory {
+                            pids,
+                            reason: Reason::MemoryLimit,
+                        });
+                    }
+                    self.arm_memory_sample(now);
+                }
                 Timer::Backoff(slot) => {
                     self.slots[slot].backoff_until = None;
                     self.touch(slot);
@@ -840,6 +890,7 @@ impl Arbiter {
                 self.push(Action::Notify(SupervisorNote::Stopping));
                 self.event(Event::DrainStarted { delay });
                 self.timers.set(Timer::Drain, Some(until));
+                self.timers.set(Timer::MemorySample, None);
             }
             _ => self.begin_stop(quick, reason, 0, now),
         }
@@ -928,6 +979,7 @@ impl Arbiter {
         for slot in 0..slots {
             self.timers.set(Timer::Backoff(slot), None);
         }
+        self.timers.set(Timer::MemorySample, None);
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         let deadline = now + self.config.graceful_timeout;
         for id in ids {
@@ -998,6 +1050,46 @@ impl Arbiter {
         if live {
             self.abort(id, reason, now);
         }
+    }
+
+    /// Marks a running worker for recycling: its slot counts as rolling, so a replacement is
+    /// spawned (within `max_surge`) and the worker is retired once that one is ready, as in a
+    /// reload. Nothing once a stop was ordered (draining or stopping), or for a worker already being recycled or stopped.
+    fn recycle(&mut self, id: WorkerId, reason: Reason) {
+        let stop_requested = self.stop_requested();
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if stop_requested || !worker.state.is_active() || worker.recycle.is_some() {
+            return;
+        }
+        worker.recycle = Some(reason);
+        let (slot, pid) = (worker.slot, worker.pid);
+        self.timers.set(Timer::Recycle(id), None);
+        self.touch(slot);
+        if let Some(pid) = pid {
+            self.event(Event::Recycling {
+                id,
+                pid,
+                slot,
+                reason,
+            });
+        }
+    }
+
+    /// The next memory sample, while a memory limit is set and no stop was ordered.
+    fn arm_memory_sample(&mut self, now: Moment) {
+        let next = self
+            .config
+            .max_worker_memory
+            .filter(|_| !self.stop_requested())
+            .map(|_| {
+                now + self
+                    .config
+                    .memory_sample_every
+                    .max(Duration::from_millis(10))
+            });
+        self.timers.set(Timer::MemorySample, next);
     }
 
     /// A kill deadline passed: KILL the group of a worker still retiring or aborted.

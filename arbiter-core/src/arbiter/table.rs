@@ -5,6 +5,8 @@
 use crate::action::{Action, Event, Reason, SupervisorNote};
 use crate::time::Moment;
 use crate::timers::Timer;
+use std::time::Duration;
+
 use crate::types::{Signal, Slot, WorkerId};
 use crate::worker::{Worker, WorkerState};
 
@@ -61,8 +63,10 @@ impl Arbiter {
                 if let Some(ready) = self.current_ready_in(slot) {
                     let mut index = 0;
                     while let Some(&id) = self.slots[slot].members.get(index) {
-                        if id != ready && self.workers[&id].state.is_active() {
-                            self.retire(id, Reason::Reload, now);
+                        let worker = &self.workers[&id];
+                        if id != ready && worker.state.is_active() {
+                            let reason = worker.recycle.unwrap_or(Reason::Reload);
+                            self.retire(id, reason, now);
                         }
                         index += 1;
                     }
@@ -94,7 +98,7 @@ impl Arbiter {
             };
             let state = &self.slots[slot];
             let reason = if rolling {
-                Reason::Reload
+                self.roll_reason(slot)
             } else if !self.announced_ready && !state.used {
                 Reason::Boot
             } else if state.used {
@@ -131,7 +135,7 @@ impl Arbiter {
         let mut hung = false;
         for id in &self.slots[slot].members {
             let worker = &self.workers[id];
-            let is_current = worker.generation == self.generation;
+            let is_current = self.is_current(worker);
             hung |= is_hung(worker);
             if worker.state.is_active() {
                 any = true;
@@ -180,9 +184,7 @@ impl Arbiter {
         let old_active = self
             .workers
             .values()
-            .filter(|w| {
-                w.state.is_active() && (w.generation != self.generation || w.slot >= self.target)
-            })
+            .filter(|w| w.state.is_active() && (!self.is_current(w) || w.slot >= self.target))
             .count();
         assert_eq!(self.old_active, old_active, "old worker count drifted");
         let surge_active: usize = self
@@ -217,7 +219,7 @@ impl Arbiter {
             let (mut any, mut current) = (false, false);
             for id in active {
                 any = true;
-                current |= self.workers[id].generation == self.generation;
+                current |= self.is_current(&self.workers[id]);
             }
             let hung = state.members.iter().any(|id| is_hung(&self.workers[id]));
             let gpu_held = hung && self.gpus.is_some();
@@ -308,6 +310,7 @@ impl Arbiter {
             status: None,
             kill_at: None,
             stop_reason: None,
+            recycle: None,
         };
         self.workers.insert(id, worker);
         self.active += 1;
@@ -419,7 +422,11 @@ impl Arbiter {
         let heartbeat = self.heartbeat_deadline(worker).filter(|_| running);
         let ready_after = self.exec_ready_deadline(worker);
         let kill = worker.kill_at.filter(|_| stopping);
+        let recycle = self
+            .age_deadline(worker)
+            .filter(|_| running && worker.recycle.is_none());
         self.timers.set(Timer::Boot(id), boot);
+        self.timers.set(Timer::Recycle(id), recycle);
         self.timers.set(Timer::Heartbeat(id), heartbeat);
         self.timers.set(Timer::ReadyAfter(id), ready_after);
         self.timers.set(Timer::Kill(id), kill);
@@ -442,6 +449,53 @@ impl Arbiter {
         delayed.then(|| worker.spawned_at + self.config.ready_after)
     }
 
+    /// When a worker reaches its maximum age: the first point of its slot's schedule after
+    /// `max_worker_age - jitter` from its exec (so at most `max_worker_age`). Slot `s` of `N`
+    /// has the points `jitter * (s / N + k)` from the origin, so two slots' points are never
+    /// closer than `jitter / N`, and a replacement spawned at its predecessor's point lives
+    /// exactly `max_worker_age` when that is a multiple of the jitter (the default, half).
+    pub(super) fn age_deadline(&self, worker: &Worker) -> Option<Moment> {
+        let age = self.config.max_worker_age?;
+        let jitter = self
+            .config
+            .max_worker_age_jitter
+            .unwrap_or(age / 2)
+            .min(age);
+        let earliest = worker.spawned_at + (age - jitter);
+        if jitter.is_zero() {
+            return Some(earliest);
+        }
+        let spacing = jitter.as_nanos();
+        let workers = self.target.max(1) as u128;
+        let phase = spacing * (worker.slot as u128 % workers) / workers;
+        let after = earliest.since_origin().as_nanos();
+        let steps = if after < phase {
+            0
+        } else {
+            (after - phase) / spacing + 1
+        };
+        let point = phase + steps * spacing;
+        let point = u64::try_from(point).unwrap_or(u64::MAX);
+        Some(Moment::from_origin(Duration::from_nanos(point)))
+    }
+
+    /// Whether a worker is what its slot should run: of the current generation and not being
+    /// recycled.
+    pub(super) fn is_current(&self, worker: &Worker) -> bool {
+        worker.generation == self.generation && worker.recycle.is_none()
+    }
+
+    /// Why a rolling slot spawns: the recycling of its worker, or a reload.
+    fn roll_reason(&self, slot: Slot) -> Reason {
+        self.slots[slot]
+            .members
+            .iter()
+            .map(|id| &self.workers[id])
+            .filter(|w| w.state.is_active() && w.generation == self.generation)
+            .find_map(|w| w.recycle)
+            .unwrap_or(Reason::Reload)
+    }
+
     pub(super) fn heartbeat_deadline(&self, worker: &Worker) -> Option<Moment> {
         let last = worker.last_heartbeat?;
         self.config.timeout.map(|timeout| last + timeout)
@@ -459,18 +513,19 @@ impl Arbiter {
     pub(super) fn current_ready_in(&self, slot: Slot) -> Option<WorkerId> {
         self.slots.get(slot)?.members.iter().copied().find(|id| {
             let worker = &self.workers[id];
-            worker.state == WorkerState::Ready && worker.generation == self.generation
+            worker.state == WorkerState::Ready && self.is_current(worker)
         })
     }
 }
 
 /// The deadlines a worker may have.
-fn worker_timers(id: WorkerId) -> [Timer; 4] {
+fn worker_timers(id: WorkerId) -> [Timer; 5] {
     [
         Timer::Boot(id),
         Timer::Heartbeat(id),
         Timer::ReadyAfter(id),
         Timer::Kill(id),
+        Timer::Recycle(id),
     ]
 }
 

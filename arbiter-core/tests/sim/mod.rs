@@ -73,6 +73,10 @@ pub struct Behavior {
     pub ignore_kill: bool,
     /// Children in its process group, unknown to the arbiter.
     pub children: usize,
+    /// Its group's resident memory grows by this many bytes a second from 10 MB at exec.
+    pub leaks_per_sec: u64,
+    /// Asks to be recycled (`X_ARBITER_RECYCLE=1`) this long after its exec.
+    pub asks_recycle_after: Option<Duration>,
 }
 
 impl Behavior {
@@ -89,6 +93,8 @@ impl Behavior {
             spawn_fails: false,
             ignore_kill: false,
             children: 0,
+            leaks_per_sec: 0,
+            asks_recycle_after: None,
         }
     }
 
@@ -146,6 +152,22 @@ impl Behavior {
         }
     }
 
+    /// Good, but its memory grows by `per_sec` bytes a second.
+    pub fn leaks(per_sec: u64) -> Behavior {
+        Behavior {
+            leaks_per_sec: per_sec,
+            ..Behavior::good()
+        }
+    }
+
+    /// Good, and asks to be recycled `after` its exec (as `--max-requests` does).
+    pub fn asks_recycle(after: Duration) -> Behavior {
+        Behavior {
+            asks_recycle_after: Some(after),
+            ..Behavior::good()
+        }
+    }
+
     /// Good, but ignores TERM.
     pub fn ignores_term() -> Behavior {
         Behavior {
@@ -189,6 +211,7 @@ pub struct Proc {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Happening {
     Ready(Pid),
+    AskRecycle(Pid),
     Heartbeat(Pid),
     Exit(Pid),
 }
@@ -437,6 +460,12 @@ impl World {
                     self.drain();
                 }
             }
+            Happening::AskRecycle(pid) => {
+                if self.is_alive(pid) && !self.is_hung(pid) {
+                    self.arbiter.handle_recycle_request(pid, now);
+                    self.drain();
+                }
+            }
             Happening::Heartbeat(pid) => {
                 if self.is_alive(pid) && !self.is_hung(pid) {
                     self.arbiter.handle_heartbeat(pid, now);
@@ -572,6 +601,9 @@ impl World {
                 if let Some(every) = behavior.heartbeat_every {
                     self.schedule(now + every, Happening::Heartbeat(pid));
                 }
+                if let Some(after) = behavior.asks_recycle_after {
+                    self.schedule(now + after, Happening::AskRecycle(pid));
+                }
                 if let Some((after, status)) = behavior.exit_after {
                     self.schedule_exit(pid, now + after, status);
                 }
@@ -582,8 +614,20 @@ impl World {
                 pid,
                 signal,
                 group,
-                ..
-            } => self.deliver(id, pid, signal, group),
+                reason,
+            } => {
+                if reason.is_recycle() {
+                    self.check_recycle_retires_behind_a_ready_replacement(id);
+                }
+                self.deliver(id, pid, signal, group)
+            }
+            Action::SampleMemory { pids, .. } => {
+                for pid in pids {
+                    assert!(!self.reaped.contains(&pid), "memory sample of exited {pid}");
+                    let bytes = self.memory_of(pid);
+                    self.arbiter.handle_memory(pid, bytes, now);
+                }
+            }
             Action::KillGroup { pid, .. } => {
                 assert!(
                     self.zombies.contains(&pid),
@@ -728,6 +772,28 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// Panics unless the slot of `id` (retired for recycling) has another worker, ready and
+    /// not itself being recycled: the replacement comes first.
+    fn check_recycle_retires_behind_a_ready_replacement(&self, id: WorkerId) {
+        let retired = self.arbiter.workers().find(|w| w.id == id);
+        let slot = retired.expect("retired worker in the table").slot;
+        let replaced = self.arbiter.workers().any(|w| {
+            w.id != id && w.slot == slot && w.state == WorkerState::Ready && w.recycle.is_none()
+        });
+        assert!(
+            replaced,
+            "worker {id} retired for recycling at {:?} before its replacement was ready",
+            self.now
+        );
+    }
+
+    /// The resident memory of the group of `pid` now (10 MB at exec, then its leak).
+    pub fn memory_of(&self, pid: Pid) -> u64 {
+        let proc_ = &self.procs[&pid];
+        let lived = self.now.saturating_since(proc_.started).as_secs_f64();
+        10_000_000 + (proc_.behavior.leaks_per_sec as f64 * lived) as u64
     }
 
     /// Panics if an aborted worker outlived its abort grace without KILL.
