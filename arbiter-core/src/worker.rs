@@ -77,4 +77,6 @@ pub struct Worker {
     /// Why it is being recycled, once it is: its slot gets a replacement, and it is retired
     /// once that replacement is ready.
     pub recycle: Option<Reason>,
+    /// When it reaches its maximum age (fixed at its exec, on its slot's schedule).
+    pub recycle_at: Option<Moment>,
 }

@@ -556,6 +556,8 @@ impl Arbiter {
         worker.awaits_ready = awaits_ready;
         let (state, stop_reason) = (worker.state, worker.stop_reason);
         let (slot, generation) = (worker.slot, worker.generation);
+        let recycle_at = self.age_deadline(&self.workers[&id]);
+        self.workers.get_mut(&id).expect("checked").recycle_at = recycle_at;
         self.by_pid.insert(pid, id);
         self.event(Event::WorkerSpawned {
             id,

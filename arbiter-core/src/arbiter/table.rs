@@ -311,6 +311,7 @@ impl Arbiter {
             kill_at: None,
             stop_reason: None,
             recycle: None,
+            recycle_at: None,
         };
         self.workers.insert(id, worker);
         self.active += 1;
@@ -422,8 +423,8 @@ impl Arbiter {
         let heartbeat = self.heartbeat_deadline(worker).filter(|_| running);
         let ready_after = self.exec_ready_deadline(worker);
         let kill = worker.kill_at.filter(|_| stopping);
-        let recycle = self
-            .age_deadline(worker)
+        let recycle = worker
+            .recycle_at
             .filter(|_| running && worker.recycle.is_none());
         self.timers.set(Timer::Boot(id), boot);
         self.timers.set(Timer::Recycle(id), recycle);
@@ -449,8 +450,9 @@ impl Arbiter {
         delayed.then(|| worker.spawned_at + self.config.ready_after)
     }
 
-    /// When a worker reaches its maximum age: the first point of its slot's schedule after
-    /// `max_worker_age - jitter` from its exec (so at most `max_worker_age`). Slot `s` of `N`
+    /// When a worker exec'd at `spawned_at` reaches its maximum age: the first point of its
+    /// slot's schedule after `max_worker_age - jitter` from its exec (so at most
+    /// `max_worker_age`; computed once, at the exec, so it is never in the past). Slot `s` of `N`
     /// has the points `jitter * (s / N + k)` from the origin, so two slots' points are never
     /// closer than `jitter / N`, and a replacement spawned at its predecessor's point lives
     /// exactly `max_worker_age` when that is a multiple of the jitter (the default, half).
