@@ -34,7 +34,12 @@ pub(crate) fn main_with(args: ServeArgs, function: Option<Rc<WorkerFn>>) -> Resu
         }
     })?;
     let settings = match invocation {
-        Invocation::CheckConfig(settings) => return check_config(&settings, &master_env),
+        Invocation::CheckConfig(settings) => {
+            if function.is_some() {
+                crate::runtime::refuse_worker_command(&settings).map_err(start_failure)?;
+            }
+            return check_config(&settings, &master_env);
+        }
         Invocation::Run(settings) => *settings,
     };
     let daemon = settings.daemon;

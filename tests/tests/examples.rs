@@ -257,3 +257,23 @@ fn the_library_mode_example_answers_ctl_and_upgrades_itself_on_usr2() {
     );
     master.assert_no_process_left();
 }
+
+#[test]
+fn the_library_mode_example_refuses_a_worker_command_with_a_usage_error() {
+    let bin = example_bin("arbiter-cli", "preload");
+    let fixture = Fixture::new();
+    for extra in [&["--check-config"][..], &[][..]] {
+        let mut args = vec!["--table-mib", "1", "-b", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "/bin/true"]);
+        let mut master = fixture.start_program("refused", &bin, &args, &[]);
+        assert_eq!(master.exit_code(BOUND), 2, "{args:?}\n{}", master.stderr());
+        master.assert_no_process_left();
+        let log = master.stderr();
+        assert!(
+            log.contains("library mode: the worker is the program's function"),
+            "{args:?}: {log}"
+        );
+        assert!(!log.contains("Listening at"), "nothing half-started: {log}");
+    }
+}

@@ -205,12 +205,7 @@ pub fn spawn_function(
     signals: &SignalPipe,
     run: impl FnOnce(u32) -> i32,
 ) -> Result<(i32, ExecWatch), SpawnError> {
-    let threads = thread_count();
-    if threads > 1 {
-        return Err(SpawnError::Fork(io::Error::other(format!(
-            "the master has {threads} threads: library mode forks only a single-threaded master"
-        ))));
-    }
+    ensure_single_threaded()?;
     let FunctionSpawn {
         mut plan,
         identity,
@@ -248,9 +243,17 @@ pub fn spawn_function(
     }
 }
 
-/// The master's thread count, from `/proc/self/task` (1 if it cannot be read).
-fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(1, |entries| entries.count())
+/// Refuses to fork without exec while this process has more than one thread: the child would
+/// have only the forking thread, with any lock another thread held locked forever.
+fn ensure_single_threaded() -> Result<(), SpawnError> {
+    // From `/proc/self/task`; 1 if it cannot be read.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |entries| entries.count());
+    if threads > 1 {
+        return Err(SpawnError::Fork(io::Error::other(format!(
+            "the master has {threads} threads: library mode forks only a single-threaded master"
+        ))));
+    }
+    Ok(())
 }
 
 /// What a re-exec'd master is started with; built before the fork.
@@ -522,6 +525,21 @@ mod tests {
         let (pid, failed) = vfork_exec(&sh, &argv, &envp, || Err(Errno::SRCH)).unwrap();
         assert_eq!(failed, Some(Errno::SRCH));
         assert_eq!(exit_code(pid), 127);
+    }
+
+    #[test]
+    fn a_fork_without_exec_is_refused_while_another_thread_runs() {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || stopped.recv());
+        let error = ensure_single_threaded().expect_err("two threads at least");
+        assert!(
+            error
+                .to_string()
+                .contains("threads: library mode forks only a single-threaded"),
+            "{error}"
+        );
+        stop.send(()).unwrap();
+        other.join().unwrap().unwrap();
     }
 
     #[test]

@@ -29,13 +29,7 @@ pub(super) fn worker_command(
     if !library {
         return Ok(resolved);
     }
-    if !settings.command.is_empty() {
-        return Err(StartError::Usage(
-            "library mode: the worker is the program's function, a worker command (-- COMMAND) \
-             cannot be given"
-                .to_owned(),
-        ));
-    }
+    refuse_worker_command(settings)?;
     let program = argv.first().cloned().unwrap_or_else(|| "arbiter".into());
     let name = std::path::Path::new(&program)
         .file_name()
@@ -49,6 +43,19 @@ pub(super) fn worker_command(
         key: command_key(&display),
         display,
     })
+}
+
+/// In library mode a worker command in the settings is a usage error (the start, a HUP and
+/// `--check-config` refuse it alike).
+pub(crate) fn refuse_worker_command(settings: &Settings) -> Result<(), StartError> {
+    if settings.command.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Usage(
+        "library mode: the worker is the program's function, a worker command (-- COMMAND) \
+         cannot be given"
+            .to_owned(),
+    ))
 }
 
 impl<O: Os> Runtime<O> {

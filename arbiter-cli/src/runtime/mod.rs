@@ -35,6 +35,7 @@ use setup::WorkerCommand;
 
 mod actions;
 mod function;
+pub(crate) use function::refuse_worker_command;
 pub mod log;
 pub mod preflight;
 mod reload;
