@@ -285,6 +285,62 @@ fn a_second_master_refuses_a_live_socket_and_an_unsafe_one() {
     );
 }
 
+/// What must not change between two status answers for a scrape taken between them to come
+/// from the same moment: the counts and each worker's pid, state and slot restarts (ages and
+/// heartbeats move on their own).
+fn settled_view(status: &Value) -> Value {
+    let workers: Vec<Value> = status["workers"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|w| serde_json::json!([w["pid"], w["state"], w["restarts"]]))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!([
+        status["master"]["live"],
+        status["master"]["ready"],
+        status["master"]["target"],
+        workers
+    ])
+}
+
+/// A `/metrics` scrape and a status answer from a moment when the workers are settled after
+/// `killed` was killed: the status no longer lists `killed`, shows 2 live and 2 ready, and is
+/// the same before and after the scrape. Retried until then or until a bound passes (the
+/// last pair is returned either way, for the caller's assertions to report).
+fn settled_scrape(
+    master: &mut Master,
+    socket: &Path,
+    port: u16,
+    killed: i64,
+) -> (arbiter_tests::Response, Value) {
+    let mut last = None;
+    arbiter_tests::wait_until(SOON * 3, || {
+        master.track_tree();
+        let before = request(socket, r#"{"cmd":"status"}"#);
+        let replaced = !worker_pids(&before).contains(&killed)
+            && before["master"]["live"] == 2
+            && before["master"]["ready"] == 2;
+        if !replaced {
+            return false;
+        }
+        let Ok(response) = arbiter_tests::get(port, "/metrics") else {
+            return false;
+        };
+        let after = request(socket, r#"{"cmd":"status"}"#);
+        let settled = settled_view(&before) == settled_view(&after);
+        last = Some((response, after));
+        settled
+    });
+    last.unwrap_or_else(|| {
+        panic!(
+            "pid {killed} never replaced by a ready worker\n{}",
+            master.stderr()
+        )
+    })
+}
+
 #[test]
 fn metrics_parse_and_agree_with_status() {
     let fixture = Fixture::new();
@@ -292,11 +348,9 @@ fn metrics_parse_and_agree_with_status() {
     let port = metrics_port(&mut master);
     let pids = worker_pids(&request(&socket, r#"{"cmd":"status"}"#));
     arbiter_tests::signal(pids[0] as i32, SIGKILL).unwrap();
-    wait_ready(&mut master, &socket, 2);
-    let response = arbiter_tests::get(port, "/metrics").unwrap();
+    let (response, status) = settled_scrape(&mut master, &socket, port, pids[0]);
     assert_eq!(response.status, 200);
     let samples = parse_metrics(&response.body);
-    let status = request(&socket, r#"{"cmd":"status"}"#);
     for name in [
         "arbiter_workers_live",
         "arbiter_workers_target",
