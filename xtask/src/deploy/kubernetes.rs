@@ -10,8 +10,7 @@
 //! - each Service selects a Deployment's pods and targets named ports they have; each
 //!   HorizontalPodAutoscaler scales a Deployment that exists;
 //! - the container's arguments pass `arbiter --check-config` (the worker command left out, as it
-//!   is not installed here; `--gpus auto` given as many devices as the pod requests). Until
-//!   arbiter has `--shutdown-delay`, that step says SKIPPED, which is not a pass.
+//!   is not installed here; `--gpus auto` given as many devices as the pod requests).
 //!
 //! A copy of a manifest with an unknown field must fail validation, so a validator that checks
 //! nothing is caught.
@@ -53,10 +52,10 @@ pub(crate) fn check(arbiter: &Path, image_uid: u32, scratch: &Path) -> Result<Ve
     if deployments.is_empty() {
         return Err(format!("no Deployment in {DIR}"));
     }
-    let has_shutdown_delay = knows_flag(arbiter, "--shutdown-delay")?;
     for (file, deployment) in &deployments {
         let name = deployment["metadata"]["name"].as_str().unwrap_or("?");
-        let line = check_deployment(deployment, image_uid, arbiter, has_shutdown_delay)
+        let accepts = |args: &[String], gpus: Option<u64>| check_config(arbiter, args, gpus);
+        let line = check_deployment(deployment, image_uid, accepts)
             .map_err(|e| format!("{file}: Deployment {name}: {e}"))?;
         lines.push(format!("{file}: Deployment {name}: {line}"));
     }
@@ -170,15 +169,6 @@ fn load(venv: &Path, file: &Path) -> Result<Vec<Value>, String> {
     serde_json::from_slice(&output.stdout).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-/// Whether `arbiter --help` lists `flag`.
-fn knows_flag(arbiter: &Path, flag: &str) -> Result<bool, String> {
-    let output = Command::new(arbiter)
-        .arg("--help")
-        .output()
-        .map_err(|e| format!("arbiter --help: {e}"))?;
-    Ok(String::from_utf8_lossy(&output.stdout).contains(flag))
-}
-
 /// The value after `flag` in `args` (before `--`).
 fn option<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     let options = &args[..args.iter().position(|a| a == "--").unwrap_or(args.len())];
@@ -232,11 +222,12 @@ fn named_port(container: &Value, name: &str) -> Option<u64> {
         .as_u64()
 }
 
+/// The checks of one Deployment; `accepts` runs arbiter on the container's arguments and the
+/// number of GPUs the pod requests.
 fn check_deployment(
     deployment: &Value,
     image_uid: u32,
-    arbiter: &Path,
-    has_shutdown_delay: bool,
+    accepts: impl Fn(&[String], Option<u64>) -> Result<(), String>,
 ) -> Result<String, String> {
     let pod = &deployment["spec"]["template"];
     let spec = &pod["spec"];
@@ -311,16 +302,10 @@ fn check_deployment(
         ));
     }
 
-    let checked = if has_shutdown_delay {
-        check_config(arbiter, &args, gpus)?;
-        "arbiter --check-config accepts the args".to_owned()
-    } else {
-        "arbiter --check-config SKIPPED (not a pass): this arbiter has no --shutdown-delay yet"
-            .to_owned()
-    };
+    accepts(&args, gpus)?;
     Ok(format!(
         "probes /healthz and /readyz on {metrics}, scraped there; grace {}s > {}s drain + {}s \
-         graceful{}; {checked}",
+         graceful{}; arbiter --check-config accepts the args",
         grace.as_secs(),
         delay.as_secs_f64(),
         graceful.as_secs_f64(),
@@ -478,13 +463,12 @@ mod tests {
 
     /// Runs the static checks only (no arbiter binary is run).
     fn static_check(d: &Value) -> Result<String, String> {
-        check_deployment(d, 10001, Path::new("/nonexistent"), false)
+        check_deployment(d, 10001, |_, _| Ok(()))
     }
 
     #[test]
     fn a_consistent_deployment_passes_the_static_checks() {
-        let line = static_check(&deployment(35, "/readyz", None, false)).expect("passes");
-        assert!(line.contains("SKIPPED (not a pass)"), "{line}");
+        static_check(&deployment(35, "/readyz", None, false)).expect("passes");
         static_check(&deployment(35, "/readyz", Some(2), true)).expect("gpu passes");
     }
 
@@ -498,12 +482,12 @@ mod tests {
             .contains("readinessProbe"));
         assert!(static_check(&deployment(35, "/readyz", Some(2), false)).is_err());
         assert!(static_check(&deployment(35, "/readyz", None, true)).is_err());
-        assert!(check_deployment(
-            &deployment(35, "/readyz", None, false),
-            0,
-            Path::new("/x"),
-            false
-        )
-        .is_err());
+        assert!(
+            check_deployment(&deployment(35, "/readyz", None, false), 0, |_, _| Ok(())).is_err()
+        );
+        let refused = check_deployment(&deployment(35, "/readyz", None, false), 10001, |_, _| {
+            Err("--check-config refused".into())
+        });
+        assert_eq!(refused, Err("--check-config refused".into()));
     }
 }
