@@ -6,7 +6,9 @@
 //! `READY=1`, `WATCHDOG=1` and `STOPPING=1` to `NOTIFY_SOCKET`, and bumps the ctime of the
 //! `ARBITER_HEARTBEAT_FD` file. Routes: `/` (identity JSON), `/env/NAME`, `/sleep/MS`, `/hang`,
 //! `/crash`, `/exit/N`. Signals: TERM stops gracefully (exit 0 once in-flight responses are
-//! sent), INT and QUIT exit 0 at once, USR1 is ignored.
+//! sent), INT and QUIT exit 0 at once, USR1 is ignored. With `--max-requests N` it sends
+//! `X_ARBITER_RECYCLE=1` once after N requests and keeps serving until the master, its
+//! replacement ready, sends TERM.
 //!
 //! Invariants: nothing is bound by the worker itself; it prints nothing but errors (prefixed
 //! `arbiter worker: `) and never logs per request; exit 3 means it could not boot (no or bad
@@ -117,6 +119,28 @@ pub struct Switches {
     /// Speak no protocol: no READY=1, no heartbeat, no WATCHDOG=1.
     #[arg(long)]
     silent: bool,
+    /// After N requests, ask the master to replace this worker (X_ARBITER_RECYCLE=1 on
+    /// NOTIFY_SOCKET) and keep serving until its TERM (gunicorn's max_requests, without the
+    /// capacity dip).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
+    /// Add up to N to --max-requests, chosen from ARBITER_WORKER_ID, so workers started
+    /// together do not all ask at once.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
+    max_requests_jitter: u64,
+}
+
+/// `max_requests` plus a share of `jitter` (0..=jitter) fixed by the worker's id (splitmix64),
+/// so the same worker always gets the same limit and consecutive ids are spread.
+fn request_limit(max_requests: u64, jitter: u64, worker_id: Option<u64>) -> u64 {
+    if jitter == 0 {
+        return max_requests;
+    }
+    let mut z = worker_id.unwrap_or(0).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    max_requests.saturating_add(z % jitter.saturating_add(1))
 }
 
 /// Parses a duration such as `250ms`, `1s` or `1m 30s`.
@@ -191,6 +215,9 @@ fn run(switches: &Switches) -> Result<u8, WorkerError> {
         ready_delay: switches.ready_delay,
         hang_after: switches.hang_after,
         crash_after: switches.crash_after,
+        max_requests: switches
+            .max_requests
+            .map(|n| request_limit(n, switches.max_requests_jitter, env.worker_id)),
     };
     Server::new(
         poll,
@@ -278,12 +305,28 @@ mod switch_tests {
         let plain = switches(&[]).unwrap();
         assert!(plain.boot_exit.is_none() && !plain.silent && !plain.ignore_term);
         assert!(switches(&["--boot-exit", "300"]).is_err());
+        let recycled = switches(&["--max-requests", "100", "--max-requests-jitter", "10"]).unwrap();
+        assert_eq!(recycled.max_requests, Some(100));
+        assert_eq!(recycled.max_requests_jitter, 10);
+        assert!(switches(&["--max-requests", "0"]).is_err());
+        assert!(switches(&["--max-requests-jitter", "5"]).is_err(), "jitter alone");
         assert!(switches(&["--ready-delay", "soon"]).is_err());
         assert_eq!(
             switches(&["--bogus"]).unwrap_err().exit_code(),
             2,
             "usage errors exit 2"
         );
+    }
+
+    #[test]
+    fn request_limits_spread_over_the_jitter_and_are_fixed_per_worker() {
+        assert_eq!(request_limit(100, 0, Some(7)), 100);
+        let limits: Vec<u64> = (1..=200).map(|id| request_limit(100, 10, Some(id))).collect();
+        assert!(limits.iter().all(|n| (100..=110).contains(n)), "{limits:?}");
+        let distinct: std::collections::BTreeSet<u64> = limits.iter().copied().collect();
+        assert_eq!(distinct.len(), 11, "every share of the jitter is used");
+        assert_eq!(request_limit(100, 10, Some(42)), request_limit(100, 10, Some(42)));
+        assert_eq!(request_limit(u64::MAX, u64::MAX, Some(1)), u64::MAX);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Behaviour {
     pub hang_after: Option<Duration>,
     /// Exit 1 after this long.
     pub crash_after: Option<Duration>,
+    /// After answering this many requests, ask the master to be replaced
+    /// (`X_ARBITER_RECYCLE=1`), and keep serving until it sends TERM.
+    pub max_requests: Option<u64>,
 }
 
 /// The end of a worker's life that a request or timer asks for.
@@ -164,6 +167,7 @@ impl Connection {
         root: &RootResponses,
         closing: bool,
         now: Instant,
+        answered: &mut u64,
     ) -> Result<Option<Instant>, Fatal> {
         loop {
             if self.paused() {
@@ -204,6 +208,7 @@ impl Connection {
                 }
                 Parsed::Complete(head) => head,
             };
+            *answered += 1;
             let persistence = Persistence::of(&head, closing);
             let head_only = head.method == b"HEAD";
             let mut sleep_until = None;
@@ -364,6 +369,10 @@ pub struct Server {
     hang_at: Option<Instant>,
     crash_at: Option<Instant>,
     draining: bool,
+    /// Requests answered so far.
+    answered: u64,
+    /// Ask to be replaced once `answered` reaches this (cleared once asked).
+    max_requests: Option<u64>,
     /// While draining: idle keep-alive connections are kept until then.
     idle_grace_until: Option<Instant>,
     notify_failed: bool,
@@ -436,6 +445,8 @@ impl Server {
                 .crash_after
                 .and_then(|after| now.checked_add(after)),
             draining: false,
+            answered: 0,
+            max_requests: behaviour.max_requests,
             idle_grace_until: None,
             notify_failed: false,
         })
@@ -612,7 +623,7 @@ impl Server {
         };
         let mut may_read = true;
         let keep = loop {
-            match connection.process(&self.root, self.draining, now) {
+            match connection.process(&self.root, self.draining, now, &mut self.answered) {
                 Ok(Some(until)) => {
                     self.sleepers
                         .push(Reverse((until, index, connection.serial)));
@@ -645,6 +656,11 @@ impl Server {
         };
         if !keep {
             self.close(index);
+        }
+        if self.max_requests.is_some_and(|limit| self.answered >= limit) {
+            self.max_requests = None;
+            // Asked once; the master spawns the replacement, then sends TERM.
+            self.notify("X_ARBITER_RECYCLE=1");
         }
     }
 

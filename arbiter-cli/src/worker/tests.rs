@@ -604,3 +604,30 @@ fn serves_on_a_unix_listener() {
     assert_eq!(identity["pid"], worker.pid());
     assert_eq!(response.header("connection"), Some("close"));
 }
+
+#[test]
+fn max_requests_asks_once_to_be_recycled_and_keeps_serving_until_term() {
+    let fixture = Fixture::new();
+    let mut worker = fixture.spawn(&["--max-requests", "3"]);
+    assert!(fixture.wait_for("READY=1", PATIENCE).is_some());
+    let client = fixture.connect();
+    for _ in 0..2 {
+        assert_eq!(get(&client, "/").status, 200);
+    }
+    // Two answered: not yet (a WATCHDOG=1 may come meanwhile, nothing else).
+    while let Some(message) = fixture.message(Duration::from_millis(100)) {
+        assert_eq!(message, "WATCHDOG=1", "before the limit");
+    }
+    assert_eq!(get(&client, "/").status, 200);
+    assert!(fixture.wait_for("X_ARBITER_RECYCLE=1", PATIENCE).is_some());
+    // It keeps serving, and asks only once.
+    for _ in 0..5 {
+        assert_eq!(get(&client, "/").status, 200);
+    }
+    while let Some(message) = fixture.message(Duration::from_millis(100)) {
+        assert_ne!(message, "X_ARBITER_RECYCLE=1", "asked twice");
+    }
+    worker.signal(Signal::SIGTERM);
+    assert!(fixture.wait_for("STOPPING=1", PATIENCE).is_some());
+    assert_eq!(worker.wait().code(), Some(0));
+}
