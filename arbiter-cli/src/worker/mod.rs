@@ -309,7 +309,10 @@ mod switch_tests {
         assert_eq!(recycled.max_requests, Some(100));
         assert_eq!(recycled.max_requests_jitter, 10);
         assert!(switches(&["--max-requests", "0"]).is_err());
-        assert!(switches(&["--max-requests-jitter", "5"]).is_err(), "jitter alone");
+        assert!(
+            switches(&["--max-requests-jitter", "5"]).is_err(),
+            "jitter alone"
+        );
         assert!(switches(&["--ready-delay", "soon"]).is_err());
         assert_eq!(
             switches(&["--bogus"]).unwrap_err().exit_code(),
@@ -321,11 +324,16 @@ mod switch_tests {
     #[test]
     fn request_limits_spread_over_the_jitter_and_are_fixed_per_worker() {
         assert_eq!(request_limit(100, 0, Some(7)), 100);
-        let limits: Vec<u64> = (1..=200).map(|id| request_limit(100, 10, Some(id))).collect();
+        let limits: Vec<u64> = (1..=200)
+            .map(|id| request_limit(100, 10, Some(id)))
+            .collect();
         assert!(limits.iter().all(|n| (100..=110).contains(n)), "{limits:?}");
         let distinct: std::collections::BTreeSet<u64> = limits.iter().copied().collect();
         assert_eq!(distinct.len(), 11, "every share of the jitter is used");
-        assert_eq!(request_limit(100, 10, Some(42)), request_limit(100, 10, Some(42)));
+        assert_eq!(
+            request_limit(100, 10, Some(42)),
+            request_limit(100, 10, Some(42))
+        );
         assert_eq!(request_limit(u64::MAX, u64::MAX, Some(1)), u64::MAX);
     }
 

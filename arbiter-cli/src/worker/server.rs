@@ -657,7 +657,10 @@ impl Server {
         if !keep {
             self.close(index);
         }
-        if self.max_requests.is_some_and(|limit| self.answered >= limit) {
+        if self
+            .max_requests
+            .is_some_and(|limit| self.answered >= limit)
+        {
             self.max_requests = None;
             // Asked once; the master spawns the replacement, then sends TERM.
             self.notify("X_ARBITER_RECYCLE=1");

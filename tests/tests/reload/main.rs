@@ -1,6 +1,6 @@
 //! Reload and upgrade under load (issue 5): HUP, USR2 + TERM, `arbiter upgrade`, a changed
 //! bind, a soak of many upgrades and reloads, a failed upgrade, systemd socket activation and
-//! the notify protocol towards a service manager. Each scenario runs a keep-alive load
+//! the notify protocol towards a service manager, and recycling (age, memory, max requests). Each scenario runs a keep-alive load
 //! ([`load::Load`]) across the change and asserts no failed request; each prints its numbers
 //! (`cargo test --test reload -- --nocapture`) and appends a line to
 //! `target/reload-results.txt`.
@@ -11,6 +11,7 @@ mod drain;
 mod hup;
 mod load;
 mod notify;
+mod recycle;
 mod soak;
 mod systemd;
 mod upgrade;
