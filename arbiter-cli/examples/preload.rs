@@ -6,6 +6,7 @@
 //! cargo run --release -p arbiter-cli --example preload -- --table-mib 200 -w 4 -b 127.0.0.1:8000
 //! curl 127.0.0.1:8000/lookup/12345     # -> byte 12345 of the table, and who served it
 //! curl 127.0.0.1:8000/                 # -> pid, slot, table size and checksum
+//! curl -m 1 127.0.0.1:8000/hang         # -> that worker hangs; killed at --timeout, replaced
 //! ```
 //!
 //! Every option of `arbiter serve` works (`--timeout`, `--pidfile`, `--control-socket`,
@@ -14,6 +15,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -21,6 +23,9 @@ use std::time::Duration;
 use arbiter_cli::config::ServeArgs;
 use arbiter_cli::library::{self, ListenerSocket, WorkerContext};
 use clap::Parser;
+
+/// Set by `/hang`: the worker stops heartbeating and serving.
+static HUNG: AtomicBool = AtomicBool::new(false);
 
 /// The preloading server's own options, then the arbiter's.
 #[derive(Debug, Parser)]
@@ -106,9 +111,11 @@ fn worker(mut context: WorkerContext, table: &Table) -> u8 {
     {
         // A worker may start threads: it is no longer the master.
         let interval = (timeout / 4).max(Duration::from_millis(10));
-        thread::spawn(move || loop {
-            let _ = heartbeat.beat();
-            thread::sleep(interval);
+        thread::spawn(move || {
+            while !HUNG.load(Ordering::Relaxed) {
+                let _ = heartbeat.beat();
+                thread::sleep(interval);
+            }
         });
     }
     if let Ok(notifier) = context.notifier() {
@@ -137,6 +144,14 @@ fn answer(stream: TcpStream, context: &WorkerContext, table: &Table) -> std::io:
         line.clear();
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    if path == "/hang" {
+        // A stuck application: no more heartbeats, no more answers; the master kills the
+        // worker at --timeout and forks a replacement.
+        HUNG.store(true, Ordering::Relaxed);
+        loop {
+            thread::park();
+        }
+    }
     let (status, body) = match path.strip_prefix("/lookup/") {
         Some(index) => match index.parse::<usize>() {
             Ok(i) if i < table.bytes.len() => (

@@ -59,6 +59,17 @@ fn served_by(port: u16) -> Option<i32> {
         .ok()
 }
 
+/// Sends `GET /hang` and leaves without waiting for an answer (there is none).
+fn get_hang(port: u16) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    // Give the worker time to read it before the connection closes.
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let _ = std::io::Read::read(&mut stream, &mut [0u8; 16]);
+    Ok(())
+}
+
 /// The fd numbers a process holds.
 fn fds(pid: i32) -> Vec<i32> {
     let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -142,6 +153,24 @@ fn the_library_mode_example_serves_its_table_survives_a_crash_and_a_hup_and_stop
         "the new workers do not serve\n{}",
         master.stderr()
     );
+
+    // A worker that stops heartbeating is killed at the timeout (2 s) and replaced.
+    let before = master.children();
+    get_hang(port).expect("GET /hang");
+    assert!(
+        master.wait_log("WORKER TIMEOUT", BOUND).is_ok(),
+        "no timeout\n{}",
+        master.stderr()
+    );
+    assert!(
+        wait_until(BOUND, || {
+            now = master.children();
+            now.len() == 2 && before.iter().any(|pid| !now.contains(pid))
+        }),
+        "the hung worker is not replaced: {before:?} -> {now:?}\n{}",
+        master.stderr()
+    );
+    master.track_tree();
 
     master.signal(libc::SIGTERM);
     let status = master.wait_exit(BOUND).expect("exits on TERM");

@@ -154,6 +154,7 @@ impl<O: Os> Runtime<O> {
                 i32::from(code)
             }),
         )?;
+        // The same bookkeeping as `spawn_worker`'s (keep the two alike).
         self.ops.capture_output(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(
@@ -161,10 +162,11 @@ impl<O: Os> Runtime<O> {
             WorkerProc {
                 pid,
                 heartbeat,
-                probe_at,
+                probe_at: None,
                 exec,
             },
         );
+        self.set_probe(id, probe_at);
         Ok(pid)
     }
 }
