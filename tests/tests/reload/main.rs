@@ -1,7 +1,8 @@
 //! Reload and upgrade under load (issue 5): HUP, USR2 + TERM, `arbiter upgrade`, a changed
 //! bind, a soak of many upgrades and reloads, a failed upgrade, systemd socket activation and
-//! the notify protocol towards a service manager, and recycling (age, memory, max requests). Each scenario runs a keep-alive load
-//! ([`load::Load`]) across the change and asserts no failed request; each prints its numbers
+//! the notify protocol towards a service manager, recycling (age, memory, max requests), and a
+//! Kubernetes pod's life (`pod`: probes, deletion, a rolling update). Each scenario runs a
+//! keep-alive load ([`load::Load`], or in `pod` a connection per request) across the change and asserts no failed request; each prints its numbers
 //! (`cargo test --test reload -- --nocapture`) and appends a line to
 //! `target/reload-results.txt`.
 
@@ -11,6 +12,7 @@ mod drain;
 mod hup;
 mod load;
 mod notify;
+mod pod;
 mod recycle;
 mod soak;
 mod systemd;

@@ -14,6 +14,10 @@
 //!
 //! A copy of a manifest with an unknown field must fail validation, so a validator that checks
 //! nothing is caught.
+//!
+//! What a pod of `app.yaml` does when deleted (the drain, the probes, a rolling update, under
+//! load) is rehearsed by the `pod` scenarios of the `reload` integration test, which read the
+//! container's arguments and the grace period from the manifest.
 
 use std::collections::BTreeMap;
 use std::fs;
