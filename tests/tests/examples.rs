@@ -215,7 +215,7 @@ fn read_pid(path: &std::path::Path) -> Option<i32> {
 }
 
 #[test]
-fn the_library_mode_example_answers_ctl_and_upgrades_itself_on_usr2() {
+fn the_library_mode_example_answers_ctl_and_metrics_and_upgrades_itself_on_usr2() {
     let bin = example_bin("arbiter-cli", "preload");
     let fixture = Fixture::new();
     let pidfile = fixture.join("preload.pid");
@@ -228,11 +228,36 @@ fn the_library_mode_example_answers_ctl_and_upgrades_itself_on_usr2() {
         "127.0.0.1:0",
         "-p",
         pidfile.to_str().unwrap(),
+        "--metrics-bind",
+        "127.0.0.1:0",
     ];
     let mut master = fixture.start_program("preload", &bin, &args, &[]);
     let port = master.port();
     let old_workers = master.wait_children(2, BOUND);
     assert!(wait_until(BOUND, || read_pid(&pidfile) == Some(master.pid())));
+
+    // The metrics count the forked workers as they count exec'd ones.
+    let log = master.wait_log("Metrics at: http://", BOUND).unwrap();
+    let metrics_port: u16 = log
+        .split("Metrics at: http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next()?.parse().ok())
+        .expect("metrics port in the log");
+    let sample = |body: &str, name: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let mut body = String::new();
+    assert!(
+        wait_until(BOUND, || {
+            body = get(metrics_port, "/metrics")
+                .map(|r| r.body)
+                .unwrap_or_default();
+            sample(&body, "arbiter_workers_ready") == Some(2.0)
+        }),
+        "metrics:\n{body}"
+    );
+    assert_eq!(sample(&body, "arbiter_workers_live"), Some(2.0), "{body}");
 
     // `arbiter ctl` speaks to a library-mode master as to any other.
     let status = Command::new(arbiter_tests::arbiter_bin())
