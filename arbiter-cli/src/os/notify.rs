@@ -494,9 +494,20 @@ mod tests {
         let mut hub = NotifyHub::new(dir.path()).unwrap();
         let address = UnixAddr::new(&hub.open(5).unwrap()).unwrap();
         let sender = UnixDatagram::unbound().unwrap();
-        let null = std::fs::File::open("/dev/null").unwrap();
-        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // The fds passed are all of one file of this test's own, and only the fds open on it
+        // are counted: other tests of this binary open and close fds concurrently (a count of
+        // every fd in the process raced them), and any of them may open /dev/null.
+        let passed = dir.path().join("passed");
+        let null = std::fs::File::create(&passed).unwrap();
+        let open_fds = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .filter(|target| *target == passed)
+                .count()
+        };
         let before = open_fds();
+        assert_eq!(before, 1, "only the file itself is open on it");
         let mut send_and_read = |payload: &[u8], fds: usize| {
             let fds = vec![null.as_raw_fd(); fds];
             let rights = [ControlMessage::ScmRights(&fds)];
