@@ -17,6 +17,7 @@ use nix::sys::signal::Signal as NixSignal;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Hooks, Settings};
+use crate::ops::capture::WorkerPipes;
 use crate::os::heartbeat::Heartbeat;
 use crate::os::hooks;
 use crate::os::pidfile;
@@ -275,6 +276,21 @@ impl<O: Os> Runtime<O> {
             stderr_fd: output_fds.map(|fds| fds.1),
             identity: self.identity.as_ref(),
         })?;
+        self.track_spawned(id, slot, pid, heartbeat, exec, pipes);
+        Ok(pid)
+    }
+
+    /// The shell's bookkeeping of a worker it just started, exec'd or forked alike (library
+    /// mode): its output capture, its heartbeat file and its first-heartbeat probe.
+    pub(super) fn track_spawned(
+        &mut self,
+        id: WorkerId,
+        slot: usize,
+        pid: i32,
+        heartbeat: Heartbeat,
+        exec: Option<spawn::ExecWatch>,
+        pipes: Option<WorkerPipes>,
+    ) {
         self.ops.capture_output(pid, slot, pipes);
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(
@@ -287,7 +303,6 @@ impl<O: Os> Runtime<O> {
             },
         );
         self.set_probe(id, probe_at);
-        Ok(pid)
     }
 
     fn report_pidfile(&mut self, result: Result<(), String>) {

@@ -15,7 +15,7 @@ use crate::os::heartbeat::Heartbeat;
 use crate::os::spawn::{cstring, FunctionSpawn, SpawnError};
 use crate::runtime::setup::{command_key, StartError, WorkerCommand};
 
-use super::{Runtime, WorkerProc};
+use super::Runtime;
 use crate::os::seam::Os;
 
 /// The worker command to run: `resolved` for exec'd workers; in library mode, the function,
@@ -154,19 +154,7 @@ impl<O: Os> Runtime<O> {
                 i32::from(code)
             }),
         )?;
-        // The same bookkeeping as `spawn_worker`'s (keep the two alike).
-        self.ops.capture_output(pid, slot, pipes);
-        let probe_at = self.settings.timeout.map(|t| self.now() + t);
-        self.procs.insert(
-            id,
-            WorkerProc {
-                pid,
-                heartbeat,
-                probe_at: None,
-                exec,
-            },
-        );
-        self.set_probe(id, probe_at);
+        self.track_spawned(id, slot, pid, heartbeat, exec, pipes);
         Ok(pid)
     }
 }
