@@ -368,3 +368,31 @@ fn nothing_is_recycled_once_the_master_stops() {
         .workers()
         .all(|w| w.state != WorkerState::Ready));
 }
+
+#[test]
+fn a_hup_during_a_recycle_rolls_on_without_a_dip_and_ends_with_the_new_generation() {
+    let target = 3;
+    let mut world = World::new(
+        Config {
+            max_worker_age: Some(secs(20)),
+            ..config(target)
+        },
+        Behavior::slow_ready(secs(2)),
+    );
+    world.settle(secs(10));
+    // Until the first recycle is under way (its replacement booting).
+    let started = world.drive_until(secs(30), |w| doubled_slots(w) == 1);
+    assert!(started.is_some(), "no recycle began");
+    world.signal(Signal::Hup);
+    let mut lowest = usize::MAX;
+    step_through(&mut world, secs(15), |world| {
+        lowest = lowest.min(world.ready());
+    });
+    assert_eq!(lowest, target, "ready capacity dipped");
+    assert!(world.arbiter.workers().all(|w| w.generation == 1));
+    assert!(world
+        .events()
+        .iter()
+        .any(|(_, e)| *e == Event::ReloadFinished { generation: 1 }));
+    assert!(exits(&world).iter().all(|(_, expected, _)| *expected));
+}

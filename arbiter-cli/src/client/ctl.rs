@@ -197,7 +197,11 @@ fn status_table(status: &StatusReport) -> String {
                 } else {
                     w.gpus.join(",")
                 },
-                w.state.clone(),
+                match &w.recycling {
+                    // Still serving; its replacement is on the way.
+                    Some(why) => format!("{}:recycle-{why}", w.state),
+                    None => w.state.clone(),
+                },
                 seconds(w.age_s),
                 w.heartbeat_age_s.map_or("-".into(), seconds),
                 if w.ready { "yes" } else { "no" }.into(),
@@ -288,6 +292,7 @@ mod tests {
                 ready: true,
                 restarts: 3,
                 rss_bytes: Some(3 * 1024 * 1024),
+                recycling: None,
             }],
         };
         let table = status_table(&status);
@@ -301,6 +306,17 @@ mod tests {
             ["4242", "7", "1", "0", "ready", "3.2s", "-", "yes", "3", "3.0M"]
         );
         assert_eq!(lines[1].find("SLOT"), lines[2].find(" 1 ").map(|i| i + 1));
+        let mut recycling = status.clone();
+        recycling.workers[0].recycling = Some("memory".into());
+        let table = status_table(&recycling);
+        let cells: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(cells[4], "ready:recycle-memory");
+        // The field is left out of the JSON when not recycling, and read back either way.
+        let json = serde_json::to_string(&status.workers[0]).unwrap();
+        assert!(!json.contains("recycling"), "{json}");
+        let back: WorkerStatus =
+            serde_json::from_str(&serde_json::to_string(&recycling.workers[0]).unwrap()).unwrap();
+        assert_eq!(back.recycling.as_deref(), Some("memory"));
     }
 
     #[test]

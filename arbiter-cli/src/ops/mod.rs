@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
-use arbiter_core::{Arbiter, Event, Moment, Phase, Pid, Signal};
+use arbiter_core::{Arbiter, Event, Moment, Phase, Pid, Reason, Signal};
 use nix::poll::PollFlags;
 use slog::{info, warn, Logger};
 
@@ -355,6 +355,15 @@ pub fn status_report(core: &Arbiter, now: Moment) -> protocol::StatusReport {
             ready: w.state == arbiter_core::WorkerState::Ready,
             restarts: core.slot_restarts(w.slot),
             rss_bytes: w.pid.and_then(|pid| protocol::rss_bytes(&pid.to_string())),
+            recycling: w
+                .recycle
+                .filter(|_| w.state.is_active())
+                .map(|reason| match reason {
+                    Reason::RecycleAge => "age",
+                    Reason::RecycleMemory => "memory",
+                    _ => "requested",
+                })
+                .map(str::to_owned),
         })
         .collect::<Vec<_>>();
     protocol::StatusReport {

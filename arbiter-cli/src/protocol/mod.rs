@@ -106,6 +106,10 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Resident memory in bytes, from `/proc/PID/status`.
     pub rss_bytes: Option<u64>,
+    /// While it is being recycled (its replacement comes first): why, `age`, `memory` or
+    /// `requested`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycling: Option<String>,
 }
 
 /// The answer to `status`.
