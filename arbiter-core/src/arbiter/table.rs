@@ -2,11 +2,11 @@
 //! caches and counters that make each input cheap, spawning, retiring and aborting workers,
 //! and their deadlines (one named [`Timer`] per kind).
 
+use std::time::Duration;
+
 use crate::action::{Action, Event, Reason, SupervisorNote};
 use crate::time::Moment;
 use crate::timers::Timer;
-use std::time::Duration;
-
 use crate::types::{Signal, Slot, WorkerId};
 use crate::worker::{Worker, WorkerState};
 
