@@ -160,7 +160,7 @@ fn plan(options: &Options) -> Plan {
             reload_reps: 3,
             boot_sizes: vec![2, 8, 32],
             spawn_sizes: vec![32, 1000],
-            idle_sizes: vec![(8, 2), (64, 2), (256, 1), (1000, 1)],
+            idle_sizes: vec![(8, 2), (64, 1), (256, 1), (1000, 1)],
             idle: Duration::from_secs(10),
             scale_sizes: if options.no_10k {
                 vec![1000]

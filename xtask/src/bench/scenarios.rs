@@ -392,6 +392,7 @@ pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     let workers = 4;
     let spec = Spec {
         slow_boot: true,
+        metrics: false,
         ..Spec::workers(workers)
     };
     let mut figures = Vec::new();
@@ -444,7 +445,9 @@ pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
                  request that got no byte on an idle keep-alive connection closed by the server \
                  is retried once, as clients do). *USR2 dance*: USR2 to the master; wait until \
                  the new master has written `PIDFILE.2` and one of its workers answered a probe \
-                 on a new connection; then TERM the old master."
+                 on a new connection; then TERM the old master. arbiter runs without \
+                 `--metrics-bind` here (a USR2 master cannot bind the old master's metrics \
+                 address: it exits 1), its readiness read with `arbiter ctl status --json`."
             .into(),
         columns: columns(&SERVERS, &[]),
         ratios: SERVER_RATIOS.to_vec(),

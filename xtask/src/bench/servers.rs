@@ -101,6 +101,9 @@ pub struct Spec {
     pub beat: Beat,
     /// Where Python workers write their notify statistics and ready times.
     pub stats_dir: Option<PathBuf>,
+    /// arbiter serves `/metrics` (off for USR2: the new master cannot bind the old one's
+    /// metrics address, so readiness is read with `arbiter ctl status --json` instead).
+    pub metrics: bool,
 }
 
 impl Spec {
@@ -112,6 +115,7 @@ impl Spec {
             slow_boot: false,
             beat: Beat::Both,
             stats_dir: None,
+            metrics: true,
         }
     }
 }
@@ -169,13 +173,15 @@ impl Bench {
         let mut collector = None;
         let mut command = match system {
             System::Arbiter(kind) => {
-                let metrics = crate::common::free_port();
-                metrics_port = Some(metrics);
                 let mut c = Command::new(&self.arbiter);
                 c.args(["-b", &bind, "-w", &workers, "--timeout", &timeout])
                     .args(["--log-level", "warning", "--pidfile"])
-                    .arg(&pidfile)
-                    .args(["--metrics-bind", &format!("127.0.0.1:{metrics}")]);
+                    .arg(&pidfile);
+                if spec.metrics {
+                    let metrics = crate::common::free_port();
+                    metrics_port = Some(metrics);
+                    c.args(["--metrics-bind", &format!("127.0.0.1:{metrics}")]);
+                }
                 // `auto` would count the first workers ready at exec, before any READY=1.
                 if kind != Kind::Sleep {
                     c.args(["--ready", "notify"]);
@@ -264,6 +270,7 @@ impl Bench {
             .spawn()
             .map_err(|e| format!("start {}: {e}", system.label()))?;
         Ok(Master {
+            arbiter: self.arbiter.clone(),
             system,
             pid: child.id() as i32,
             port,
@@ -334,6 +341,7 @@ impl Drop for ReadyCollector {
 
 /// A running master: killed with its whole tree, by pid, when dropped.
 pub struct Master {
+    arbiter: PathBuf,
     /// What it is.
     pub system: System,
     /// The master's pid (our child).
@@ -417,10 +425,29 @@ impl Master {
 
     /// How many workers are ready, by the system's own marker.
     pub fn ready_count(&self) -> Option<usize> {
-        match &self.collector {
-            Some(collector) => Some(collector.count()),
-            None => Some(Self::metric(&self.metrics()?, "arbiter_workers_ready")? as usize),
+        match (&self.collector, self.metrics_port) {
+            (Some(collector), _) => Some(collector.count()),
+            (None, Some(_)) => {
+                Some(Self::metric(&self.metrics()?, "arbiter_workers_ready")? as usize)
+            }
+            (None, None) => self.ctl_ready(),
         }
+    }
+
+    /// The master's ready count from `arbiter ctl status --json` (`"master":{...,"ready":N}`).
+    fn ctl_ready(&self) -> Option<usize> {
+        let output = Command::new(&self.arbiter)
+            .args(["ctl", "--pidfile"])
+            .arg(&self.pidfile)
+            .args(["status", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let master = &text[text.find("\"master\"")?..];
+        let rest = &master[master.find("\"ready\":")? + 8..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
     }
 
     /// Polls until `n` workers are ready; the time since the master was spawned. Fails after
@@ -428,10 +455,11 @@ impl Master {
     /// limit was hit, or the master stalled).
     pub fn wait_ready(&self, n: usize, limit: Duration) -> Result<Duration, String> {
         // Metrics are served by the master itself: poll them less often at large sizes.
-        let pause = match (&self.collector, n) {
-            (Some(_), _) => Duration::from_micros(500),
-            (None, 0..=64) => Duration::from_millis(2),
-            (None, _) => Duration::from_millis(20),
+        let pause = match (&self.collector, self.metrics_port, n) {
+            (Some(_), _, _) => Duration::from_micros(500),
+            (None, None, _) => Duration::from_millis(10),
+            (None, Some(_), 0..=64) => Duration::from_millis(2),
+            (None, Some(_), _) => Duration::from_millis(20),
         };
         let begin = Instant::now();
         let (mut last, mut children, mut moved) = (0, 0, Instant::now());
