@@ -211,12 +211,22 @@ fn worker_with_a_child(fx: &Fixture, args: &[&str], switches: &str) -> (Master, 
     full.extend_from_slice(args);
     full.extend_from_slice(&["--", "/bin/sh", "-c", &worker]);
     let (mut master, _) = serving(fx, &full, 1);
-    let pid = master.children()[0];
-    let mut grandchildren = Vec::new();
-    assert!(wait_until(SOON, || {
-        grandchildren = arbiter_tests::children_of(pid);
-        !grandchildren.is_empty()
-    }));
+    // Any worker of the master that has started its child: with `--hang-after` the first
+    // worker may already have been timed out and replaced by the time it is looked at (a
+    // loaded machine), and the dead one never gets a child.
+    let mut found = None;
+    assert!(
+        wait_until(SOON * 3, || {
+            found = master.children().into_iter().find_map(|pid| {
+                let grandchildren = arbiter_tests::children_of(pid);
+                (!grandchildren.is_empty()).then_some((pid, grandchildren))
+            });
+            found.is_some()
+        }),
+        "no worker with a child of its own\n{}",
+        master.stderr()
+    );
+    let (pid, grandchildren) = found.expect("found above");
     master.track_tree();
     (master, pid, grandchildren)
 }
