@@ -1,7 +1,7 @@
 //! Starting: boot errors, bad commands, busy ports, bad configuration, pidfiles.
 
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arbiter_tests::{run, Fixture, SOON};
 
@@ -136,7 +136,6 @@ fn a_port_in_use_exits_1_naming_the_address() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = busy.local_addr().unwrap().to_string();
     let pidfile = fx.join("a.pid");
-    let started = Instant::now();
     let (code, _, stderr) = run(
         &fx,
         "arbiter",
@@ -152,7 +151,9 @@ fn a_port_in_use_exits_1_naming_the_address() {
     );
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains(&address), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // `--bind-retries 0`: one attempt and no retry delay (the error counts the attempts; a
+    // wall-clock bound on the whole run measured the loaded machine instead).
+    assert!(stderr.contains("(after 1 attempt(s))"), "{stderr}");
     assert!(!pidfile.exists(), "pidfile left behind");
 }
 
