@@ -154,10 +154,11 @@ fn failed_upgrade_keeps_the_old_master_serving() {
     let load = Load::start(port, THREADS, LOAD_LIMIT);
     std::thread::sleep(Duration::from_millis(300));
     // The copy is gone: run `upgrade` from the shared build.
+    // A bound against a hang only: past the client's 20 s --ready-timeout.
     let run = run_upgrade(
         arbiter_tests::arbiter_bin(),
         &pidfile,
-        Duration::from_secs(20),
+        Duration::from_secs(60),
     );
     master.track_tree();
     std::thread::sleep(Duration::from_millis(300));
@@ -173,10 +174,12 @@ fn failed_upgrade_keeps_the_old_master_serving() {
         ),
     );
     assert_eq!(run.code, 1, "{run:?}\n{}", master.stderr());
-    // The failure is found by the client's no-new-master rule (5 s), not by waiting out its
-    // 60 s --ready-timeout; how fast is the benchmark's business (a loaded machine took 12 s).
+    // The failure is found by the client's no-new-master rule, not by waiting out its
+    // --ready-timeout: its message says which rule fired (how fast is the benchmark's
+    // business; a loaded machine took 12 s).
     assert!(
-        run.took < Duration::from_secs(20),
+        run.stderr.contains("started no new master")
+            && !run.stderr.contains("was not ready within"),
         "a failed upgrade is reported by the no-new-master rule, not the ready timeout: {run:?}"
     );
     assert!(
