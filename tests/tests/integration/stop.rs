@@ -47,13 +47,33 @@ fn quit_exits_0_leaving_nothing() {
     stop_leaves_nothing(libc::SIGQUIT);
 }
 
+/// How many sockets `pid` has open (0 once it is gone).
+fn socket_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn graceful_stop_finishes_an_in_flight_request() {
     let fx = Fixture::new();
     let (mut master, port) = serving(&fx, &["-w", "1"], 1);
+    let worker = master.children()[0];
+    let idle = socket_fds(worker);
     let request = std::thread::spawn(move || get(port, "/sleep/700"));
-    // Let the request reach the worker before the stop.
-    std::thread::sleep(Duration::from_millis(250));
+    // The request reaches the worker before the stop: it has accepted the connection (one
+    // socket more). A fixed pause raced a loaded machine, where a connection still in the
+    // backlog at the stop is reset.
+    assert!(
+        arbiter_tests::wait_until(SOON, || socket_fds(worker) > idle),
+        "the worker never accepted the request\n{}",
+        master.stderr()
+    );
     let stopped = Instant::now();
     master.signal(libc::SIGTERM);
     let response = request
