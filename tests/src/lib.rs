@@ -680,6 +680,8 @@ pub fn wait_gone(pid: i32, bound: Duration) -> Option<Duration> {
 /// A client that loops `GET /` on a port from a thread until stopped, counting failures.
 pub struct ClientLoop {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The worker pids that answered so far, shared with the loop's thread.
+    served: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
     handle: Option<std::thread::JoinHandle<LoopReport>>,
 }
 
@@ -700,13 +702,20 @@ impl ClientLoop {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let served = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let shared = served.clone();
         let handle = std::thread::spawn(move || {
             let mut report = LoopReport::default();
             while !flag.load(Ordering::Relaxed) {
                 match identity(port) {
                     Ok(identity) => {
                         report.ok += 1;
-                        report.pids.insert(identity.pid);
+                        if report.pids.insert(identity.pid) {
+                            shared
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(identity.pid);
+                        }
                     }
                     Err(e) => report.failures.push(e.to_string()),
                 }
@@ -716,8 +725,17 @@ impl ClientLoop {
         });
         ClientLoop {
             stop,
+            served,
             handle: Some(handle),
         }
+    }
+
+    /// Waits up to `bound` until one of `pids` has answered the loop; whether one did.
+    pub fn wait_served_by_any(&self, pids: &[i32], bound: Duration) -> bool {
+        wait_until(bound, || {
+            let served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            pids.iter().any(|pid| served.contains(pid))
+        })
     }
 
     /// Stops the loop and returns what it saw.
