@@ -195,6 +195,15 @@ const CHATTY_AT: u32 = 6;
 /// this many messages between two lazy rounds.
 const QUIET_AT: u32 = 2;
 
+/// What a lazy round read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LazyRound {
+    /// Messages read.
+    pub read: usize,
+    /// The most read from one lazily read socket: how full the fullest queue was.
+    pub most: u32,
+}
+
 /// One socket per worker, keyed by the caller's number for that worker (its id).
 ///
 /// Every socket is in the lazy set, read by [`NotifyHub::read_lazy`] on the caller's
@@ -304,8 +313,7 @@ impl NotifyHub {
 
     /// Reads every socket that holds messages; a socket found holding many becomes chatty
     /// (read at once), a chatty one that was quiet since the last round becomes lazy again.
-    /// Returns how many messages were read.
-    pub fn read_lazy(&mut self, out: &mut Vec<(u64, Message)>) -> usize {
+    pub fn read_lazy(&mut self, out: &mut Vec<(u64, Message)>) -> LazyRound {
         let before = out.len();
         let chatty: Vec<u64> = self.chatty.iter().copied().collect();
         for key in chatty {
@@ -319,11 +327,16 @@ impl NotifyHub {
                 endpoint.recent = 0;
             }
         }
-        self.read_set(false, out);
-        out.len() - before
+        let most = self.read_set(false, out);
+        LazyRound {
+            read: out.len() - before,
+            most,
+        }
     }
 
-    fn read_set(&mut self, eager: bool, out: &mut Vec<(u64, Message)>) {
+    /// Reads the sockets of one set that hold messages; the most found on a lazy one.
+    fn read_set(&mut self, eager: bool, out: &mut Vec<(u64, Message)>) -> u32 {
+        let mut most = 0;
         loop {
             let set = if eager { &self.eager } else { &self.lazy };
             let n = set.wait(&mut self.events, EpollTimeout::ZERO).unwrap_or(0);
@@ -344,7 +357,10 @@ impl NotifyHub {
                 if endpoint.eager(&self.chatty, key) {
                     // Counted between lazy rounds, to tell when a chatty one has calmed.
                     endpoint.recent += got;
-                } else if got >= CHATTY_AT {
+                    continue;
+                }
+                most = most.max(got);
+                if got >= CHATTY_AT {
                     self.chatty.insert(key);
                     endpoint.recent = 0;
                     Self::move_set(&self.eager, &endpoint.socket, key, false, true);
@@ -352,7 +368,7 @@ impl NotifyHub {
             }
             // A full batch of events may leave more ready sockets behind.
             if n < self.events.len() {
-                return;
+                return most;
             }
         }
     }
@@ -462,7 +478,7 @@ mod tests {
         let mut out = Vec::new();
         hub.read_eager(&mut out);
         assert!(out.is_empty());
-        assert_eq!(hub.read_lazy(&mut out), 1);
+        assert_eq!(hub.read_lazy(&mut out).read, 1);
         assert!(out[0].1.watchdog);
         // Eleven messages queue (max_dgram_qlen + 1 on a default kernel); a lazy round
         // that finds many makes the socket eager, so the sender is not left to wait.
@@ -470,7 +486,13 @@ mod tests {
             worker.send("WATCHDOG=1").unwrap();
         }
         out.clear();
-        assert_eq!(hub.read_lazy(&mut out), CHATTY_AT as usize);
+        assert_eq!(
+            hub.read_lazy(&mut out),
+            LazyRound {
+                read: CHATTY_AT as usize,
+                most: CHATTY_AT
+            }
+        );
         worker.send("STATUS=busy").unwrap();
         assert!(readable(hub.eager_fd()), "chatty: read at once");
         hub.read_eager(&mut out);

@@ -50,9 +50,11 @@ use actions::set_title;
 const ON_STARTING_LIMIT: Duration = Duration::from_secs(30);
 
 /// How often the workers' notify sockets that are not read at once are read, while they
-/// carry messages: a worker sending `WATCHDOG=1` once a second finds one message queued of
-/// the eleven the kernel holds, and the master wakes once a second for all of them.
-const LAZY_NOTIFY_PERIOD: Duration = Duration::from_secs(1);
+/// carry messages: between these bounds, so that the fullest queue holds about four of the
+/// eleven messages the kernel keeps (a worker sending `WATCHDOG=1` once a second is read
+/// every four seconds, with room for a burst of seven more). A deadline due reads them too.
+const LAZY_NOTIFY_MIN: Duration = Duration::from_secs(1);
+const LAZY_NOTIFY_MAX: Duration = Duration::from_secs(4);
 
 /// The shell's view of one worker process.
 struct WorkerProc {
@@ -81,6 +83,8 @@ pub struct Runtime<O: Os = System> {
     /// When the lazily read notify sockets are read next; `None` while they were quiet at
     /// the last look, and the loop polls them instead (the first message wakes it).
     lazy_notify_at: Option<Moment>,
+    /// The period of the lazy rounds, adapted to how full the queues were.
+    lazy_notify_period: Duration,
     supervisor: Option<Supervisor>,
     /// Holds the notify socket; removed on drop.
     runtime_dir: tempfile::TempDir,
@@ -351,6 +355,7 @@ impl<O: Os> Runtime<O> {
             listeners: listeners.take(),
             notify,
             lazy_notify_at: None,
+            lazy_notify_period: LAZY_NOTIFY_MIN,
             supervisor,
             runtime_dir,
             heartbeat_dir,
@@ -475,9 +480,20 @@ impl<O: Os> Runtime<O> {
     /// period while they carry messages, else when the first arrives.
     fn read_lazy_notify(&mut self) {
         let mut messages = Vec::new();
-        let read = self.notify.read_lazy(&mut messages);
+        let round = self.notify.read_lazy(&mut messages);
         self.feed_notify(messages);
-        self.lazy_notify_at = (read > 0).then(|| self.now() + LAZY_NOTIFY_PERIOD);
+        if round.read == 0 {
+            self.lazy_notify_at = None;
+            self.lazy_notify_period = LAZY_NOTIFY_MIN;
+            return;
+        }
+        let period = self.lazy_notify_period;
+        self.lazy_notify_period = match round.most {
+            0..=2 => (period * 2).min(LAZY_NOTIFY_MAX),
+            3..=4 => period,
+            _ => (period / 2).max(LAZY_NOTIFY_MIN),
+        };
+        self.lazy_notify_at = Some(self.now() + self.lazy_notify_period);
     }
 
     /// Control clients, metrics scrapes and captured output; carries out the orders.
@@ -572,6 +588,9 @@ impl<O: Os> Runtime<O> {
             if message.watchdog {
                 let at = message.age.map_or(now, |age| moment_before(now, age));
                 self.core.handle_heartbeat(pid, at);
+                // A first sign of life: its heartbeat file is looked at when a deadline
+                // is due, no longer probed for one.
+                self.set_probe(id, None);
             }
             if message.ready {
                 self.core.handle_ready(pid, now);
