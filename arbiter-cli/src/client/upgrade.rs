@@ -123,9 +123,12 @@ fn wait_until_ready(old: i32, upgrade_path: &Path, limit: Duration) -> Result<i3
     }
 }
 
-/// A child of `old` titled as a new master (`master.2 [...]`), if any.
+/// A child of `old` that is a new master: titled `master.2 [...]`, or, before it has got
+/// that far in its start (a loaded machine can take seconds), exec'd with
+/// `ARBITER_MASTER_PID=old` in its environment, which only the re-exec gives it.
 fn new_master_of(old: i32) -> Option<i32> {
     let entries = std::fs::read_dir("/proc").ok()?;
+    let marker = format!("ARBITER_MASTER_PID={old}");
     entries.flatten().find_map(|entry| {
         let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -135,7 +138,14 @@ fn new_master_of(old: i32) -> Option<i32> {
             return None;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        cmdline.starts_with(b"master.2 [").then_some(pid)
+        if cmdline.starts_with(b"master.2 [") {
+            return Some(pid);
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .any(|entry| entry == marker.as_bytes())
+            .then_some(pid)
     })
 }
 
