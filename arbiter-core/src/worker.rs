@@ -79,4 +79,7 @@ pub struct Worker {
     pub recycle: Option<Reason>,
     /// When it reaches its maximum age (fixed at its exec, on its slot's schedule).
     pub recycle_at: Option<Moment>,
+    /// A recycle asked for and not started yet: it starts once the worker is its slot's
+    /// ready current worker (a replacement first finishes replacing).
+    pub recycle_pending: Option<Reason>,
 }

@@ -8,7 +8,9 @@ mod sim;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use arbiter_core::{Action, Config, Event, ExitCause, Moment, Pid, Reason, Signal, WorkerState};
+use arbiter_core::{
+    Action, Config, Event, ExitCause, Moment, Pid, ReadyMode, Reason, Signal, WorkerState,
+};
 use sim::{ms, secs, Behavior, World};
 
 fn config(workers: usize) -> Config {
@@ -395,4 +397,82 @@ fn a_hup_during_a_recycle_rolls_on_without_a_dip_and_ends_with_the_new_generatio
         .iter()
         .any(|(_, e)| *e == Event::ReloadFinished { generation: 1 }));
     assert!(exits(&world).iter().all(|(_, expected, _)| *expected));
+}
+
+#[test]
+fn a_replacement_over_the_limit_while_booting_is_recycled_once_ready_and_nothing_sticks() {
+    let target = 2;
+    // Over 50 MB after 2 s, ready only after 3 s: every replacement is over the limit before
+    // it is ready. It must first replace its predecessor, then be recycled in turn.
+    let mut world = World::new(
+        Config {
+            max_worker_memory: Some(50_000_000),
+            memory_sample_every: ms(500),
+            max_surge: 1,
+            ..config(target)
+        },
+        Behavior {
+            ready_after: Some(secs(3)),
+            ..Behavior::leaks(20_000_000)
+        },
+    );
+    world.settle(secs(10));
+    let mut lowest = usize::MAX;
+    let mut most = 0;
+    step_through(&mut world, secs(120), |world| {
+        lowest = lowest.min(world.ready());
+        most = most.max(world.arbiter.workers().count());
+    });
+    assert_eq!(lowest, target, "ready capacity dipped");
+    assert!(most <= target + 1, "{most} workers at once");
+    // About one recycle per slot every 3.5 s: it never gets stuck.
+    let recycled = recyclings(&world);
+    assert!(recycled.len() >= 20, "{} recycles", recycled.len());
+    let last = recycled.last().expect("recycles").0;
+    assert!(world.now - last < secs(10), "stuck since {last:?}");
+    assert_recycled_exits_are_not_crashes(&world, target);
+}
+
+#[test]
+fn a_request_or_an_age_reached_while_booting_takes_effect_once_ready() {
+    // It asks 500 ms after its exec, long before it is ready (2 s).
+    let mut world = World::new(
+        Config {
+            max_surge: 1,
+            ready: ReadyMode::Notify,
+            ..config(1)
+        },
+        Behavior {
+            ready_after: Some(secs(2)),
+            ..Behavior::asks_recycle(ms(500))
+        },
+    );
+    world.drive(secs(25));
+    let recycled = recyclings(&world);
+    assert!(recycled.len() >= 5, "{} recycles", recycled.len());
+    for (at, pid, _, reason) in &recycled {
+        assert_eq!(*reason, Reason::RecycleRequested);
+        assert_eq!(*at - world.procs[pid].started, secs(2), "at its READY=1");
+    }
+    // An age shorter than the boot: recycled as soon as it is ready, never stuck.
+    let mut world = World::new(
+        Config {
+            max_worker_age: Some(secs(2)),
+            max_worker_age_jitter: Some(Duration::ZERO),
+            ready: ReadyMode::Notify,
+            ..config(2)
+        },
+        Behavior::slow_ready(secs(3)),
+    );
+    world.drive(secs(4));
+    let mut lowest = usize::MAX;
+    step_through(&mut world, secs(60), |world| {
+        lowest = lowest.min(world.ready());
+    });
+    assert_eq!(lowest, 2);
+    let recycled = recyclings(&world);
+    assert!(recycled.len() >= 10, "{} recycles", recycled.len());
+    for (at, pid, _, _) in &recycled {
+        assert_eq!(*at - world.procs[pid].started, secs(3), "at its READY=1");
+    }
 }

@@ -682,7 +682,7 @@ impl Arbiter {
             .max_worker_memory
             .is_some_and(|limit| bytes > limit);
         if let (true, Some(&id)) = (over, self.by_pid.get(&pid)) {
-            self.recycle(id, Reason::RecycleMemory);
+            self.ask_recycle(id, Reason::RecycleMemory);
             self.manage(now);
         }
     }
@@ -690,7 +690,7 @@ impl Arbiter {
     /// The worker (by pid) asked to be replaced (`X_ARBITER_RECYCLE=1`): it is recycled.
     pub fn handle_recycle_request(&mut self, pid: Pid, now: Moment) {
         if let Some(&id) = self.by_pid.get(&pid) {
-            self.recycle(id, Reason::RecycleRequested);
+            self.ask_recycle(id, Reason::RecycleRequested);
             self.manage(now);
         }
     }
@@ -793,7 +793,7 @@ impl Arbiter {
                     }
                 }
                 Timer::Kill(id) => self.kill_due(id),
-                Timer::Recycle(id) => self.recycle(id, Reason::RecycleAge),
+                Timer::Recycle(id) => self.ask_recycle(id, Reason::RecycleAge),
                 Timer::MemorySample => {
                     let pids: Vec<Pid> = self
                         .workers
@@ -1054,10 +1054,13 @@ impl Arbiter {
         }
     }
 
-    /// Marks a running worker for recycling: its slot counts as rolling, so a replacement is
-    /// spawned (within `max_surge`) and the worker is retired once that one is ready, as in a
-    /// reload. Nothing once a stop was ordered (draining or stopping), or for a worker already being recycled or stopped.
-    fn recycle(&mut self, id: WorkerId, reason: Reason) {
+    /// Asks for a running worker to be recycled: its slot will roll as in a reload (a
+    /// replacement spawned within `max_surge`, the worker retired once that one is ready).
+    /// The mark is set by `manage` once the worker is its slot's ready current worker (see
+    /// `start_recycle`), so a replacement that is asked before it is ready (or before it has
+    /// replaced its predecessor) first finishes replacing. Nothing once a stop was ordered
+    /// (draining or stopping), or for a worker already being recycled or stopped.
+    fn ask_recycle(&mut self, id: WorkerId, reason: Reason) {
         let stop_requested = self.stop_requested();
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
@@ -1065,6 +1068,22 @@ impl Arbiter {
         if stop_requested || !worker.state.is_active() || worker.recycle.is_some() {
             return;
         }
+        worker.recycle_pending.get_or_insert(reason);
+        let slot = worker.slot;
+        self.touch(slot);
+    }
+
+    /// Marks the slot's ready current worker `id` as recycling if that was asked for.
+    pub(super) fn start_recycle(&mut self, id: WorkerId) {
+        if self.stop_requested() {
+            return;
+        }
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(reason) = worker.recycle_pending.take() else {
+            return;
+        };
         worker.recycle = Some(reason);
         let (slot, pid) = (worker.slot, worker.pid);
         self.timers.set(Timer::Recycle(id), None);

@@ -70,6 +70,8 @@ impl Arbiter {
                         }
                         index += 1;
                     }
+                    // Its predecessors are retiring: it may be recycled in turn.
+                    self.start_recycle(ready);
                 }
             }
             self.refresh(slot);
@@ -312,6 +314,7 @@ impl Arbiter {
             stop_reason: None,
             recycle: None,
             recycle_at: None,
+            recycle_pending: None,
         };
         self.workers.insert(id, worker);
         self.active += 1;
@@ -353,6 +356,10 @@ impl Arbiter {
         let worker = self.workers.get_mut(&id).expect("caller checked");
         worker.ready_at = Some(now);
         let (pid, slot) = (worker.pid.expect("ready workers have a pid"), worker.slot);
+        if worker.recycle_at.is_some_and(|at| at <= now) {
+            // Its age was reached while it booted.
+            worker.recycle_pending.get_or_insert(Reason::RecycleAge);
+        }
         self.touch(slot);
         self.event(Event::WorkerReady { id, pid });
     }
@@ -423,9 +430,12 @@ impl Arbiter {
         let heartbeat = self.heartbeat_deadline(worker).filter(|_| running);
         let ready_after = self.exec_ready_deadline(worker);
         let kill = worker.kill_at.filter(|_| stopping);
+        // Only a ready worker's age is watched: one that reaches it while booting is recycled
+        // when it becomes ready.
         let recycle = worker
             .recycle_at
-            .filter(|_| running && worker.recycle.is_none());
+            .filter(|_| worker.state == WorkerState::Ready)
+            .filter(|_| worker.recycle.is_none() && worker.recycle_pending.is_none());
         self.timers.set(Timer::Boot(id), boot);
         self.timers.set(Timer::Recycle(id), recycle);
         self.timers.set(Timer::Heartbeat(id), heartbeat);

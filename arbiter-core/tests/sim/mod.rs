@@ -774,14 +774,15 @@ impl World {
         }
     }
 
-    /// Panics unless the slot of `id` (retired for recycling) has another worker, ready and
-    /// not itself being recycled: the replacement comes first.
+    /// Panics unless the slot of `id` (retired for recycling) has another worker that is
+    /// ready: the replacement comes first (it may be asked to recycle in turn at once).
     fn check_recycle_retires_behind_a_ready_replacement(&self, id: WorkerId) {
         let retired = self.arbiter.workers().find(|w| w.id == id);
         let slot = retired.expect("retired worker in the table").slot;
-        let replaced = self.arbiter.workers().any(|w| {
-            w.id != id && w.slot == slot && w.state == WorkerState::Ready && w.recycle.is_none()
-        });
+        let replaced = self
+            .arbiter
+            .workers()
+            .any(|w| w.id != id && w.slot == slot && w.state == WorkerState::Ready);
         assert!(
             replaced,
             "worker {id} retired for recycling at {:?} before its replacement was ready",
