@@ -428,12 +428,29 @@ fn readyz_is_503_before_ready_and_while_stopping() {
             bin,
             "worker",
             "--ready-delay",
-            "1500ms",
+            "3s",
             "--ignore-term",
         ],
     );
     let port = metrics_port(&mut master);
+    master
+        .wait_log("Control socket:", SOON)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The probe is taken between two status answers that both show no ready worker, so it
+    // saw the not-ready state (a probe right after start raced the worker's --ready-delay
+    // on a loaded machine).
+    let not_ready = |status: &Value| status["master"]["ready"] == 0;
+    assert!(
+        not_ready(&request(&socket, r#"{"cmd":"status"}"#)),
+        "the worker was ready before the first probe\n{}",
+        master.stderr()
+    );
     let early = arbiter_tests::get(port, "/readyz").unwrap();
+    let still = request(&socket, r#"{"cmd":"status"}"#);
+    assert!(
+        not_ready(&still),
+        "the worker became ready during the first probe: {still}"
+    );
     assert_eq!(early.status, 503, "{}", early.body);
     assert_eq!(arbiter_tests::get(port, "/healthz").unwrap().status, 200);
     wait_ready(&mut master, &socket, 1);
