@@ -38,8 +38,9 @@ fn hup_under_load(scenario: &str, worker_switches: &[&str]) {
     let rolled = hup.elapsed();
     let log = wait_log_count(&mut master, "Reload finished", 1, SOON);
     let finished = hup.elapsed();
-    // Keep the load on the new generation for a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    // Keep the load on until the new generation has served it (a fixed pause raced a loaded
+    // machine); the assertion below reports it if it never does.
+    load.wait_served_by_any(&now, SOON);
     let report = load.finish();
     record(
         scenario,

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,8 @@ impl LoadReport {
 /// Running load threads; stopped (and joined) by [`Load::finish`] or on drop.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// The worker pids that answered so far, shared with the client threads.
+    served: Arc<Mutex<BTreeSet<i32>>>,
     threads: Vec<JoinHandle<LoadReport>>,
     started: Instant,
 }
@@ -95,17 +97,28 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let started = Instant::now();
+        let served = Arc::new(Mutex::new(BTreeSet::new()));
         let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
-                std::thread::spawn(move || client(addr, &stop, started + limit))
+                let served = served.clone();
+                std::thread::spawn(move || client(addr, &stop, &served, started + limit))
             })
             .collect();
         Load {
             stop,
+            served,
             threads,
             started,
         }
+    }
+
+    /// Waits up to `bound` until one of `pids` has answered the load; whether one did.
+    pub fn wait_served_by_any(&self, pids: &[i32], bound: Duration) -> bool {
+        arbiter_tests::wait_until(bound, || {
+            let served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            pids.iter().any(|pid| served.contains(pid))
+        })
     }
 
     /// Stops the threads and returns what they saw.
@@ -146,7 +159,12 @@ struct Connection {
     used: bool,
 }
 
-fn client(addr: SocketAddr, stop: &AtomicBool, deadline: Instant) -> LoadReport {
+fn client(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    served: &Mutex<BTreeSet<i32>>,
+    deadline: Instant,
+) -> LoadReport {
     let mut report = LoadReport::default();
     let mut connection: Option<Connection> = None;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -167,7 +185,9 @@ fn client(addr: SocketAddr, stop: &AtomicBool, deadline: Instant) -> LoadReport 
         match outcome {
             Outcome::Ok { keep, pid } => {
                 report.served += 1;
-                report.pids.extend(pid);
+                if let Some(pid) = pid.filter(|&pid| report.pids.insert(pid)) {
+                    served.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+                }
                 if !keep {
                     connection = None;
                 }

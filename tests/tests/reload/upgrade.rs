@@ -78,7 +78,8 @@ fn usr2_then_term_under_load() {
     let done = started.elapsed();
     let log = wait_log_count(&mut master, "Master has been promoted.", 1, SOON);
     assert!(!upgrade.exists(), "{} renamed away", upgrade.display());
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the new generation has served the load (a fixed pause raced a loaded machine).
+    load.wait_served_by_any(&new_workers, SOON);
     let report = load.finish();
     record(
         "usr2+term",
@@ -113,7 +114,8 @@ fn arbiter_upgrade_under_load() {
     assert!(run.stdout.contains("upgraded"), "{run:?}");
     assert_eq!(master.exit_code(SOON), 0, "the old master stopped cleanly");
     let (new, new_workers) = promoted(&mut master, &pidfile, old, 2);
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the new generation has served the load (a fixed pause raced a loaded machine).
+    load.wait_served_by_any(&new_workers, SOON);
     let report = load.finish();
     record(
         "arbiter upgrade",
