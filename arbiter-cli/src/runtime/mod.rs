@@ -640,17 +640,23 @@ impl<O: Os> Runtime<O> {
         }
     }
 
-    /// Looks at the heartbeat files of workers that have not heartbeated yet.
-    /// One wake-up looks at every file still unseen, not only the due ones, so probes of
-    /// workers spawned together are batched; workers already heartbeating cost nothing here.
+    /// Looks at the heartbeat files of workers that have not heartbeated yet and are due, and
+    /// of those due within a quarter period: probes of workers spawned together fall into one
+    /// wake-up, and a wake-up looks only at those (ten thousand workers that never heartbeat
+    /// are not all looked at whenever one of them is due).
     fn probe_heartbeats(&mut self, now: Moment) {
         let period = self.settings.timeout.unwrap_or(Duration::from_secs(1));
-        let unseen: Vec<(Moment, WorkerId)> = self.probes.iter().copied().collect();
-        for (probe_at, id) in unseen {
+        let horizon = now + period / 4;
+        let due: Vec<WorkerId> = self
+            .probes
+            .iter()
+            .take_while(|(at, _)| *at <= horizon)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in due {
             match self.look_at_heartbeat(id, now) {
                 true => self.set_probe(id, None),
-                false if probe_at <= now => self.set_probe(id, Some(now + period)),
-                false => {}
+                false => self.set_probe(id, Some(now + period)),
             }
         }
     }
