@@ -242,8 +242,10 @@ pub fn run(options: Options) -> Result<(), String> {
         (None, false) => crate::common::root().join("target/bench"),
     };
     fs::create_dir_all(&dir).map_err(|e| format!("{dir:?}: {e}"))?;
-    fs::write(dir.join("BENCHMARKS.md"), document(&facts, &sections))
-        .map_err(|e| format!("BENCHMARKS.md: {e}"))?;
+    // Log tails quote paths: name the workspace's files relative to it, not by this machine.
+    let root = format!("{}/", crate::common::root().display());
+    let markdown = document(&facts, &sections).replace(&root, "");
+    fs::write(dir.join("BENCHMARKS.md"), markdown).map_err(|e| format!("BENCHMARKS.md: {e}"))?;
     fs::write(dir.join("bench.svg"), report::svg(&sections))
         .map_err(|e| format!("bench.svg: {e}"))?;
     eprintln!(
