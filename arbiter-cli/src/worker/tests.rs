@@ -43,6 +43,17 @@ fn arbiter() -> &'static Path {
         {
             build.arg("--release");
         }
+        // Other tests of this binary bind unix sockets under a brief process-wide umask of
+        // 0o177 (the control socket); a cargo forked at that moment would write build scripts
+        // it cannot execute. The build gets the usual umask whatever this process has.
+        // SAFETY: umask is async-signal-safe and allocates nothing; it runs in the forked child
+        // before exec.
+        unsafe {
+            build.pre_exec(|| {
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+                Ok(())
+            });
+        }
         let status = build.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p arbiter-cli failed");
         profile_dir.join("arbiter")
