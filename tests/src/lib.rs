@@ -10,7 +10,9 @@
 //! master, every worker pid seen while it ran, and every descendant still alive. A pid is only
 //! killed while its start time still matches the one recorded, so a reused pid is never hit.
 //! Nothing is ever killed by name. Listeners are bound on 127.0.0.1 port 0 or under the temp
-//! dir; the port is read from the `Listening at:` log line.
+//! dir; the port is read from the `Listening at:` log line. A master's `TMPDIR` is the
+//! fixture's `tmp/`, so what a killed master cannot remove (its runtime dir) goes with the
+//! fixture.
 //!
 //! Limits: Linux only (`/proc`); the HTTP client handles `Content-Length` and
 //! read-to-close bodies only, which is all the built-in worker sends.
@@ -99,6 +101,23 @@ pub fn example_bin(package: &str, name: &str) -> PathBuf {
     bin
 }
 
+/// The fixture's subdir that its masters get as `TMPDIR`.
+const TMP: &str = "tmp";
+
+/// Variables of the tests' environment never passed to a master: they configure it
+/// (`USE_GPUS`), name a runtime dir or control socket shared by every test
+/// (`XDG_RUNTIME_DIR`), or speak for a service manager that did not start it.
+const INHERITED_NEVER: &[&str] = &[
+    "USE_GPUS",
+    "XDG_RUNTIME_DIR",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
 /// A test's temp dir; removed on drop.
 pub struct Fixture {
     dir: tempfile::TempDir,
@@ -111,7 +130,20 @@ impl Fixture {
             .prefix("arbiter-it-")
             .tempdir()
             .expect("temp dir");
+        // The masters' temp dir (see `start_program`) is a `/tmp` of the fixture's own:
+        // world-writable and sticky, reachable by workers run as another user (`--user`).
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711))
+            .expect("fixture dir mode");
+        let tmp = dir.path().join(TMP);
+        fs::create_dir(&tmp).expect("fixture tmp dir");
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).expect("tmp dir mode");
         Fixture { dir }
+    }
+
+    /// The temp dir the masters started here get as `TMPDIR`.
+    pub fn tmp(&self) -> PathBuf {
+        self.join(TMP)
     }
 
     /// The dir's path.
@@ -168,12 +200,18 @@ impl Fixture {
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"));
-        // The tests' own environment must not configure the arbiter under test.
+        // The tests' own environment must not configure the arbiter under test, nor give it
+        // a place shared with other tests: a master's runtime dir (its notify sockets) goes
+        // under `TMPDIR` or `XDG_RUNTIME_DIR`, and one killed by a test (or by `Master`'s
+        // drop) cannot remove it; under the fixture it goes with the fixture. The default
+        // control socket (`$XDG_RUNTIME_DIR/arbiter.ctl`) would be one path for every test.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ARBITER_") || key == "USE_GPUS" {
+            let name = key.to_string_lossy();
+            if name.starts_with("ARBITER_") || INHERITED_NEVER.contains(&&*name) {
                 command.env_remove(&key);
             }
         }
+        command.env("TMPDIR", self.tmp());
         command.envs(env.iter().copied());
         let child = command.spawn().expect("spawning arbiter");
         let pid = child.id() as i32;
