@@ -124,6 +124,9 @@ pub enum Refusal {
     NotDaemonized,
     /// TTOU at one worker: the target never drops below one.
     AtFloor,
+    /// TTIN or a scale order at [`MAX_WORKERS`](crate::MAX_WORKERS): the target never rises
+    /// above it.
+    AtCeiling,
     /// `KillWorker` for a pid that is not a running worker.
     NoSuchWorker,
     /// A signal the master only sends (KILL, ABRT), or CHLD, whose exits come one by one.
@@ -138,6 +141,7 @@ impl fmt::Display for Refusal {
             Refusal::Stopping => "Stopping.",
             Refusal::NotDaemonized => "Not daemonized",
             Refusal::AtFloor => "At one worker.",
+            Refusal::AtCeiling => "At the most workers a master runs.",
             Refusal::NoSuchWorker => "No such running worker.",
             Refusal::NotAnOrder => "Not an order to the master.",
         })

@@ -39,6 +39,11 @@ mod timers;
 mod types;
 mod worker;
 
+/// The most workers one master runs: the target never rises above it (`--workers`, a scale
+/// order and TTIN are refused beyond it). It is ten times the largest size measured, and far
+/// below what would exhaust the master's memory for its tables.
+pub const MAX_WORKERS: usize = 100_000;
+
 pub use action::{Action, Event, ExitCause, Reason, Refusal, SupervisorNote};
 pub use arbiter::{
     backoff_delay, Arbiter, Phase, BACKOFF_CAP, QUICK_DEATH, REAP_GRACE, START_EXTENSION,

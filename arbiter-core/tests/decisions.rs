@@ -588,6 +588,27 @@ fn target_changes_are_events_with_their_reasons() {
         }));
 }
 
+#[test]
+fn the_target_never_rises_above_the_most_workers_a_master_runs() {
+    let mut world = World::new(config(2), Behavior::good());
+    world.drive(secs(1));
+    world.command(Command::Scale(arbiter_core::MAX_WORKERS + 1));
+    assert!(world.events().iter().any(|(_, e)| *e
+        == Event::CommandRefused {
+            command: Command::Scale(arbiter_core::MAX_WORKERS + 1),
+            why: Refusal::AtCeiling
+        }));
+    let highest = world
+        .events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::TargetChanged { to, .. } => Some(to),
+            _ => None,
+        })
+        .max();
+    assert_eq!(highest, None, "the target stays at 2");
+}
+
 // ----- deadlines -----
 
 #[test]

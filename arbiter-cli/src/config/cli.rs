@@ -28,7 +28,7 @@ pub struct ServeArgs {
     /// Address to listen on: HOST:PORT, [V6]:PORT, unix:PATH, fd://N (repeatable) [default: 127.0.0.1:8000]
     #[arg(short, long, value_name = "ADDRESS", action = clap::ArgAction::Append)]
     bind: Vec<String>,
-    /// Number of worker processes [default: 1]
+    /// Number of worker processes, 1 to 100000 [default: 1]
     #[arg(short, long, value_name = "N")]
     workers: Option<String>,
     /// Heartbeat timeout: seconds or 30s, 500ms, 1m; 0 disables [default: 30s]

@@ -60,7 +60,9 @@ pub(crate) fn settings(
     let settings = Settings {
         bind: layers.value("bind", d.bind, parse::binds)?,
         bind_explicit: layers.find("bind").is_some(),
-        workers: layers.value("workers", d.workers, |r| usize_in(r, 1))?,
+        workers: layers.value("workers", d.workers, |r| {
+            parse::number_in(r, 1, arbiter_core::MAX_WORKERS as u64).map(|n| n as usize)
+        })?,
         timeout: layers.value("timeout", d.timeout, parse::duration_or_off)?,
         boot_timeout: layers.value("boot_timeout", d.boot_timeout, parse::duration_or_off)?,
         graceful_timeout: layers.value("graceful_timeout", d.graceful_timeout, parse::duration)?,

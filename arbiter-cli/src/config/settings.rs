@@ -18,7 +18,7 @@ pub struct Settings {
     /// Whether a layer (command line, environment, file) set `bind`. When none did and the
     /// arbiter was socket-activated, it serves on the sockets systemd passed instead.
     pub bind_explicit: bool,
-    /// Number of worker processes, at least 1.
+    /// Number of worker processes, 1 to 100000 (`arbiter_core::MAX_WORKERS`).
     pub workers: usize,
     /// Heartbeat timeout; `None` when disabled.
     pub timeout: Option<Duration>,

@@ -389,6 +389,10 @@ fn value_errors_name_the_source_and_the_value() {
         "--workers \"0\": must be at least 1"
     );
     assert_eq!(
+        error(&["--workers", "100001"], &[]),
+        "--workers \"100001\": must be at most 100000"
+    );
+    assert_eq!(
         error(&["--max-surge", "0"], &[]),
         "--max-surge \"0\": must be at least 1"
     );

@@ -298,6 +298,11 @@ fn start(
             );
             return None;
         }
+        Request::Scale { workers } if workers > arbiter_core::MAX_WORKERS => {
+            let why = format!("workers must be at most {}", arbiter_core::MAX_WORKERS);
+            answer(conn, protocol::failure(&why), false, now);
+            return None;
+        }
         Request::Scale { workers } => (
             Order::Scale(workers),
             Pending::Scale { workers },

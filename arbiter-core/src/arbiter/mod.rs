@@ -426,7 +426,10 @@ impl Arbiter {
             (Signal::Hup, false) => self.push(Action::LoadConfig {
                 reason: Reason::Reload,
             }),
-            (Signal::Ttin, false) => self.set_target(self.target + 1, Reason::ScaleUp),
+            (Signal::Ttin, false) if self.target < crate::MAX_WORKERS => {
+                self.set_target(self.target + 1, Reason::ScaleUp)
+            }
+            (Signal::Ttin, false) => self.refuse_signal(signal, Refusal::AtCeiling),
             (Signal::Ttou, false) if self.target > 1 => {
                 self.set_target(self.target - 1, Reason::Cull)
             }
@@ -517,6 +520,9 @@ impl Arbiter {
             (Command::Stop { quick }, _) => self.order_stop(quick, now),
             (command @ (Command::Scale(_) | Command::Reload), true) => {
                 self.refuse_command(command, Refusal::Stopping)
+            }
+            (Command::Scale(n), false) if n > crate::MAX_WORKERS => {
+                self.refuse_command(Command::Scale(n), Refusal::AtCeiling)
             }
             (Command::Scale(n), false) => self.set_target(n.max(1), Reason::Requested),
             (Command::Reload, false) => self.push(Action::LoadConfig {

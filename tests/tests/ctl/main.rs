@@ -186,6 +186,11 @@ fn scale_up_and_down_answer_when_done() {
     assert!(arbiter_tests::wait_until(SOON, || master.children().len() == 1));
     let zero = request(&socket, r#"{"cmd":"scale","workers":0}"#);
     assert_eq!(zero["ok"], false);
+    let huge = request(&socket, r#"{"cmd":"scale","workers":1000000000}"#);
+    assert_eq!(huge["ok"], false);
+    assert_eq!(huge["error"], "workers must be at most 100000");
+    let status = request(&socket, r#"{"cmd":"status"}"#);
+    assert_eq!(status["master"]["target"], 1);
 }
 
 #[test]
