@@ -1,10 +1,68 @@
 //! Liveness: hung workers (stopped, or hanging on their own) and workers that never get ready.
 
-use std::time::{Duration, Instant};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arbiter_tests::{identities_of, signal, wait_gone, wait_until, Fixture, Master, SOON};
+use arbiter_tests::{alive, environ, identities_of, signal, wait_gone, wait_until, Fixture};
+use arbiter_tests::{Master, SOON};
 
 use crate::{bin, serving};
+
+/// How much earlier than the file's ctime the master may date a heartbeat: it dates the bump
+/// on the monotonic clock it read when its loop woke, a moment before it looks at the file.
+const DATING: Duration = Duration::from_millis(50);
+
+/// A worker of the master that has exec'd the worker program (its environment names the
+/// heartbeat fd), with that fd and the file's ctime then.
+fn worker_with_heartbeat(master: &mut Master) -> (i32, String, SystemTime) {
+    let mut found = None;
+    assert!(
+        wait_until(SOON, || {
+            found = master.children().into_iter().find_map(|pid| {
+                let fd = environ(pid)?.remove("ARBITER_HEARTBEAT_FD")?;
+                let ctime = heartbeat_ctime(pid, &fd)?;
+                Some((pid, fd, ctime))
+            });
+            found.is_some()
+        }),
+        "no worker with a heartbeat file\n{}",
+        master.stderr()
+    );
+    found.expect("found above")
+}
+
+/// The ctime of `pid`'s heartbeat file (fd `fd`) while the process holds it: the moment of its
+/// last heartbeat, as the master reads it.
+fn heartbeat_ctime(pid: i32, fd: &str) -> Option<SystemTime> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let since_epoch = Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
+    Some(UNIX_EPOCH + since_epoch)
+}
+
+/// Watches `pid`'s heartbeat file (its ctime was `seen` last) until the process is gone (up
+/// to `SOON`): how long after its last heartbeat it was seen gone, and the moment it was seen
+/// gone. The master kills at a
+/// timeout after that last heartbeat, so this measure holds however late the worker ran
+/// before it stopped beating (a pause measured from the test's own moments did not: on a
+/// loaded machine the last beat could come well before them).
+fn gone_after_last_heartbeat(pid: i32, fd: &str, seen: SystemTime) -> (Duration, Instant) {
+    let deadline = Instant::now() + SOON;
+    let mut last = seen;
+    loop {
+        if let Some(ctime) = heartbeat_ctime(pid, fd) {
+            last = last.max(ctime);
+        }
+        if !alive(pid) {
+            let after = SystemTime::now().duration_since(last).unwrap_or_default();
+            return (after, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {pid} still alive after {SOON:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// Waits for a replacement of `old` among the master's `n` children; its pid.
 fn replacement(master: &mut Master, old: i32, n: usize) -> i32 {
@@ -28,24 +86,32 @@ fn a_stopped_worker_is_killed_after_the_timeout_and_replaced() {
         &["-w", "1", "--timeout", "1", "--abort-grace", "500ms"],
         1,
     );
-    let victim = master.children()[0];
+    let (victim, fd, first) = worker_with_heartbeat(&mut master);
     let slot = identities_of(port, &[victim], SOON)[&victim].slot;
-    // Let it heartbeat at least once, so the heartbeat timeout is armed.
-    std::thread::sleep(Duration::from_millis(300));
+    // Until it has heartbeated once, so the heartbeat timeout is armed.
+    let mut beat = first;
+    assert!(
+        wait_until(SOON, || {
+            beat = heartbeat_ctime(victim, &fd).unwrap_or(beat);
+            beat != first
+        }),
+        "no heartbeat from {victim}\n{}",
+        master.stderr()
+    );
     let stopped_at = Instant::now();
     signal(victim, libc::SIGSTOP).unwrap();
-    let took = wait_gone(victim, SOON).expect("the stopped worker is killed");
+    let (after_beat, gone_at) = gone_after_last_heartbeat(victim, &fd, beat);
     let log = master
         .wait_log(&format!("WORKER TIMEOUT (pid:{victim})"), SOON)
         .unwrap();
-    // The deadline is the last heartbeat (at most a quarter of the timeout before the stop)
-    // plus the timeout; a stopped process ignores the abort signal, so KILL ends it after the
-    // abort grace.
-    let elapsed = stopped_at.elapsed().max(took);
+    // The deadline is the last heartbeat plus the timeout; a stopped process ignores the
+    // abort signal, so KILL ends it after the abort grace.
     assert!(
-        elapsed >= Duration::from_millis(750 + 500 - 100),
-        "killed too early: {elapsed:?}\n{log}"
+        after_beat >= Duration::from_millis(1000 + 500) - DATING,
+        "killed too early: {after_beat:?} after its last heartbeat\n{log}"
     );
+    // The last heartbeat came before the stop.
+    let elapsed = gone_at - stopped_at;
     assert!(
         elapsed <= Duration::from_millis(1000 + 500) + crate::slack(),
         "killed too late: {elapsed:?}\n{log}"
@@ -61,9 +127,12 @@ fn a_stopped_worker_is_killed_after_the_timeout_and_replaced() {
 #[test]
 fn a_worker_hanging_by_itself_is_killed_and_replaced() {
     let fx = Fixture::new();
-    let (mut master, port) = serving(
-        &fx,
+    // Not `serving`: on a loaded machine a worker can hang before it answers a first request.
+    let mut master = fx.start(
+        "arbiter",
         &[
+            "-b",
+            "127.0.0.1:0",
             "-w",
             "1",
             "--timeout",
@@ -76,19 +145,20 @@ fn a_worker_hanging_by_itself_is_killed_and_replaced() {
             "--hang-after",
             "500ms",
         ],
-        1,
     );
-    let victim = master.children()[0];
+    let port = master.port();
     let started = Instant::now();
-    assert!(wait_gone(victim, SOON).is_some(), "{}", master.stderr());
-    let elapsed = started.elapsed();
+    let (victim, fd, seen) = worker_with_heartbeat(&mut master);
+    let (after_beat, gone_at) = gone_after_last_heartbeat(victim, &fd, seen);
+    let elapsed = gone_at - started;
     master
         .wait_log(&format!("WORKER TIMEOUT (pid:{victim})"), SOON)
         .unwrap();
-    // Hang at 0.5 s, timeout 1 s after the last beat, then at most the abort grace.
+    // Timeout 1 s after the last beat; hang at 0.5 s, so gone by then plus at most the abort
+    // grace.
     assert!(
-        elapsed >= Duration::from_millis(900),
-        "too early: {elapsed:?}"
+        after_beat >= Duration::from_millis(1000) - DATING,
+        "too early: {after_beat:?} after its last heartbeat"
     );
     assert!(
         elapsed <= Duration::from_millis(500 + 1000 + 500) + crate::slack(),
