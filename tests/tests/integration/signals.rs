@@ -207,10 +207,13 @@ fn workers_die_with_a_sigkilled_master() {
 /// built-in worker with `switches`; the master, the worker's pid and its children.
 fn worker_with_a_child(fx: &Fixture, args: &[&str], switches: &str) -> (Master, i32, Vec<i32>) {
     let worker = format!("sleep 300 & exec {} worker {switches}", bin());
-    let mut full = vec!["-w", "1"];
+    let mut full = vec!["-b", "127.0.0.1:0", "-w", "1"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["--", "/bin/sh", "-c", &worker]);
-    let (mut master, _) = serving(fx, &full, 1);
+    // Not `serving`: with `--hang-after` a worker on a loaded machine may hang before it has
+    // answered a first request, and so may each replacement.
+    let mut master = fx.start("arbiter", &full);
+    master.port();
     // Any worker of the master that has started its child: with `--hang-after` the first
     // worker may already have been timed out and replaced by the time it is looked at (a
     // loaded machine), and the dead one never gets a child.
