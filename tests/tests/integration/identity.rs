@@ -64,8 +64,10 @@ fn workers_run_as_nobody_with_its_groups_and_the_master_stays_root() {
             "1",
             "--user",
             "nobody",
+            // Beats every 2.5 s: a 1 s timeout (beats every 250 ms) timed the worker out
+            // when the machine left it unscheduled for 6 s (load average 190).
             "--timeout",
-            "1",
+            "10",
             "--log-level",
             "trace",
         ],
@@ -91,7 +93,7 @@ fn workers_run_as_nobody_with_its_groups_and_the_master_stays_root() {
     master
         .wait_log(&format!("input: pid {worker} sent READY=1"), SOON)
         .unwrap();
-    // Three heartbeats at a 1 s timeout: the worker is still the same one, serving.
+    // Three heartbeats: the worker is still the same one, serving.
     master
         .wait_log_count(&format!("input: pid {worker} heartbeat at"), 3, SOON)
         .unwrap();
