@@ -69,9 +69,13 @@ fn ttin_and_ttou_change_the_worker_count_with_a_floor_of_one() {
         .map(|i| i.slot)
         .collect();
     assert_eq!(slots, BTreeSet::from([0, 1, 2]));
-    for _ in 0..3 {
+    for sent in 1..=3 {
         master.signal(libc::SIGTTOU);
-        std::thread::sleep(Duration::from_millis(50));
+        // One at a time: the kernel merges a signal still pending (a 50 ms pause was not
+        // enough for a master left unscheduled on a loaded machine).
+        master
+            .wait_log_count("Handling signal: ttou", sent, SOON)
+            .unwrap();
     }
     master.wait_children(1, SOON);
     // One more TTOU must not go below one worker.
