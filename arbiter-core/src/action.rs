@@ -527,6 +527,19 @@ pub enum Action {
         /// The child.
         pid: Pid,
     },
+    /// Per-slot listeners ([`crate::Config::slot_listeners`]): hold listeners for slots
+    /// `0..open` (create the missing ones in slot order, close those above from the top,
+    /// since the kernel renumbers a reuse-port group when a middle socket closes), and steer
+    /// new connections to slots `0..steer` only. A slot is closed only once no worker of it
+    /// is left.
+    SlotListeners {
+        /// Slots with listeners.
+        open: usize,
+        /// Slots that get new connections (at most `open`).
+        steer: usize,
+        /// Why: a target change, a drained slot, the first workers.
+        reason: Reason,
+    },
     /// Close the listening sockets (a stop began). `unlink` is false while an upgrade is
     /// under way in either direction; the shell adds its own rules (systemd, reuse-port).
     CloseListeners {
@@ -610,6 +623,14 @@ impl fmt::Display for Action {
                 write!(f, "kill the group of worker {id} (pid {pid}): {reason}")
             }
             Action::Reap { pid } => write!(f, "reap {pid}"),
+            Action::SlotListeners {
+                open,
+                steer,
+                reason,
+            } => write!(
+                f,
+                "hold listeners for slots 0..{open}, new connections to 0..{steer}: {reason}"
+            ),
             Action::CloseListeners { unlink } => {
                 let how = if *unlink { "unlinking" } else { "keeping" };
                 write!(f, "close listeners, {how} socket files")

@@ -55,5 +55,6 @@ pub use time::Moment;
 pub use timers::Timer;
 pub use types::{
     BootErrorPolicy, Command, Config, ExitStatus, Pid, ReadyMode, Role, Signal, Slot, WorkerId,
+    SLOT_DRAIN,
 };
 pub use worker::{Worker, WorkerState};

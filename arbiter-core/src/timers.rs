@@ -38,6 +38,9 @@ pub enum Timer {
     Drain,
     /// The workers' memory is sampled next (while a memory limit is set).
     MemorySample,
+    /// Slots above a lowered target have drained their queues: their workers are retired
+    /// ([`crate::SLOT_DRAIN`] after the steering change).
+    SlotDrain,
     /// A stop gives up waiting for reaps after its final KILLs (`REAP_GRACE` past them).
     Stop,
 }
@@ -55,6 +58,7 @@ impl fmt::Display for Timer {
             Timer::ExtendStart => f.write_str("start timeout extension"),
             Timer::Drain => f.write_str("end of the drain"),
             Timer::MemorySample => f.write_str("memory sample"),
+            Timer::SlotDrain => f.write_str("end of the slot drain"),
             Timer::Stop => f.write_str("stop deadline"),
         }
     }

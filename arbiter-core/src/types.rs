@@ -217,7 +217,18 @@ pub struct Config {
     /// How often the shell samples the workers' memory ([`crate::Action::SampleMemory`])
     /// while `max_worker_memory` is set.
     pub memory_sample_every: Duration,
+    /// Each slot has its own listeners (per-slot `SO_REUSEPORT` sockets held by the shell):
+    /// the core says which slots the shell holds listeners for and which get new connections
+    /// ([`crate::Action::SlotListeners`]), and a slot taken away by a lower target first gets
+    /// no new connection for [`SLOT_DRAIN`] while its worker still serves (and drains the
+    /// slot's queue) before the worker is retired.
+    pub slot_listeners: bool,
 }
+
+/// How long a slot taken away by a lower target keeps its worker serving, with no new
+/// connection steered to it, before the worker is retired: the worker accepts what its queue
+/// still holds (and handshakes begun before the steering change land meanwhile).
+pub const SLOT_DRAIN: Duration = Duration::from_secs(1);
 
 impl Default for Config {
     fn default() -> Self {
@@ -245,6 +256,7 @@ impl Default for Config {
             max_worker_age_jitter: None,
             max_worker_memory: None,
             memory_sample_every: Duration::from_secs(2),
+            slot_listeners: false,
         }
     }
 }

@@ -19,6 +19,7 @@ mod error;
 mod handoff;
 mod inherit;
 mod listener;
+mod slots;
 mod spec;
 mod sys;
 
@@ -29,4 +30,5 @@ pub use inherit::{
     ARBITER_LISTEN_FDS, ARBITER_MASTER_PID, LISTEN_FDS_START,
 };
 pub use listener::{bind, close_listeners, may_unlink, BindOptions, Listener, LocalAddr, Origin};
+pub use slots::{migrate_requests, queued, steer};
 pub use spec::{BindSpec, DEFAULT_PORT};

@@ -298,7 +298,7 @@ fn with_retries(
     }
 }
 
-fn bind_inet(addr: SocketAddr, opts: &BindOptions) -> io::Result<OwnedFd> {
+pub(crate) fn bind_inet(addr: SocketAddr, opts: &BindOptions) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => sys::Family::Inet,
         SocketAddr::V6(_) => sys::Family::Inet6,

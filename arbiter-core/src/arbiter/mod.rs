@@ -165,6 +165,11 @@ pub struct Arbiter {
     exit_code: i32,
     exit_reason: Reason,
     exited: bool,
+    /// Per-slot listeners: the slots the shell was last told to hold and to steer to.
+    slot_listeners: (usize, usize),
+    /// Per-slot listeners: the slots above a lowered target drain until then; the target
+    /// it was lowered to.
+    slot_drain: Option<(Moment, usize)>,
 }
 
 impl Arbiter {
@@ -213,6 +218,8 @@ impl Arbiter {
             exit_code: 0,
             exit_reason: Reason::Shutdown,
             exited: false,
+            slot_listeners: (0, 0),
+            slot_drain: None,
         };
         if arbiter.config.pidfile && parent.is_none() {
             // An upgrade child's PIDFILE.2 waits for its workers (see `notify_ready`).
@@ -829,6 +836,7 @@ impl Arbiter {
                     self.event(Event::DrainOver { early: false });
                     self.begin_stop(false, Reason::Shutdown, 0, now);
                 }
+                Timer::SlotDrain => self.all_dirty = true,
                 Timer::Stop => {
                     self.finish_exit();
                     return;

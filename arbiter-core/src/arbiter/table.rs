@@ -42,6 +42,11 @@ impl Arbiter {
                 .flat_map(|slot| slot.members.iter().copied())
                 .filter(|id| self.workers[id].state.is_active())
                 .collect();
+            let surplus = if self.slot_drain_defers(!surplus.is_empty(), now) {
+                Vec::new()
+            } else {
+                surplus
+            };
             for id in surplus {
                 let reason = if self.target == 0 {
                     Reason::Winch
@@ -117,6 +122,67 @@ impl Arbiter {
         #[cfg(debug_assertions)]
         self.check_caches();
         self.check_ready();
+        self.hold_slot_listeners();
+    }
+
+    /// Per-slot listeners: whether the retirement of the workers above a lowered target
+    /// waits, because their slots were just steered away and still drain their queues
+    /// ([`crate::SLOT_DRAIN`]). A further change of target starts a new drain.
+    fn slot_drain_defers(&mut self, surplus: bool, now: Moment) -> bool {
+        if !self.config.slot_listeners || !surplus || self.target == 0 {
+            self.slot_drain = None;
+            self.timers.set(Timer::SlotDrain, None);
+            return false;
+        }
+        match self.slot_drain {
+            Some((until, target)) if target == self.target => {
+                if until <= now {
+                    self.slot_drain = None;
+                    self.timers.set(Timer::SlotDrain, None);
+                    return false;
+                }
+                true
+            }
+            _ => {
+                let until = now + crate::types::SLOT_DRAIN;
+                self.slot_drain = Some((until, self.target));
+                self.timers.set(Timer::SlotDrain, Some(until));
+                // Steer the new connections away first, before anything else happens.
+                self.hold_slot_listeners();
+                true
+            }
+        }
+    }
+
+    /// Per-slot listeners: tells the shell which slots hold listeners (every slot below the
+    /// target, and above it every slot up to the highest one that still has a worker) and
+    /// which get new connections (those below the target), when that changed.
+    pub(super) fn hold_slot_listeners(&mut self) {
+        if !self.config.slot_listeners || self.is_stopping() || self.exited {
+            return;
+        }
+        let mut open = self.slots.len().max(self.target);
+        while open > self.target && self.slots[open - 1].members.is_empty() {
+            open -= 1;
+        }
+        let steer = self.target;
+        let (was_open, was_steer) = self.slot_listeners;
+        if (open, steer) == (was_open, was_steer) {
+            return;
+        }
+        let reason = if was_open == 0 {
+            Reason::Boot
+        } else if open > was_open || steer > was_steer {
+            Reason::ScaleUp
+        } else {
+            Reason::Cull
+        };
+        self.slot_listeners = (open, steer);
+        self.push(Action::SlotListeners {
+            open,
+            steer,
+            reason,
+        });
     }
 
     /// Queues `slot` for a refresh at the next `manage`.

@@ -693,6 +693,19 @@ impl World {
                     self.arbiter.handle_reexec_spawned(self.next_pid);
                 }
             }
+            Action::SlotListeners { open, steer, .. } => {
+                // The shell may close a slot's listener only once nothing serves from it.
+                assert!(steer <= open, "steering to slots that have no listener");
+                for proc_ in self.procs.values() {
+                    let live = !self.reaped.contains(&proc_.pid);
+                    assert!(
+                        !live || proc_.slot < open,
+                        "slot {} closed while its worker {} lives",
+                        proc_.slot,
+                        proc_.pid
+                    );
+                }
+            }
             Action::CloseListeners { .. }
             | Action::ReopenLogs
             | Action::Notify(_)

@@ -1,0 +1,145 @@
+//! Per-slot `SO_REUSEPORT` listeners: one accept queue per worker slot, held by the master, so
+//! a slot's queue outlives its worker (a dead worker's queued connections wait for its
+//! replacement, and a replacement that runs beside its predecessor shares the queue).
+//!
+//! Model: slot 0 of a TCP bind is the bind's own listener (which must have `SO_REUSEPORT`);
+//! slots 1.. are siblings bound to the same address ([`Listener::reuse_port_sibling`]). The
+//! kernel keeps a reuse-port group's sockets in an array, in the order they were bound, and
+//! when one closes it moves the last one into its place. So as long as siblings are created
+//! in slot order and closed only from the top, a socket's index in the group is its slot, and
+//! [`steer`] can name slots: it attaches a classic BPF program (no privilege needed) that picks
+//! a random index below `slots`, so a slot at or above it gets no new connection while it
+//! drains. Closing a listener resets the connections still in its queue unless
+//! `net.ipv4.tcp_migrate_req` is 1 ([`migrate_requests`]), which moves them to another
+//! listener of the group.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::listener::bind_inet;
+use crate::{BindOptions, Error, Listener, LocalAddr, Origin};
+
+/// The classic BPF program of [`steer`]: `A = random; A %= slots; return A`.
+fn program(slots: u32) -> [libc::sock_filter; 3] {
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    [
+        op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+        ),
+        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, slots.max(1)),
+        op(libc::BPF_RET | libc::BPF_A, 0),
+    ]
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (the same number on every architecture Linux runs arbiter on
+/// but mips, parisc and sparc, which are not supported here).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Sends new connections of `listener`'s reuse-port group only to the sockets at indices
+/// `0..slots` (at random, as the kernel's own hash would spread them). The program belongs to
+/// the group: attaching it through any member replaces the one before.
+pub fn steer(listener: &Listener, slots: u32) -> io::Result<()> {
+    let filter = program(slots);
+    let fprog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `filter`, which lives across the call; the kernel copies the
+    // program and keeps no pointer. The size passed is `fprog`'s own. The fd is borrowed from
+    // a listener that stays open across the call. (rustix has no wrapper for this option.)
+    let r = unsafe {
+        libc::setsockopt(
+            listener.fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many established connections wait in `listener`'s accept queue (`TCP_INFO`'s
+/// `tcpi_unacked` of a listening socket). Handshakes still in flight are not counted.
+pub fn queued(listener: &Listener) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain old data: all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` live across the call and `len` is `info`'s size; the kernel
+    // writes at most `len` bytes. The fd is borrowed from a listener that stays open.
+    let r = unsafe {
+        libc::getsockopt(
+            listener.fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
+/// Whether this network namespace migrates a closing listener's queued connections and
+/// handshakes to another listener of its reuse-port group (`net.ipv4.tcp_migrate_req`,
+/// Linux 5.14+); `None` where it cannot be read.
+pub fn migrate_requests() -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok()?;
+    Some(text.trim() == "1")
+}
+
+impl Listener {
+    /// Whether this listener can have per-slot siblings: a TCP socket with `SO_REUSEPORT`.
+    pub fn takes_siblings(&self) -> bool {
+        matches!(self.local_addr(), LocalAddr::Inet(_))
+            && rustix::net::sockopt::socket_reuseport(self.fd()).unwrap_or(false)
+    }
+
+    /// A new listener in this one's reuse-port group: the same address (its real port, even
+    /// where the spec said 0), `SO_REUSEPORT`, the same spec and name, `backlog`.
+    pub fn reuse_port_sibling(&self, backlog: i32) -> Result<Listener, Error> {
+        let LocalAddr::Inet(addr) = self.local_addr() else {
+            return Err(Error::Handoff("per-slot listeners are for TCP only"));
+        };
+        let opts = BindOptions {
+            reuse_port: true,
+            backlog,
+            ..BindOptions::default()
+        };
+        let fd = bind_inet(*addr, &opts).map_err(|source| Error::Bind {
+            addr: self.local_addr().to_string(),
+            attempts: 1,
+            source,
+        })?;
+        let mut sibling = Listener::adopt(fd, Origin::Bound, Some(self.name().to_owned()))?;
+        if let Some(spec) = self.spec() {
+            sibling.set_spec(spec.clone());
+            sibling.set_name(self.name());
+        }
+        Ok(sibling)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_takes_a_random_index_below_slots() {
+        let p = program(3);
+        assert_eq!(p[0].k, (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32);
+        assert_eq!(p[1].k, 3);
+        assert_eq!(program(0)[1].k, 1, "never a division by zero");
+    }
+}
