@@ -243,9 +243,9 @@ fn take_matching(pool: &mut [Option<Listener>], spec: &BindSpec) -> Result<Vec<L
 /// The re-exec child keeps the fds at their numbers: between fork and exec it calls
 /// [`crate::clear_cloexec_in_child`] on them (the hand-off plan, which renumbers to 3.., is for
 /// workers).
-pub fn reexec_env(listeners: &[Listener]) -> Vec<(String, String)> {
+pub fn reexec_env<'a>(listeners: impl IntoIterator<Item = &'a Listener>) -> Vec<(String, String)> {
     let fds: Vec<String> = listeners
-        .iter()
+        .into_iter()
         .map(|l| l.fd().as_raw_fd().to_string())
         .collect();
     vec![

@@ -68,27 +68,25 @@ pub fn steer(listener: &Listener, slots: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// How many established connections wait in `listener`'s accept queue (`TCP_INFO`'s
-/// `tcpi_unacked` of a listening socket). Handshakes still in flight are not counted.
-pub fn queued(listener: &Listener) -> io::Result<u32> {
-    // SAFETY: tcp_info is plain old data: all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` and `len` live across the call and `len` is `info`'s size; the kernel
-    // writes at most `len` bytes. The fd is borrowed from a listener that stays open.
-    let r = unsafe {
-        libc::getsockopt(
-            listener.fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
+/// How many established connections wait in `listener`'s accept queue: the `rx_queue` that
+/// `/proc/net/tcp` (or `tcp6`) shows for a listening socket, found by its inode. Handshakes
+/// still in flight are not counted. `None` where it cannot be told.
+pub fn queued(listener: &Listener) -> Option<u32> {
+    let inode = rustix::fs::fstat(listener.fd()).ok()?.st_ino.to_string();
+    let table = match listener.local_addr() {
+        LocalAddr::Inet(addr) if addr.is_ipv4() => "/proc/net/tcp",
+        LocalAddr::Inet(_) => "/proc/net/tcp6",
+        LocalAddr::Unix(_) => return None,
     };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info.tcpi_unacked)
+    let text = std::fs::read_to_string(table).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(9) != Some(&inode.as_str()) {
+            return None;
+        }
+        let (_, rx) = fields.get(4)?.split_once(':')?;
+        u32::from_str_radix(rx, 16).ok()
+    })
 }
 
 /// Whether this network namespace migrates a closing listener's queued connections and

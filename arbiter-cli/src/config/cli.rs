@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Set SO_REUSEPORT on the listeners
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     reuse_port: Option<String>,
+    /// One SO_REUSEPORT listener per worker slot for each TCP bind, held by the master
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    reuse_port_per_slot: Option<String>,
     /// Listen backlog, 1..=65535 [default: 2048]
     #[arg(long, value_name = "N")]
     backlog: Option<String>,
@@ -202,6 +205,11 @@ impl ServeArgs {
         put("env", "--env", many(&self.env));
         put("chdir", "--chdir", one(&self.chdir));
         put("reuse_port", "--reuse-port", one(&self.reuse_port));
+        put(
+            "reuse_port_per_slot",
+            "--reuse-port-per-slot",
+            one(&self.reuse_port_per_slot),
+        );
         put("backlog", "--backlog", one(&self.backlog));
         put("umask", "--umask", one(&self.umask));
         put("bind_retries", "--bind-retries", one(&self.bind_retries));

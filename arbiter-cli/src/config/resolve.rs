@@ -73,6 +73,11 @@ pub(crate) fn settings(
         env: layers.value("env", d.env, parse::env_pairs)?,
         chdir: layers.value("chdir", d.chdir, |r| parse::path(r).map(Some))?,
         reuse_port: layers.value("reuse_port", d.reuse_port, parse::boolean)?,
+        reuse_port_per_slot: layers.value(
+            "reuse_port_per_slot",
+            d.reuse_port_per_slot,
+            parse::boolean,
+        )?,
         backlog: layers.value("backlog", d.backlog, |r| {
             parse::number_in(r, 1, 65535).map(|n| n as i32)
         })?,

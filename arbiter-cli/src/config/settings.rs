@@ -41,6 +41,9 @@ pub struct Settings {
     pub chdir: Option<PathBuf>,
     /// Set `SO_REUSEPORT` on the listeners.
     pub reuse_port: bool,
+    /// One `SO_REUSEPORT` listener per worker slot for each TCP bind, held by the master: a
+    /// slot's accept queue outlives its worker. Fixed at start (a reload keeps it).
+    pub reuse_port_per_slot: bool,
     /// Listen backlog, 1..=65535.
     pub backlog: i32,
     /// File mode creation mask of the master and workers, at most 0o777.
@@ -259,6 +262,7 @@ impl Default for Settings {
             env: Vec::new(),
             chdir: None,
             reuse_port: false,
+            reuse_port_per_slot: false,
             backlog: 2048,
             umask: 0o022,
             bind_retries: 5,
@@ -371,6 +375,11 @@ impl Settings {
             "the current directory",
         );
         line("reuse_port", Some(self.reuse_port.to_string()), "");
+        line(
+            "reuse_port_per_slot",
+            Some(self.reuse_port_per_slot.to_string()),
+            "",
+        );
         line("backlog", Some(self.backlog.to_string()), "");
         line("umask", Some(format!("0o{:03o}", self.umask)), "");
         line("bind_retries", Some(self.bind_retries.to_string()), "");

@@ -141,8 +141,12 @@ impl<O: Os> Runtime<O> {
                 let now = self.now();
                 self.reload(now);
             }
+            Action::SlotListeners { open, steer, .. } => {
+                self.slots.hold(&self.listeners, open, steer, &self.log);
+            }
             Action::CloseListeners { unlink } => {
                 let unlink = self.unlink_allowed(unlink);
+                self.slots.close_all();
                 arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), unlink);
             }
             Action::WritePidfile { upgrade_child, .. } => {
@@ -226,7 +230,10 @@ impl<O: Os> Runtime<O> {
                 .give_file(heartbeat.file())
                 .map_err(spawn::SpawnError::Prepare)?;
         }
-        let listeners: Vec<&Listener> = self.listeners.iter().collect();
+        self.slots
+            .ensure(&self.listeners, slot + 1)
+            .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
+        let listeners: Vec<&Listener> = self.slots.for_slot(&self.listeners, slot);
         let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;
@@ -388,7 +395,14 @@ impl<O: Os> Runtime<O> {
             for (key, value) in &self.master_env {
                 env.push(env_entry(key.as_bytes(), value.as_bytes()).map_err(|e| e.to_string())?);
             }
-            for (key, value) in arbiter_sockets::reexec_env(&self.listeners) {
+            // Slot 0's listeners first, in bind order, then each group's other slots in slot
+            // order: the new master finds them by address in that order.
+            let inherited: Vec<&Listener> = self
+                .listeners
+                .iter()
+                .chain(self.slots.all(&self.listeners))
+                .collect();
+            for (key, value) in arbiter_sockets::reexec_env(inherited.iter().copied()) {
                 env.push(env_entry(key.as_bytes(), value.as_bytes()).map_err(|e| e.to_string())?);
             }
             let keys: Vec<String> = self
@@ -403,7 +417,7 @@ impl<O: Os> Runtime<O> {
                         .map_err(|e| e.to_string())?,
                 );
             }
-            let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.fd()).collect();
+            let fds: Vec<BorrowedFd<'_>> = inherited.iter().map(|l| l.fd()).collect();
             let cwd =
                 CString::new(self.start_dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
             self.os

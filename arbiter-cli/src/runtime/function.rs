@@ -85,7 +85,10 @@ impl<O: Os> Runtime<O> {
                 .share_path(&notify_path, 0o660)
                 .map_err(SpawnError::Fork)?;
         }
-        let listeners: Vec<&Listener> = self.listeners.iter().collect();
+        self.slots
+            .ensure(&self.listeners, slot + 1)
+            .map_err(|e| SpawnError::Fork(std::io::Error::other(e.to_string())))?;
+        let listeners: Vec<&Listener> = self.slots.for_slot(&self.listeners, slot);
         let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
             .map_err(|e| SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;

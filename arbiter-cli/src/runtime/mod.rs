@@ -40,6 +40,7 @@ pub mod log;
 pub mod preflight;
 mod reload;
 pub mod setup;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod trace;
@@ -78,6 +79,9 @@ pub struct Runtime<O: Os = System> {
     /// The core; every input and action passes through its trace.
     core: trace::Core,
     listeners: Vec<Listener>,
+    /// Per-slot listeners (`--reuse-port-per-slot`): the other slots' sockets of each TCP
+    /// listener.
+    slots: slots::SlotListeners,
     /// The workers' notify sockets.
     notify: NotifyHub,
     /// When the lazily read notify sockets are read next; `None` while they were quiet at
@@ -279,9 +283,26 @@ impl<O: Os> Runtime<O> {
         // bound (a failure below removes the control socket again when `ops` drops).
         let ops = Ops::open(&settings, &master_env, upgrade_child, &log)
             .map_err(|e| StartError::Runtime(e.to_string()))?;
-        let listeners =
+        let mut listeners =
             arbiter_sockets::resolve(&specs, inherited, &setup::bind_options(&settings))
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let mut slots = slots::SlotListeners::new(settings.reuse_port_per_slot, settings.backlog);
+        slots.adopt(&mut listeners, &log);
+        if settings.reuse_port_per_slot {
+            let migrates = match arbiter_sockets::migrate_requests() {
+                Some(true) => "1: a closing slot's queue moves to the others",
+                Some(false) => {
+                    "0: a slot scaled away is drained for 1 s before its worker retires, and a \
+                     connection still queued when its listener closes is reset"
+                }
+                None => "unknown",
+            };
+            info!(
+                log,
+                "Per-slot listeners: one SO_REUSEPORT socket per worker slot for each TCP \
+                 bind; net.ipv4.tcp_migrate_req is {migrates}"
+            );
+        }
         // Until the runtime owns them: a start that fails from here on leaves no socket file.
         let mut listeners = BoundListeners {
             listeners: Some(listeners),
@@ -353,6 +374,7 @@ impl<O: Os> Runtime<O> {
             env_snapshot,
             core,
             listeners: listeners.take(),
+            slots,
             notify,
             lazy_notify_at: None,
             lazy_notify_period: LAZY_NOTIFY_MIN,
@@ -706,6 +728,7 @@ impl<O: Os> Drop for Runtime<O> {
     fn drop(&mut self) {
         // Listeners are closed by the core's CloseListeners; anything left (an error path)
         // is closed without unlinking.
+        self.slots.close_all();
         arbiter_sockets::close_listeners(std::mem::take(&mut self.listeners), false);
     }
 }

@@ -27,6 +27,16 @@ impl<O: Os> Runtime<O> {
     /// Validates new settings and swaps them in (binds first, then everything else).
     fn apply_settings(&mut self, mut new: Settings) -> Result<arbiter_core::Config, StartError> {
         setup::absolutize(&mut new, &self.start_dir);
+        if new.reuse_port_per_slot != self.settings.reuse_port_per_slot {
+            // The core's slot table and the sockets' groups were set up for the start's mode.
+            warn!(
+                self.log,
+                "reuse_port_per_slot changes only at a fresh start (not on HUP or USR2); keeping \
+                 {}",
+                self.settings.reuse_port_per_slot
+            );
+            new.reuse_port_per_slot = self.settings.reuse_port_per_slot;
+        }
         if let Some(dir) = new.chdir.as_ref().filter(|dir| !dir.is_dir()) {
             return Err(StartError::Usage(format!(
                 "--chdir {}: not a directory",
@@ -95,6 +105,7 @@ impl<O: Os> Runtime<O> {
                 listener.close(unlink);
             }
             self.listeners = fresh.into_iter().map(|(l, _)| l).collect();
+            self.slots.rebind(&self.listeners, &self.log);
         }
         self.worker_env = setup::worker_base_env(&self.master_env, &new, gpus.is_some());
         self.heartbeat_dir = heartbeat::default_dir(new.worker_tmp_dir.as_deref());

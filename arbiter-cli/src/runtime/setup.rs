@@ -188,7 +188,8 @@ pub fn bind_specs(settings: &Settings) -> Result<Vec<BindSpec>, StartError> {
 /// Socket options from the settings.
 pub fn bind_options(settings: &Settings) -> BindOptions {
     BindOptions {
-        reuse_port: settings.reuse_port,
+        // Per-slot listeners join their slot 0's reuse-port group.
+        reuse_port: settings.reuse_port || settings.reuse_port_per_slot,
         backlog: settings.backlog,
         umask: settings.umask,
         mode: None,
@@ -278,6 +279,7 @@ pub fn core_config(settings: &Settings, command_key: u64, gpus: Option<GpuConfig
         max_worker_age_jitter: settings.max_worker_age_jitter,
         max_worker_memory: settings.max_worker_memory.map(|size| size.0),
         memory_sample_every: Config::default().memory_sample_every,
+        slot_listeners: settings.reuse_port_per_slot,
     }
 }
 
