@@ -126,10 +126,20 @@ fn a_dead_worker_keeps_its_slot_listener_for_its_replacement() {
     let mut world = World::new(config(2), Behavior::good());
     world.drive(secs(1));
     let pid = world.pid_in(1);
-    world.kill_now(pid, ExitStatus::Signaled { signal: 9, core_dumped: false });
+    world.kill_now(
+        pid,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+    );
     world.drive(secs(1));
     assert_ne!(world.pid_in(1), pid, "respawned in its slot");
-    assert_eq!(holds(&world), [(at_ms(0), 2, 2)], "nothing closed or steered");
+    assert_eq!(
+        holds(&world),
+        [(at_ms(0), 2, 2)],
+        "nothing closed or steered"
+    );
 }
 
 #[test]

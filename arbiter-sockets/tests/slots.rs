@@ -28,7 +28,9 @@ fn connect(listener: &Listener, count: usize) -> Vec<TcpStream> {
     let LocalAddr::Inet(addr) = listener.local_addr() else {
         panic!("tcp");
     };
-    (0..count).map(|_| TcpStream::connect(addr).unwrap()).collect()
+    (0..count)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect()
 }
 
 fn queues(listeners: &[Listener]) -> Vec<u32> {
@@ -41,9 +43,16 @@ fn steering_keeps_new_connections_below_its_count() {
     steer(&listeners[0], 2).unwrap();
     let _held = connect(&listeners[0], 60);
     let q = queues(&listeners);
-    assert_eq!(q.iter().sum::<u32>(), 60, "every connection queued somewhere: {q:?}");
+    assert_eq!(
+        q.iter().sum::<u32>(),
+        60,
+        "every connection queued somewhere: {q:?}"
+    );
     assert_eq!(q[2], 0, "slot 2 is steered away: {q:?}");
-    assert!(q[0] > 0 && q[1] > 0, "both steered slots get connections: {q:?}");
+    assert!(
+        q[0] > 0 && q[1] > 0,
+        "both steered slots get connections: {q:?}"
+    );
     // Through any member, the program is the group's.
     steer(&listeners[2], 3).unwrap();
     let _more = connect(&listeners[0], 60);
@@ -63,5 +72,9 @@ fn closing_the_top_slot_keeps_the_others_indices() {
     steer(&listeners[0], 1).unwrap();
     let _more = connect(&listeners[0], 20);
     let q = queues(&listeners);
-    assert_eq!(q, vec![before[0] + 20, before[1]], "index 0 is still slot 0");
+    assert_eq!(
+        q,
+        vec![before[0] + 20, before[1]],
+        "index 0 is still slot 0"
+    );
 }

@@ -58,7 +58,11 @@ impl SlotListeners {
         *listeners = bases;
         if self.enabled {
             for (addr, siblings) in &self.siblings {
-                info!(log, "Inherited {} per-slot listeners at {addr}", siblings.len() + 1);
+                info!(
+                    log,
+                    "Inherited {} per-slot listeners at {addr}",
+                    siblings.len() + 1
+                );
             }
             for base in listeners.iter() {
                 if matches!(base.local_addr(), LocalAddr::Inet(_)) && !base.takes_siblings() {

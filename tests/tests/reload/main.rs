@@ -14,6 +14,7 @@ mod load;
 mod notify;
 mod pod;
 mod recycle;
+mod slots;
 mod soak;
 mod systemd;
 mod upgrade;
