@@ -221,7 +221,8 @@ pub struct Config {
     /// the core says which slots the shell holds listeners for and which get new connections
     /// ([`crate::Action::SlotListeners`]), and a slot taken away by a lower target first gets
     /// no new connection for [`SLOT_DRAIN`] while its worker still serves (and drains the
-    /// slot's queue) before the worker is retired.
+    /// slot's queue) before the worker is retired (at once with GPU balancing, which keeps a
+    /// device at its cap plus the surge).
     pub slot_listeners: bool,
 }
 

@@ -101,7 +101,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         prop_oneof![Just(None), (200u64..3_000).prop_map(|t| Some(ms(t)))],
         prop_oneof![Just(Duration::ZERO), (100u64..2_000).prop_map(ms)],
         (
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
             (
                 prop_oneof![Just(None), (1_000u64..20_000).prop_map(|t| Some(ms(t)))],
                 prop_oneof![Just(None), Just(Some(0)), (0u64..20_000).prop_map(Some)],
@@ -122,9 +122,10 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 pidfile,
                 watchdog,
                 shutdown_delay,
-                (extend_start, (max_worker_age, jitter, max_worker_memory)),
+                ((extend_start, slot_listeners), (max_worker_age, jitter, max_worker_memory)),
             )| {
                 Config {
+                    slot_listeners,
                     max_worker_age,
                     max_worker_age_jitter: jitter.map(ms),
                     max_worker_memory,

@@ -156,3 +156,24 @@ fn a_stop_during_the_drain_stops_everything_at_once() {
     assert!(world.exit.is_some());
     assert_eq!(holds(&world).len(), 2, "no listener change while stopping");
 }
+
+#[test]
+fn with_gpus_a_slot_scaled_away_is_not_drained() {
+    let gpus =
+        arbiter_core::GpuConfig::new(vec!["0".into(), "1".into()], 1, "CUDA_VISIBLE_DEVICES")
+            .expect("valid");
+    let mut world = World::new(
+        Config {
+            gpus: Some(gpus),
+            ..config(2)
+        },
+        Behavior::good(),
+    );
+    world.drive(secs(1));
+    world.signal(Signal::Ttou);
+    // Steered away and retired at once: the device is at its cap again.
+    assert_eq!(holds(&world).last(), Some(&(at_ms(1000), 2, 1)));
+    assert_eq!(term_at(&world, 1), Some(at_ms(1000)));
+    world.drive(secs(1));
+    assert_eq!(holds(&world).last(), Some(&(at_ms(1050), 1, 1)));
+}

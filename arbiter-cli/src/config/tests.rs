@@ -950,3 +950,52 @@ fn recycling_limits_from_each_source_and_bad_values_name_their_source() {
         ..Settings::default()
     });
 }
+
+#[test]
+fn reuse_port_per_slot_from_each_source_and_bad_values_name_their_source() {
+    assert!(
+        !run(&[], &[]).unwrap().reuse_port_per_slot,
+        "off by default"
+    );
+    assert!(
+        run(&["--reuse-port-per-slot"], &[])
+            .unwrap()
+            .reuse_port_per_slot
+    );
+    assert!(
+        run(&[], &[("ARBITER_REUSE_PORT_PER_SLOT", "1")])
+            .unwrap()
+            .reuse_port_per_slot
+    );
+    assert!(
+        with_file("reuse_port_per_slot = true\n", &[], &[])
+            .unwrap()
+            .reuse_port_per_slot
+    );
+    assert!(
+        !with_file(
+            "reuse_port_per_slot = true\n",
+            &["--reuse-port-per-slot=false"],
+            &[]
+        )
+        .unwrap()
+        .reuse_port_per_slot,
+        "the command line wins"
+    );
+    let flag = error(&["--reuse-port-per-slot=maybe"], &[]);
+    assert!(
+        flag.starts_with("--reuse-port-per-slot \"maybe\""),
+        "{flag}"
+    );
+    let env = error(&[], &[("ARBITER_REUSE_PORT_PER_SLOT", "2")]);
+    assert!(
+        env.starts_with("ARBITER_REUSE_PORT_PER_SLOT=\"2\""),
+        "{env}"
+    );
+    let (message, _) = file_error("reuse_port_per_slot = \"sometimes\"\n");
+    assert!(message.starts_with("reuse_port_per_slot = "), "{message}");
+    round_trip(&Settings {
+        reuse_port_per_slot: true,
+        ..Settings::default()
+    });
+}

@@ -39,7 +39,6 @@ fn start(dir: &Path, args: &[&str], old_master: Option<u32>) -> Start {
         inherited: arbiter_sockets::Inherited {
             origin: None,
             listeners: Vec::new(),
-            slots: Default::default(),
             old_master,
         },
         master_env,

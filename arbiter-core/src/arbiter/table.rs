@@ -127,9 +127,11 @@ impl Arbiter {
 
     /// Per-slot listeners: whether the retirement of the workers above a lowered target
     /// waits, because their slots were just steered away and still drain their queues
-    /// ([`crate::SLOT_DRAIN`]). A further change of target starts a new drain.
+    /// ([`crate::SLOT_DRAIN`]). A further change of target starts a new drain. Not with GPU
+    /// balancing: a device never holds more than its cap plus the surge, so its surplus
+    /// workers go at once.
     fn slot_drain_defers(&mut self, surplus: bool, now: Moment) -> bool {
-        if !self.config.slot_listeners || !surplus || self.target == 0 {
+        if !self.config.slot_listeners || !surplus || self.target == 0 || self.gpus.is_some() {
             self.slot_drain = None;
             self.timers.set(Timer::SlotDrain, None);
             return false;
