@@ -310,6 +310,16 @@ pub enum Event {
         /// How long before its next spawn.
         delay: Duration,
     },
+    /// A burst of TTIN or TTOU began: the spawns it leads to wait until the signals pause
+    /// for `quiet`, at most `at_most` after this one, so that the master takes each signal
+    /// of the burst instead of spawning between them (the kernel merges a signal that comes
+    /// while one of its kind is still pending).
+    SpawnsHeld {
+        /// How long without another scale signal ends the burst.
+        quiet: Duration,
+        /// The longest the spawns wait.
+        at_most: Duration,
+    },
     /// The target number of workers changed (gunicorn's `nworkers_changed`).
     TargetChanged {
         /// The old target.
@@ -433,6 +443,10 @@ impl fmt::Display for Event {
             Event::Backoff { slot, delay } => {
                 write!(f, "slot {slot} backs off for {delay:?}")
             }
+            Event::SpawnsHeld { quiet, at_most } => write!(
+                f,
+                "spawns wait until the scale signals pause for {quiet:?} (at most {at_most:?})"
+            ),
             Event::TargetChanged { from, to, reason } => {
                 write!(f, "target {from} -> {to}: {reason}")
             }

@@ -29,6 +29,9 @@ pub enum Timer {
     Recycle(WorkerId),
     /// A crash-looping slot may spawn again.
     Backoff(Slot),
+    /// A burst of TTIN or TTOU has settled: the spawns it held back start (see
+    /// [`crate::SCALE_SETTLE`]).
+    ScaleSettle,
     /// The next `WATCHDOG=1` to the service manager is due.
     Watchdog,
     /// The next `EXTEND_TIMEOUT_USEC=` to the service manager is due, while the first
@@ -54,6 +57,7 @@ impl fmt::Display for Timer {
             Timer::Kill(id) => write!(f, "kill deadline of worker {id}"),
             Timer::Recycle(id) => write!(f, "age deadline of worker {id}"),
             Timer::Backoff(slot) => write!(f, "backoff of slot {slot}"),
+            Timer::ScaleSettle => f.write_str("end of a burst of scale signals"),
             Timer::Watchdog => f.write_str("watchdog ping"),
             Timer::ExtendStart => f.write_str("start timeout extension"),
             Timer::Drain => f.write_str("end of the drain"),

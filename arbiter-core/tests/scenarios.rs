@@ -8,6 +8,7 @@ use std::time::Duration;
 use arbiter_core::{
     Action, BootErrorPolicy, Command, Config, Event, ExitStatus, GpuConfig, Moment, Phase,
     ReadyMode, Reason, Refusal, Role, Signal, SupervisorNote, WorkerState, BACKOFF_CAP, REAP_GRACE,
+    SCALE_SETTLE,
 };
 use sim::{at_ms, ms, secs, Behavior, World};
 
@@ -391,10 +392,20 @@ fn ttin_adds_a_worker_and_ttou_retires_the_highest_slot_with_a_floor_of_one() {
     let mut world = World::new(config(2), Behavior::good());
     world.drive(secs(1));
     world.signal(Signal::Ttin);
+    let signalled = world.now;
+    assert_eq!(world.arbiter.target(), 3, "the target changes at once");
+    assert_eq!(
+        world.spawns().len(),
+        2,
+        "its spawn waits for the burst to settle"
+    );
+    world.drive(secs(1));
     let spawns = world.spawns();
     assert_eq!(spawns.len(), 3);
-    assert_eq!((spawns[2].2, spawns[2].3), (2, Reason::ScaleUp));
-    world.drive(secs(1));
+    assert_eq!(
+        (spawns[2].0, spawns[2].2, spawns[2].3),
+        (signalled + SCALE_SETTLE, 2, Reason::ScaleUp)
+    );
     let slot2 = world.pid_in(2);
     world.signal(Signal::Ttou);
     assert_eq!(world.arbiter.target(), 2);

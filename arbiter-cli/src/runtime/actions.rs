@@ -536,6 +536,10 @@ impl<O: Os> Runtime<O> {
             Event::TargetChanged { from, to, reason } => {
                 info!(log, "Workers: {from} -> {to} ({reason})")
             }
+            Event::SpawnsHeld { quiet, at_most } => debug!(
+                log,
+                "Spawns wait until the scale signals pause for {quiet:?} (at most {at_most:?})"
+            ),
             Event::ConfigRejected { error } => error!(
                 log,
                 "reload failed, keeping the running configuration: {error}"

@@ -267,6 +267,9 @@ mod tests {
         run(&mut core);
         core.handle_signal(Signal::Ttin, Moment::ZERO);
         run(&mut core);
+        // The spawn waits until the burst of scale signals has settled.
+        core.handle_timeout(Moment::ZERO + arbiter_core::SCALE_SETTLE);
+        run(&mut core);
         core.handle_exit(102, ExitStatus::Exited(0), Moment::ZERO);
         run(&mut core);
         std::fs::read_to_string(&path).unwrap()
@@ -286,6 +289,11 @@ mod tests {
         find("[TRACE] action: spawn worker 1 in slot 0, generation 0: boot");
         find("[TRACE] input: signal SIGTTIN");
         find("[TRACE] action: event: target 1 -> 2: scale up");
+        find(&format!(
+            "[TRACE] action: event: spawns wait until the scale signals pause for {:?}",
+            arbiter_core::SCALE_SETTLE
+        ));
+        find("[TRACE] input: deadline passed (end of a burst of scale signals)");
         find("[TRACE] action: spawn worker 2 in slot 1, generation 0: scale up");
         // Lines about worker 2 (pid 102) are in its colour, pid 102 % 5 = 2: blue.
         for needle in [

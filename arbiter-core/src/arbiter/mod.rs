@@ -14,7 +14,10 @@ use crate::types::{
 };
 use crate::worker::{Worker, WorkerState};
 
+mod settle;
 mod table;
+
+pub use settle::{SCALE_SETTLE, SCALE_SETTLE_CAP};
 
 /// A worker that dies sooner than this after its start (or before it was ready) died quickly.
 pub const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -114,7 +117,9 @@ struct SlotState {
 /// nothing is spawned before a fresh master's pidfile is written; spawns happen only while
 /// the table holds fewer than `workers + max_surge` processes; during a reload, and when a
 /// worker is recycled (by age, memory or its own request), an old worker is retired only once
-/// its slot has a ready new one.
+/// its slot has a ready new one; while a burst of TTIN or TTOU settles (until
+/// [`SCALE_SETTLE`] passes without one, at most [`SCALE_SETTLE_CAP`] after its first),
+/// nothing is spawned.
 #[derive(Debug)]
 pub struct Arbiter {
     config: Config,
@@ -162,6 +167,8 @@ pub struct Arbiter {
     upgrade_pidfile_asked: bool,
     /// `PIDFILE.2` holds our pid.
     upgrade_pidfile_written: bool,
+    /// While a burst of TTIN or TTOU settles: when its first signal came (spawns wait).
+    scale_burst: Option<Moment>,
     exit_code: i32,
     exit_reason: Reason,
     exited: bool,
@@ -215,6 +222,7 @@ impl Arbiter {
             pidfile_op: None,
             upgrade_pidfile_asked: false,
             upgrade_pidfile_written: false,
+            scale_burst: None,
             exit_code: 0,
             exit_reason: Reason::Shutdown,
             exited: false,
@@ -434,11 +442,11 @@ impl Arbiter {
                 reason: Reason::Reload,
             }),
             (Signal::Ttin, false) if self.target < crate::MAX_WORKERS => {
-                self.set_target(self.target + 1, Reason::ScaleUp)
+                self.scale_by_signal(self.target + 1, Reason::ScaleUp, now)
             }
             (Signal::Ttin, false) => self.refuse_signal(signal, Refusal::AtCeiling),
             (Signal::Ttou, false) if self.target > 1 => {
-                self.set_target(self.target - 1, Reason::Cull)
+                self.scale_by_signal(self.target - 1, Reason::Cull, now)
             }
             (Signal::Ttou, false) => self.refuse_signal(signal, Refusal::AtFloor),
             (Signal::Winch, false) if self.config.daemonized => self.set_target(0, Reason::Winch),
@@ -826,6 +834,7 @@ impl Arbiter {
                     self.slots[slot].backoff_until = None;
                     self.touch(slot);
                 }
+                Timer::ScaleSettle => self.end_scale_burst(),
                 Timer::Watchdog => {
                     self.push(Action::Notify(SupervisorNote::Watchdog));
                     let next = self.config.watchdog.map(|every| now + every);
@@ -996,6 +1005,7 @@ impl Arbiter {
             self.timers.set(Timer::Backoff(slot), None);
         }
         self.timers.set(Timer::MemorySample, None);
+        self.end_scale_burst();
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         let deadline = now + self.config.graceful_timeout;
         for id in ids {

@@ -14,7 +14,8 @@ use super::{Arbiter, Phase, PidfileOp, SlotState};
 
 impl Arbiter {
     /// Keeps the table at the target: spawns into empty slots, rolls reloads forward,
-    /// retires surplus workers, and finishes a stop once the table is empty.
+    /// retires surplus workers, and finishes a stop once the table is empty. Nothing is
+    /// spawned while a burst of scale signals settles (`settle.rs`).
     ///
     /// Incremental: only slots touched since the last call (or all of them after a change of
     /// target or generation) are looked at, so an input costs O(changed slots * log N).
@@ -92,7 +93,7 @@ impl Arbiter {
         let max_surge = self.config.max_surge.max(1);
         let limit = self.target + max_surge;
         let mut surge = self.surge_active;
-        while self.workers.len() < limit {
+        while self.workers.len() < limit && !self.spawns_held() {
             let (slot, rolling) = if let Some(slot) = self.want_empty.pop_first() {
                 (slot, false)
             } else if surge >= max_surge {

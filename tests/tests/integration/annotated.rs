@@ -302,6 +302,8 @@ fn trace_spawn_manage_and_signals() {
         &[
             "[TRACE] input: signal SIGTTIN",
             "[TRACE] action: event: target 1 -> 2: scale up",
+            "[TRACE] action: event: spawns wait until the scale signals pause for ",
+            "[TRACE] input: deadline passed (end of a burst of scale signals)",
             "[TRACE] action: spawn worker 2 in slot 1, generation 0: scale up",
             "[TRACE] input: worker 2 spawned as pid ",
         ],

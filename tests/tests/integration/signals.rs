@@ -44,6 +44,54 @@ fn usr1_reopens_the_log_file_after_rotation() {
     assert_eq!(master.exit_code(SOON), 0);
 }
 
+/// Whether `signal` is pending for the whole process `pid` (`ShdPnd` in its status): the
+/// one moment the kernel would merge another send of it into this one.
+fn pending(pid: i32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1 << (signal - 1)) != 0
+}
+
+#[test]
+fn a_burst_of_ttin_raises_the_target_by_exactly_its_count() {
+    const BURST: usize = 20;
+    let fx = Fixture::new();
+    let (mut master, _) = serving(&fx, &["-w", "2"], 2);
+    let pid = master.pid();
+    // As fast as the master takes them: each TTIN goes out as soon as the last one is no
+    // longer pending, so the kernel merges none and every one must count.
+    for sent in 0..BURST {
+        assert!(
+            wait_until(SOON, || !pending(pid, libc::SIGTTIN)),
+            "TTIN {sent} still pending"
+        );
+        master.signal(libc::SIGTTIN);
+    }
+    let target = 2 + BURST;
+    let workers = master.wait_children(target, SOON);
+    let log = master
+        .wait_log_count("Handling signal: ttin", BURST, SOON)
+        .unwrap();
+    let last_change = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("Workers: ").map(|(_, change)| change));
+    assert_eq!(
+        last_change,
+        Some(format!("{} -> {target} (scale up)", target - 1).as_str()),
+        "{log}"
+    );
+    assert_eq!(log.matches("Handling signal: ttin").count(), BURST, "{log}");
+    assert_eq!(log.matches("(scale up)").count(), BURST, "{log}");
+    assert_eq!(workers.len(), target);
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
+}
+
 #[test]
 fn winch_is_ignored_unless_daemonized() {
     let fx = Fixture::new();

@@ -1,0 +1,58 @@
+//! Bursts of scale signals: a TTIN or TTOU changes the target at once, but the spawns it
+//! leads to wait until the signals pause ([`SCALE_SETTLE`] without one), at most
+//! [`SCALE_SETTLE_CAP`] after the burst's first, then start together ([`Timer::ScaleSettle`]).
+//!
+//! Why: a standard signal that arrives while one of its kind is still pending is merged with
+//! it by the kernel, so a master sees every TTIN of a burst only if it takes each one before
+//! the next arrives. A master that spawned on each TTIN spent the burst suspended in its
+//! spawns and then waiting for a CPU held by the workers it had just started, and most of a
+//! burst 0.5 ms apart was merged. Held back, the master only counts signals while they come
+//! (a few microseconds each), and a TTIN and a TTOU of the same burst cancel out without a
+//! worker started and stopped. Everything else spawns as before once the burst is over: a
+//! respawn or a reload's spawn that falls into a burst waits with it, at most the cap.
+
+use std::time::Duration;
+
+use crate::action::{Event, Reason};
+use crate::time::Moment;
+use crate::timers::Timer;
+
+use super::Arbiter;
+
+/// A burst of TTIN or TTOU is over once this passes without another one.
+pub const SCALE_SETTLE: Duration = Duration::from_millis(2);
+/// The spawns of a burst that does not pause start this long after its first signal at the
+/// latest, so a steady stream of TTIN cannot hold spawning back for longer.
+pub const SCALE_SETTLE_CAP: Duration = Duration::from_millis(30);
+
+impl Arbiter {
+    /// TTIN or TTOU: the new target now, its spawns once the burst has settled.
+    pub(super) fn scale_by_signal(&mut self, target: usize, reason: Reason, now: Moment) {
+        self.set_target(target, reason);
+        let first = match self.scale_burst {
+            Some(first) => first,
+            None => {
+                self.scale_burst = Some(now);
+                self.event(Event::SpawnsHeld {
+                    quiet: SCALE_SETTLE,
+                    at_most: SCALE_SETTLE_CAP,
+                });
+                now
+            }
+        };
+        let until = (now + SCALE_SETTLE).min(first + SCALE_SETTLE_CAP);
+        self.timers.set(Timer::ScaleSettle, Some(until));
+    }
+
+    /// Whether spawns wait for a burst of scale signals to settle.
+    pub(super) fn spawns_held(&self) -> bool {
+        self.scale_burst.is_some()
+    }
+
+    /// The burst has settled ([`Timer::ScaleSettle`]), or a stop was ordered: what it held
+    /// back may spawn (the caller runs `manage`).
+    pub(super) fn end_scale_burst(&mut self) {
+        self.scale_burst = None;
+        self.timers.set(Timer::ScaleSettle, None);
+    }
+}
