@@ -232,7 +232,7 @@ pub fn ttin(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
             master.wait_ready(2, WAIT)?;
             std::thread::sleep(Duration::from_millis(300));
             burst(master.pid, 20, gap);
-            added.push(column, settled_children(&master).saturating_sub(2) as f64);
+            added.push(column, acted_on(&master)? as f64);
         }
         added.push(4, floor.signals(20, gap)? as f64);
     }
@@ -241,7 +241,8 @@ pub fn ttin(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
     Ok(Section {
         title: "TTIN burst".into(),
         method: "A master with 2 ready workers gets 20 SIGTTIN, 0.5 ms apart (about 10 ms in \
-                 all); then its children are counted until the count has not changed for 1.5 s. \
+                 all); then its children are counted until the count has not changed for 1.5 s, \
+                 and that many must become ready (arbiter: its target must say as many). \
                  The floor is a minimal C process that blocks SIGTTIN and reads it from a \
                  signalfd, sent the same burst in the same repetition: the kernel merges a \
                  signal that arrives while one is still pending, so the floor's count is the \
@@ -251,6 +252,25 @@ pub fn ttin(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
         ratios: vec![(1, 2), (1, 4), (0, 2), (0, 4)],
         figures: vec![added],
     })
+}
+
+/// How many workers a burst added, checked: the master's children once their count has
+/// settled, less the 2 it had; for arbiter, its own target (`arbiter_workers_target`) raised
+/// by exactly as many; and that many more workers all ready by the system's own marker.
+fn acted_on(master: &Master) -> Result<usize, String> {
+    let children = settled_children(master);
+    let added = children.saturating_sub(2);
+    if let Some(metrics) = master.metrics() {
+        let target = Master::metric(&metrics, "arbiter_workers_target")
+            .ok_or_else(|| master.fail("no arbiter_workers_target"))?;
+        if target as usize != children {
+            return Err(master.fail(&format!(
+                "target {target} but {children} children after the burst"
+            )));
+        }
+    }
+    master.wait_ready(children, WAIT)?;
+    Ok(added)
 }
 
 /// The master's child count once it has not changed for 1.5 s (at most 20 s).
