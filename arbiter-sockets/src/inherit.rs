@@ -1,5 +1,11 @@
-//! Inheriting listeners: from our own re-exec (`ARBITER_LISTEN_FDS`, `ARBITER_MASTER_PID`) or
-//! from systemd socket activation (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`).
+//! Inheriting listeners: from our own re-exec (`ARBITER_LISTEN_FDS`, `ARBITER_LISTEN_FDNAMES`,
+//! `ARBITER_MASTER_PID`) or from systemd socket activation (`LISTEN_FDS`, `LISTEN_PID`,
+//! `LISTEN_FDNAMES`).
+//!
+//! `ARBITER_LISTEN_FDS` lists the fds, comma separated, each as `FD` (a socket the old master
+//! bound: the new one may unlink its path), `FD:systemd` or `FD:fd` (passed to the old master
+//! by systemd or as `fd://N`: never unlinked, by any master). `ARBITER_LISTEN_FDNAMES` carries
+//! their `LISTEN_FDNAMES` names, colon separated, so a re-exec changes neither.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -8,6 +14,9 @@ use crate::{BindOptions, BindSpec, Error, Listener, LocalAddr, Origin};
 
 /// Variable naming the listener fds a re-exec'd master inherits, comma separated.
 pub const ARBITER_LISTEN_FDS: &str = "ARBITER_LISTEN_FDS";
+/// Variable naming the listeners a re-exec'd master inherits, colon separated, as
+/// `LISTEN_FDNAMES` does.
+pub const ARBITER_LISTEN_FDNAMES: &str = "ARBITER_LISTEN_FDNAMES";
 /// Variable naming the pid of the master that re-exec'd us.
 pub const ARBITER_MASTER_PID: &str = "ARBITER_MASTER_PID";
 /// First fd of systemd's socket-activation protocol.
@@ -18,6 +27,8 @@ pub const LISTEN_FDS_START: RawFd = 3;
 pub struct InheritVars {
     /// `ARBITER_LISTEN_FDS`.
     pub arbiter_listen_fds: Option<String>,
+    /// `ARBITER_LISTEN_FDNAMES`.
+    pub arbiter_listen_fdnames: Option<String>,
     /// `ARBITER_MASTER_PID`.
     pub arbiter_master_pid: Option<String>,
     /// `LISTEN_FDS`.
@@ -28,13 +39,25 @@ pub struct InheritVars {
     pub listen_fdnames: Option<String>,
 }
 
+/// One fd to inherit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritFd {
+    /// Its number.
+    pub fd: RawFd,
+    /// Its `LISTEN_FDNAMES` name, if one was given.
+    pub name: Option<String>,
+    /// Where the listener first came from: `Reexec` for one an old master bound, `Systemd` or
+    /// `Fd` for one it was given (kept across re-execs, so no master ever unlinks it).
+    pub origin: Origin,
+}
+
 /// What the variables say to inherit: fds with their optional names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InheritPlan {
     /// Re-exec or systemd.
     pub origin: Origin,
-    /// The fds, in order, each with its systemd name if one was given.
-    pub fds: Vec<(RawFd, Option<String>)>,
+    /// The fds, in order.
+    pub fds: Vec<InheritFd>,
     /// The old master's pid, after a re-exec.
     pub old_master: Option<u32>,
 }
@@ -56,13 +79,42 @@ pub fn parse_inherited(vars: &InheritVars, our_pid: u32) -> Result<Option<Inheri
     if let Some(list) = &vars.arbiter_listen_fds {
         let mut fds = Vec::new();
         for item in list.split(',').filter(|item| !item.is_empty()) {
-            let fd = item
-                .trim()
+            let bad = || {
+                bad_env(
+                    ARBITER_LISTEN_FDS,
+                    list,
+                    "not a list of fds >= 3 (each FD, FD:systemd or FD:fd)",
+                )
+            };
+            let (number, origin) = match item.trim().split_once(':') {
+                None => (item.trim(), Origin::Reexec),
+                Some((number, "systemd")) => (number, Origin::Systemd),
+                Some((number, "fd")) => (number, Origin::Fd),
+                Some(_) => return Err(bad()),
+            };
+            let fd = number
                 .parse::<RawFd>()
                 .ok()
                 .filter(|&fd| fd >= 3)
-                .ok_or_else(|| bad_env(ARBITER_LISTEN_FDS, list, "not a list of fds >= 3"))?;
-            fds.push((fd, None));
+                .ok_or_else(bad)?;
+            fds.push(InheritFd {
+                fd,
+                name: None,
+                origin,
+            });
+        }
+        if let Some(text) = &vars.arbiter_listen_fdnames {
+            let names: Vec<&str> = text.split(':').collect();
+            if names.len() != fds.len() {
+                return Err(bad_env(
+                    ARBITER_LISTEN_FDNAMES,
+                    text,
+                    "the number of names differs from ARBITER_LISTEN_FDS",
+                ));
+            }
+            for (item, name) in fds.iter_mut().zip(names) {
+                item.name = Some(name.to_owned());
+            }
         }
         let old_master = match &vars.arbiter_master_pid {
             None => None,
@@ -104,7 +156,14 @@ pub fn parse_inherited(vars: &InheritVars, our_pid: u32) -> Result<Option<Inheri
             names
         }
     };
-    let fds = (LISTEN_FDS_START..).zip(names).collect();
+    let fds = (LISTEN_FDS_START..)
+        .zip(names)
+        .map(|(fd, name)| InheritFd {
+            fd,
+            name,
+            origin: Origin::Systemd,
+        })
+        .collect();
     Ok(Some(InheritPlan {
         origin: Origin::Systemd,
         fds,
@@ -135,6 +194,7 @@ pub unsafe fn take_inherited() -> Result<Inherited, Error> {
     let read = |name: &str| std::env::var(name).ok();
     let vars = InheritVars {
         arbiter_listen_fds: read(ARBITER_LISTEN_FDS),
+        arbiter_listen_fdnames: read(ARBITER_LISTEN_FDNAMES),
         arbiter_master_pid: read(ARBITER_MASTER_PID),
         listen_fds: read("LISTEN_FDS"),
         listen_pid: read("LISTEN_PID"),
@@ -142,6 +202,7 @@ pub unsafe fn take_inherited() -> Result<Inherited, Error> {
     };
     for name in [
         ARBITER_LISTEN_FDS,
+        ARBITER_LISTEN_FDNAMES,
         ARBITER_MASTER_PID,
         "LISTEN_FDS",
         "LISTEN_PID",
@@ -154,8 +215,8 @@ pub unsafe fn take_inherited() -> Result<Inherited, Error> {
         return Ok(Inherited::default());
     };
     let mut listeners = Vec::with_capacity(plan.fds.len());
-    for (fd, name) in plan.fds {
-        listeners.push(adopt_fd(fd, plan.origin, name)?);
+    for InheritFd { fd, name, origin } in plan.fds {
+        listeners.push(adopt_fd(fd, origin, name)?);
     }
     Ok(Inherited {
         origin: Some(plan.origin),
@@ -238,18 +299,29 @@ fn take_matching(pool: &mut [Option<Listener>], spec: &BindSpec) -> Result<Vec<L
 }
 
 /// The variables a re-exec'd master needs to inherit `listeners`: `ARBITER_LISTEN_FDS` (their
-/// fd numbers, unchanged) and `ARBITER_MASTER_PID` (this process).
+/// fd numbers, unchanged, each marked `:systemd` or `:fd` if this master was given it),
+/// `ARBITER_LISTEN_FDNAMES` (their names) and `ARBITER_MASTER_PID` (this process).
 ///
 /// The re-exec child keeps the fds at their numbers: between fork and exec it calls
 /// [`crate::clear_cloexec_in_child`] on them (the hand-off plan, which renumbers to 3.., is for
 /// workers).
 pub fn reexec_env<'a>(listeners: impl IntoIterator<Item = &'a Listener>) -> Vec<(String, String)> {
+    let listeners: Vec<&Listener> = listeners.into_iter().collect();
     let fds: Vec<String> = listeners
-        .into_iter()
-        .map(|l| l.fd().as_raw_fd().to_string())
+        .iter()
+        .map(|l| {
+            let fd = l.fd().as_raw_fd();
+            match l.origin() {
+                Origin::Bound | Origin::Reexec => fd.to_string(),
+                Origin::Systemd => format!("{fd}:systemd"),
+                Origin::Fd => format!("{fd}:fd"),
+            }
+        })
         .collect();
+    let names: Vec<&str> = listeners.iter().map(|l| l.name()).collect();
     vec![
         (ARBITER_LISTEN_FDS.to_owned(), fds.join(",")),
+        (ARBITER_LISTEN_FDNAMES.to_owned(), names.join(":")),
         (
             ARBITER_MASTER_PID.to_owned(),
             std::process::id().to_string(),
@@ -270,11 +342,16 @@ mod tests {
         };
         InheritVars {
             arbiter_listen_fds: get(ARBITER_LISTEN_FDS),
+            arbiter_listen_fdnames: get(ARBITER_LISTEN_FDNAMES),
             arbiter_master_pid: get(ARBITER_MASTER_PID),
             listen_fds: get("LISTEN_FDS"),
             listen_pid: get("LISTEN_PID"),
             listen_fdnames: get("LISTEN_FDNAMES"),
         }
+    }
+
+    fn fds(plan: &InheritPlan) -> Vec<(RawFd, Option<String>)> {
+        plan.fds.iter().map(|f| (f.fd, f.name.clone())).collect()
     }
 
     #[test]
@@ -294,7 +371,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(plan.origin, Origin::Systemd);
-        assert_eq!(plan.fds, vec![(3, None), (4, None)]);
+        assert_eq!(fds(&plan), vec![(3, None), (4, None)]);
+        assert!(plan.fds.iter().all(|f| f.origin == Origin::Systemd));
         let named = vars(&[
             ("LISTEN_FDS", "2"),
             ("LISTEN_PID", "42"),
@@ -302,7 +380,7 @@ mod tests {
         ]);
         let plan = parse_inherited(&named, 42).unwrap().unwrap();
         assert_eq!(
-            plan.fds,
+            fds(&plan),
             vec![(3, Some("web".into())), (4, Some("admin".into()))]
         );
     }
@@ -317,8 +395,86 @@ mod tests {
         ]);
         let plan = parse_inherited(&both, 42).unwrap().unwrap();
         assert_eq!(plan.origin, Origin::Reexec);
-        assert_eq!(plan.fds, vec![(7, None), (9, None)]);
+        assert_eq!(fds(&plan), vec![(7, None), (9, None)]);
+        assert!(plan.fds.iter().all(|f| f.origin == Origin::Reexec));
         assert_eq!(plan.old_master, Some(100));
+    }
+
+    /// A socket systemd (or `fd://`) gave the first master keeps that origin through any number
+    /// of upgrades, so no master unlinks its path; names survive too.
+    #[test]
+    fn given_sockets_keep_their_origin_and_names_across_reexec() {
+        let plan = parse_inherited(
+            &vars(&[
+                (ARBITER_LISTEN_FDS, "3:systemd,5,6:fd"),
+                (ARBITER_LISTEN_FDNAMES, "web:http://127.0.0.1:80:fd://6"),
+            ]),
+            42,
+        );
+        assert!(plan.is_err(), "a name with a colon cannot be told apart");
+        let plan = parse_inherited(
+            &vars(&[
+                (ARBITER_LISTEN_FDS, "3:systemd,5,6:fd"),
+                (ARBITER_LISTEN_FDNAMES, "web:127.0.0.1_80:fd_6"),
+            ]),
+            42,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(plan.origin, Origin::Reexec);
+        let origins: Vec<Origin> = plan.fds.iter().map(|f| f.origin).collect();
+        assert_eq!(origins, [Origin::Systemd, Origin::Reexec, Origin::Fd]);
+        assert_eq!(
+            fds(&plan),
+            [
+                (3, Some("web".into())),
+                (5, Some("127.0.0.1_80".into())),
+                (6, Some("fd_6".into()))
+            ]
+        );
+        for bad in ["3:sytemd", "3:", ":systemd", "3:systemd:fd"] {
+            assert!(
+                parse_inherited(&vars(&[(ARBITER_LISTEN_FDS, bad)]), 42).is_err(),
+                "{bad}"
+            );
+        }
+        let miscount = vars(&[(ARBITER_LISTEN_FDS, "3,4"), (ARBITER_LISTEN_FDNAMES, "a")]);
+        assert_eq!(
+            parse_inherited(&miscount, 42).unwrap_err().to_string(),
+            "bad ARBITER_LISTEN_FDNAMES=\"a\": the number of names differs from ARBITER_LISTEN_FDS"
+        );
+    }
+
+    #[test]
+    fn reexec_env_marks_given_sockets_and_parses_back() {
+        use std::os::fd::OwnedFd;
+        let given: OwnedFd = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into();
+        let bound: OwnedFd = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into();
+        let (given_fd, bound_fd) = (given.as_raw_fd(), bound.as_raw_fd());
+        let listeners = [
+            Listener::adopt(given, Origin::Systemd, Some("web".into())).unwrap(),
+            Listener::adopt(bound, Origin::Bound, Some("admin".into())).unwrap(),
+        ];
+        let env = reexec_env(&listeners);
+        assert_eq!(env[0].1, format!("{given_fd}:systemd,{bound_fd}"));
+        assert_eq!(
+            env[1],
+            (ARBITER_LISTEN_FDNAMES.to_owned(), "web:admin".into())
+        );
+        let back = vars(&[
+            (ARBITER_LISTEN_FDS, &env[0].1),
+            (ARBITER_LISTEN_FDNAMES, &env[1].1),
+        ]);
+        let plan = parse_inherited(&back, 42).unwrap().unwrap();
+        let origins: Vec<Origin> = plan.fds.iter().map(|f| f.origin).collect();
+        assert_eq!(origins, [Origin::Systemd, Origin::Reexec]);
+        assert_eq!(
+            fds(&plan),
+            [
+                (given_fd, Some("web".into())),
+                (bound_fd, Some("admin".into()))
+            ]
+        );
     }
 
     #[test]
@@ -326,11 +482,11 @@ mod tests {
         let table = [
             (
                 vars(&[(ARBITER_LISTEN_FDS, "7,x")]),
-                "bad ARBITER_LISTEN_FDS=\"7,x\": not a list of fds >= 3",
+                "bad ARBITER_LISTEN_FDS=\"7,x\": not a list of fds >= 3 (each FD, FD:systemd or FD:fd)",
             ),
             (
                 vars(&[(ARBITER_LISTEN_FDS, "1")]),
-                "bad ARBITER_LISTEN_FDS=\"1\": not a list of fds >= 3",
+                "bad ARBITER_LISTEN_FDS=\"1\": not a list of fds >= 3 (each FD, FD:systemd or FD:fd)",
             ),
             (
                 vars(&[(ARBITER_LISTEN_FDS, "5"), (ARBITER_MASTER_PID, "me")]),

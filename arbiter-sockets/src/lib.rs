@@ -26,8 +26,8 @@ mod sys;
 pub use error::Error;
 pub use handoff::{clear_cloexec_in_child, HandoffPlan, Others, PidEnvSlot};
 pub use inherit::{
-    parse_inherited, reexec_env, resolve, take_inherited, InheritPlan, InheritVars, Inherited,
-    ARBITER_LISTEN_FDS, ARBITER_MASTER_PID, LISTEN_FDS_START,
+    parse_inherited, reexec_env, resolve, take_inherited, InheritFd, InheritPlan, InheritVars,
+    Inherited, ARBITER_LISTEN_FDNAMES, ARBITER_LISTEN_FDS, ARBITER_MASTER_PID, LISTEN_FDS_START,
 };
 pub use listener::{bind, close_listeners, may_unlink, BindOptions, Listener, LocalAddr, Origin};
 pub use slots::{migrate_requests, queued, steer};

@@ -46,6 +46,10 @@ fn reexec_listeners_are_taken_and_the_variables_removed() {
         vec![
             ("ARBITER_LISTEN_FDS".to_owned(), fd.to_string()),
             (
+                "ARBITER_LISTEN_FDNAMES".to_owned(),
+                inherited.listeners[0].name().to_owned()
+            ),
+            (
                 "ARBITER_MASTER_PID".to_owned(),
                 std::process::id().to_string()
             ),

@@ -1,5 +1,5 @@
-//! The variables a parent hands down (`ARBITER_LISTEN_FDS`, `ARBITER_MASTER_PID`, `LISTEN_FDS`,
-//! `LISTEN_PID`, `LISTEN_FDNAMES`): a plan that parses prints back to the same plan, a refusal
+//! The variables a parent hands down (`ARBITER_LISTEN_FDS`, `ARBITER_LISTEN_FDNAMES`,
+//! `ARBITER_MASTER_PID`, `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`): a plan that parses prints back to the same plan, a refusal
 //! is one line naming the variable, and memory stays bounded whatever the count says.
 //!
 //! Input: `NAME=VALUE` fields separated by NUL bytes; our own pid is 42.
@@ -15,19 +15,27 @@ const OUR_PID: u32 = 42;
 /// systemd write them.
 fn render(plan: &InheritPlan) -> InheritVars {
     match plan.origin {
-        Origin::Reexec => InheritVars {
-            arbiter_listen_fds: Some(
-                plan.fds
-                    .iter()
-                    .map(|(fd, _)| fd.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            arbiter_master_pid: plan.old_master.map(|pid| pid.to_string()),
-            ..InheritVars::default()
-        },
+        Origin::Reexec => {
+            let names: Option<Vec<&str>> = plan.fds.iter().map(|f| f.name.as_deref()).collect();
+            InheritVars {
+                arbiter_listen_fds: Some(
+                    plan.fds
+                        .iter()
+                        .map(|f| match f.origin {
+                            Origin::Systemd => format!("{}:systemd", f.fd),
+                            Origin::Fd => format!("{}:fd", f.fd),
+                            _ => f.fd.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                arbiter_listen_fdnames: names.filter(|n| !n.is_empty()).map(|n| n.join(":")),
+                arbiter_master_pid: plan.old_master.map(|pid| pid.to_string()),
+                ..InheritVars::default()
+            }
+        }
         _ => {
-            let names: Option<Vec<&str>> = plan.fds.iter().map(|(_, n)| n.as_deref()).collect();
+            let names: Option<Vec<&str>> = plan.fds.iter().map(|f| f.name.as_deref()).collect();
             InheritVars {
                 listen_fds: Some(plan.fds.len().to_string()),
                 listen_pid: Some(OUR_PID.to_string()),
@@ -43,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
     for (name, value) in env_fields(data) {
         let slot = match name.as_str() {
             "ARBITER_LISTEN_FDS" => &mut vars.arbiter_listen_fds,
+            "ARBITER_LISTEN_FDNAMES" => &mut vars.arbiter_listen_fdnames,
             "ARBITER_MASTER_PID" => &mut vars.arbiter_master_pid,
             "LISTEN_FDS" => &mut vars.listen_fds,
             "LISTEN_PID" => &mut vars.listen_pid,
@@ -74,13 +83,14 @@ fuzz_target!(|data: &[u8]| {
     };
     match plan.origin {
         Origin::Reexec => {
-            assert!(plan.fds.iter().all(|&(fd, _)| fd >= 3), "{plan:?}");
+            assert!(plan.fds.iter().all(|f| f.fd >= 3), "{plan:?}");
             assert!(plan.old_master != Some(0));
         }
         Origin::Systemd => {
             let expected: Vec<i32> = (LISTEN_FDS_START..).take(plan.fds.len()).collect();
-            let fds: Vec<i32> = plan.fds.iter().map(|&(fd, _)| fd).collect();
+            let fds: Vec<i32> = plan.fds.iter().map(|f| f.fd).collect();
             assert_eq!(fds, expected, "systemd fds are 3, 4, ...");
+            assert!(plan.fds.iter().all(|f| f.origin == Origin::Systemd));
         }
         other => panic!("unexpected origin {other:?}"),
     }
@@ -89,9 +99,9 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|e| panic!("{plan:?} rendered as {shown:?} is refused: {e}"));
     // Systemd names render back only when there are some (`LISTEN_FDNAMES=` with one fd names
     // it ""; without the variable it has no name).
-    let comparable = |plan: &InheritPlan| -> Vec<(i32, String)> {
+    let comparable = |plan: &InheritPlan| -> Vec<(i32, String, Origin)> {
         let fds = plan.fds.iter();
-        fds.map(|(fd, name)| (*fd, name.clone().unwrap_or_default()))
+        fds.map(|f| (f.fd, f.name.clone().unwrap_or_default(), f.origin))
             .collect()
     };
     let again = again.unwrap_or_else(|| panic!("{plan:?} rendered as {shown:?} is nothing"));

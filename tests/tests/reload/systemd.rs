@@ -123,3 +123,58 @@ fn socket_activated_master_upgrades_onto_systemds_socket() {
     );
     stop(&mut master, new);
 }
+
+/// A unix socket systemd gave the first master stays systemd's after an upgrade: the new
+/// master never unlinks it at stop, and its workers see the name systemd gave it.
+#[test]
+fn socket_activated_unix_socket_survives_an_upgrade_with_its_name() {
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let _guard = crate::CopyGuard::new(fx.path());
+    let program = fx.copy_arbiter("arbiter");
+    let pidfile = fx.join("app.pid");
+    let path = fx.join("app.sock");
+    let args = [
+        "-l",
+        s(&path),
+        "--fdname",
+        "web",
+        s(&program),
+        "-w",
+        "2",
+        "-p",
+        s(&pidfile),
+    ];
+    let mut master = fx.start_program("activate", &activate, &args, &[]);
+    let name_seen = |master: &mut arbiter_tests::Master| {
+        let mut last = None;
+        let ok = wait_until(SOON, || {
+            last = Some(arbiter_tests::get_unix(&path, "/env/LISTEN_FDNAMES"));
+            matches!(&last, Some(Ok(r)) if r.status == 200 && r.body == "web")
+        });
+        assert!(ok, "{last:?}\n{}", master.stderr());
+    };
+    name_seen(&mut master);
+    master.wait_children(2, SOON);
+    assert!(
+        wait_until(SOON, || read_pid(&pidfile) == Some(master.pid())),
+        "no pidfile\n{}",
+        master.stderr()
+    );
+    let old = master.pid();
+    let run = run_upgrade(&program, &pidfile, Duration::from_secs(45));
+    master.track_tree();
+    assert_eq!(run.code, 0, "{run:?}\n{}", master.stderr());
+    assert_eq!(master.exit_code(SOON), 0, "the old master stopped cleanly");
+    let (new, _) = promoted(&mut master, &pidfile, old, 2);
+    name_seen(&mut master);
+    stop(&mut master, new);
+    assert!(
+        path.exists(),
+        "the service manager's socket {} was unlinked by the upgraded master\n{}",
+        path.display(),
+        master.stderr()
+    );
+}
