@@ -19,11 +19,13 @@ use crate::timers::Timer;
 
 use super::Arbiter;
 
-/// A burst of TTIN or TTOU is over once this passes without another one.
-pub const SCALE_SETTLE: Duration = Duration::from_millis(2);
+/// A burst of TTIN or TTOU is over once this passes without another one. A sender that
+/// means 0.5 ms between its signals was seen to send them 2 ms apart on a loaded machine
+/// (and a 2 ms window then ended its burst after three signals): this is well above that.
+pub const SCALE_SETTLE: Duration = Duration::from_millis(5);
 /// The spawns of a burst that does not pause start this long after its first signal at the
 /// latest, so a steady stream of TTIN cannot hold spawning back for longer.
-pub const SCALE_SETTLE_CAP: Duration = Duration::from_millis(30);
+pub const SCALE_SETTLE_CAP: Duration = Duration::from_millis(50);
 
 impl Arbiter {
     /// TTIN or TTOU: the new target now, its spawns once the burst has settled.
