@@ -18,8 +18,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// How long any single wait in these tests may take.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// How long any single wait in these tests may take: a bound on a wait for a state, generous
+/// for a loaded 2-core machine (one left a process unscheduled for 6 s at load average 190).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long the worker's heartbeats (every 50 ms here) must stay away to count as stopped.
+const QUIET: Duration = Duration::from_millis(400);
 
 /// The `arbiter` binary, built once per test run (`cargo build -p arbiter-cli --bin arbiter`),
 /// next to this test executable's `deps/` directory.
@@ -192,6 +196,47 @@ impl Fixture {
         let meta = std::fs::metadata(self.dir.path().join("heartbeat")).unwrap();
         i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
     }
+
+    /// Waits (bounded) until the heartbeat file's ctime differs from `before`; whether it did.
+    fn wait_heartbeat_after(&self, before: i128) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.heartbeat_ctime() != before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Waits (bounded) until the heartbeat file's ctime has stayed the same for `QUIET`; that
+    /// ctime, or `None` if it kept moving for `PATIENCE`.
+    fn wait_heartbeats_stop(&self) -> Option<i128> {
+        let deadline = Instant::now() + PATIENCE;
+        let (mut last, mut since) = (self.heartbeat_ctime(), Instant::now());
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = self.heartbeat_ctime();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= QUIET {
+                return Some(last);
+            }
+        }
+        None
+    }
+
+    /// Waits (bounded) until no notify message has come for `QUIET`, dropping what comes;
+    /// whether that quiet came within `PATIENCE`.
+    fn wait_messages_stop(&self) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.message(QUIET).is_none() {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// A running worker; killed by pid and reaped when dropped.
@@ -209,6 +254,25 @@ impl Worker {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many fds the worker has open (an accepted connection is one more).
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until the worker has more than `before` fds open; whether it did.
+    fn wait_fds_above(&self, before: usize) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.fd_count() > before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     fn signal(&self, signal: Signal) {
@@ -361,16 +425,25 @@ fn a_sleeping_response_does_not_hold_up_other_connections() {
     assert!(fixture.wait_for("READY=1", PATIENCE).is_some());
     let slow = fixture.connect();
     (&slow)
-        .write_all(b"GET /sleep/1000 HTTP/1.1\r\n\r\n")
+        .write_all(b"GET /sleep/3000 HTTP/1.1\r\n\r\n")
         .unwrap();
     let started = Instant::now();
     let fast = fixture.connect();
     assert_eq!(get(&fast, "/").status, 200);
-    assert!(started.elapsed() < Duration::from_millis(800));
+    // Answered while the slow one is still sleeping (a bound of 800 ms on the fast answer
+    // measured the machine's load).
+    slow.set_nonblocking(true).unwrap();
+    let mut early = [0u8; 64];
+    assert!(
+        matches!((&slow).read(&mut early), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the slow response came before the fast one ({:?})",
+        started.elapsed()
+    );
+    slow.set_nonblocking(false).unwrap();
     let response = read_response(&mut BufReader::new(&slow));
     assert_eq!(response.status, 200);
-    assert_eq!(response.body, "{\"slept_ms\":1000}\n");
-    assert!(started.elapsed() >= Duration::from_millis(1000));
+    assert_eq!(response.body, "{\"slept_ms\":3000}\n");
+    assert!(started.elapsed() >= Duration::from_millis(3000));
 }
 
 #[test]
@@ -382,11 +455,14 @@ fn term_finishes_requests_in_flight_then_exits_0() {
     assert_eq!(get(&idle, "/").status, 200);
     let talker = fixture.connect();
     assert_eq!(get(&talker, "/").status, 200);
+    let open = worker.fd_count();
     let busy = fixture.connect();
     (&busy)
         .write_all(b"GET /sleep/300 HTTP/1.1\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // Until the worker has accepted it (a fixed 50 ms pause could leave it in the backlog at
+    // the TERM on a loaded machine, where nothing would answer it).
+    assert!(worker.wait_fds_above(open), "busy connection not accepted");
     worker.signal(Signal::SIGTERM);
     assert!(fixture.wait_for("STOPPING=1", PATIENCE).is_some());
     let stopping = Instant::now();
@@ -508,9 +584,10 @@ fn hang_stops_heartbeats_and_watchdog() {
     // WATCHDOG_USEC=200000: a beat every 50 ms, on the heartbeat file only (it does not wake
     // the master, as WATCHDOG=1 would).
     let before = fixture.heartbeat_ctime();
-    std::thread::sleep(Duration::from_millis(150));
-    let beating = fixture.heartbeat_ctime();
-    assert_ne!(before, beating, "the heartbeat file's ctime moves");
+    assert!(
+        fixture.wait_heartbeat_after(before),
+        "the heartbeat file's ctime moves"
+    );
     assert_eq!(
         fixture.wait_for("WATCHDOG=1", Duration::from_millis(200)),
         None,
@@ -519,11 +596,14 @@ fn hang_stops_heartbeats_and_watchdog() {
 
     let stream = fixture.connect();
     (&stream).write_all(b"GET /hang HTTP/1.1\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Until the worker has taken the request (a fixed 100 ms pause raced a loaded machine):
+    // its heartbeats stop, for good.
+    let hung = fixture
+        .wait_heartbeats_stop()
+        .expect("the heartbeats stop after /hang");
     // Drain what was sent before the hang.
     std::iter::from_fn(|| fixture.message(Duration::from_millis(1))).for_each(drop);
-    let hung = fixture.heartbeat_ctime();
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(QUIET);
     assert_eq!(hung, fixture.heartbeat_ctime(), "no heartbeat after /hang");
     assert_eq!(
         fixture.message(Duration::from_millis(1)),
@@ -553,10 +633,11 @@ fn without_a_heartbeat_file_the_worker_sends_watchdog_until_it_hangs() {
     assert!(fixture.wait_for("WATCHDOG=1", PATIENCE).is_some());
     let stream = fixture.connect();
     (&stream).write_all(b"GET /hang HTTP/1.1\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::iter::from_fn(|| fixture.message(Duration::from_millis(1))).for_each(drop);
+    // Until the worker has taken the request (a fixed 100 ms pause raced a loaded machine):
+    // its WATCHDOG=1 stop, for good.
+    assert!(fixture.wait_messages_stop(), "WATCHDOG=1 stop after /hang");
     assert_eq!(
-        fixture.wait_for("WATCHDOG=1", Duration::from_millis(400)),
+        fixture.wait_for("WATCHDOG=1", QUIET),
         None,
         "no WATCHDOG=1 after /hang"
     );
