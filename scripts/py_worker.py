@@ -21,7 +21,10 @@ heartbeating: a hung request). Environment knobs, all optional:
 - `BENCH_BEAT` = `both` (default), `datagram` (only `WATCHDOG=1`) or `file` (only fchmod);
 - `BENCH_STATS_DIR`: at exit, write `PID.json` there with the heartbeats sent and how many
   notify datagrams met a full queue (EAGAIN) or were dropped (still full a second later);
-  and `PID.ready` with the CLOCK_MONOTONIC time just before `READY=1` was sent.
+  and `PID.ready` with the CLOCK_MONOTONIC time just before `READY=1` was sent; on SIGABRT
+  (the master's heartbeat timeout), `PID.abort` with the seconds since its last `WATCHDOG=1`
+  went out, so a timeout can be told false (sooner than the timeout after a heartbeat) from
+  true (the worker itself was late), before the signal's default action ends it.
 """
 
 import errno
@@ -113,11 +116,14 @@ class Notifier:
             self.socket.sendto(message, self.address)
 
     def send(self, message):
+        """Sends `message`; whether it went out."""
         if self.socket is None:
-            return
+            return False
         start = time.monotonic()
+        sent = False
         try:
             self._send_once(message)
+            sent = True
         except BlockingIOError:
             self.queue_full += 1
             _, writable, _ = select.select([], [self.socket], [], 1.0)
@@ -125,12 +131,14 @@ class Notifier:
                 if not writable:
                     raise BlockingIOError
                 self._send_once(message)
+                sent = True
             except OSError:
                 self.dropped += 1
         except OSError:
             self.dropped += 1
         took = (time.monotonic() - start) * 1e3
         self.max_send_ms = max(self.max_send_ms, took)
+        return sent
 
 
 class Heartbeat:
@@ -219,6 +227,22 @@ def serve():
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, on_signal)
 
+    last_watchdog = {"at": None}
+
+    def on_abort(signum, _frame):
+        if last_watchdog["at"] is not None:
+            since = time.monotonic() - last_watchdog["at"]
+            try:
+                with open(os.path.join(stats_dir, "%d.abort" % os.getpid()), "w") as f:
+                    f.write(repr(since))
+            except OSError:
+                pass
+        signal.signal(signal.SIGABRT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGABRT)
+
+    if stats_dir:
+        signal.signal(signal.SIGABRT, on_abort)
+
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "accept")
     selector.register(wake_r, selectors.EVENT_READ, "wake")
@@ -228,8 +252,8 @@ def serve():
     def beat():
         nonlocal beats
         beats += 1
-        if mode in ("both", "datagram"):
-            notifier.send(b"WATCHDOG=1")
+        if mode in ("both", "datagram") and notifier.send(b"WATCHDOG=1"):
+            last_watchdog["at"] = time.monotonic()
         if mode in ("both", "file"):
             heartbeat.bump()
 

@@ -350,6 +350,16 @@ pub struct FakeOs {
     pub fork_fails: bool,
     /// Resident bytes by process group, for [`Os::group_resident`].
     pub resident: HashMap<i32, u64>,
+    /// How long each spawn takes on the clock (a vfork waits for its child's exec).
+    pub spawn_takes: Duration,
+    /// Whether the workers talk while spawns go on: at each spawn, every worker spawned
+    /// before sends `WATCHDOG=1` on its `NOTIFY_SOCKET` (non-blocking) and the one spawned
+    /// just before sends `READY=1` first.
+    pub chatter: bool,
+    /// The workers' notify sockets (`NOTIFY_SOCKET`), in spawn order.
+    pub notify_paths: Vec<PathBuf>,
+    /// Datagrams of [`FakeOs::chatter`] that found the queue full (`EAGAIN`).
+    pub refused: usize,
 }
 
 impl FakeOs {
@@ -368,6 +378,22 @@ impl FakeOs {
         self.next_pid += 1;
         self.live.push(pid);
         pid
+    }
+
+    /// One round of [`FakeOs::chatter`].
+    fn chat(&mut self) {
+        let socket = std::os::unix::net::UnixDatagram::unbound().expect("a datagram socket");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let last = self.notify_paths.len().saturating_sub(1);
+        for (i, path) in self.notify_paths.iter().enumerate() {
+            let ready = (i == last).then_some(&b"READY=1"[..]);
+            for message in ready.into_iter().chain([&b"WATCHDOG=1"[..]]) {
+                if let Err(e) = socket.send_to(message, path) {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                    self.refused += 1;
+                }
+            }
+        }
     }
 
     /// `pid` exits with `status`: the next [`Os::peek_exit`] reports it.
@@ -403,6 +429,16 @@ impl Os for FakeOs {
         let pid = self.allocate_pid();
         let program = spawn.program.to_string_lossy().into_owned();
         self.calls.push(Call::SpawnWorker(program, pid));
+        self.now += self.spawn_takes;
+        if self.chatter {
+            self.chat();
+        }
+        if let Some(path) = spawn.env.iter().find_map(|entry| {
+            let text = entry.to_str().ok()?;
+            text.strip_prefix("NOTIFY_SOCKET=").map(PathBuf::from)
+        }) {
+            self.notify_paths.push(path);
+        }
         Ok((pid, None))
     }
 

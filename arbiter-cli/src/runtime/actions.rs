@@ -91,6 +91,7 @@ impl<O: Os> Runtime<O> {
                             WORKER_PID => pid);
                         self.core.handle_spawned(id, pid, now);
                         self.sync_urgency(id, pid);
+                        self.read_notify_in_burst();
                     }
                     Err(e) => {
                         self.set_probe(id, None);

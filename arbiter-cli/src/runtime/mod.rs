@@ -57,6 +57,14 @@ const ON_STARTING_LIMIT: Duration = Duration::from_secs(30);
 const LAZY_NOTIFY_MIN: Duration = Duration::from_secs(1);
 const LAZY_NOTIFY_MAX: Duration = Duration::from_secs(4);
 
+/// While a run of actions holds the loop (a burst of spawns on a loaded machine can take
+/// tens of seconds: every vfork waits for its child's exec), the notify sockets are read
+/// between spawns anyway: the urgent ones when this long has passed since the loop last read
+/// them (a `READY=1` is acted on soon), the lazy ones on their own schedule. Otherwise a
+/// ready worker's queue fills (eleven messages), its later heartbeats are refused, and the
+/// newest one queued is too old when its deadline is judged: a false timeout.
+const BURST_EAGER_EVERY: Duration = Duration::from_millis(5);
+
 /// The shell's view of one worker process.
 struct WorkerProc {
     pid: i32,
@@ -89,6 +97,8 @@ pub struct Runtime<O: Os = System> {
     lazy_notify_at: Option<Moment>,
     /// The period of the lazy rounds, adapted to how full the queues were.
     lazy_notify_period: Duration,
+    /// When the loop last read the urgent notify sockets (or looked whether they held any).
+    eager_read_at: Moment,
     supervisor: Option<Supervisor>,
     /// Holds the notify socket; removed on drop.
     runtime_dir: tempfile::TempDir,
@@ -378,6 +388,7 @@ impl<O: Os> Runtime<O> {
             notify,
             lazy_notify_at: None,
             lazy_notify_period: LAZY_NOTIFY_MIN,
+            eager_read_at: born,
             supervisor,
             runtime_dir,
             heartbeat_dir,
@@ -473,12 +484,11 @@ impl<O: Os> Runtime<O> {
         if signals_ready {
             self.feed_signals();
         }
-        if eager_ready {
-            let mut messages = Vec::new();
-            self.notify.read_eager(&mut messages);
-            self.feed_notify(messages);
-        }
         let now = self.now();
+        self.eager_read_at = now;
+        if eager_ready {
+            self.read_eager_notify();
+        }
         // Before deadlines are judged, what the lazy sockets hold is read too.
         let core_due = self.core.poll_timeout().is_some_and(|at| at <= now);
         if lazy_ready || core_due || self.lazy_notify_at.is_some_and(|at| at <= now) {
@@ -495,6 +505,27 @@ impl<O: Os> Runtime<O> {
         if self.core.poll_timeout().is_some_and(|at| at <= now) {
             self.refresh_due_heartbeats(now);
             self.core.handle_timeout(now);
+        }
+    }
+
+    fn read_eager_notify(&mut self) {
+        let mut messages = Vec::new();
+        self.notify.read_eager(&mut messages);
+        self.feed_notify(messages);
+    }
+
+    /// Between the actions of a long run (see [`BURST_EAGER_EVERY`]): reads the notify
+    /// sockets that are due, as the loop would have.
+    pub(super) fn read_notify_in_burst(&mut self) {
+        let now = self.now();
+        if now.saturating_since(self.eager_read_at) >= BURST_EAGER_EVERY {
+            self.eager_read_at = now;
+            self.read_eager_notify();
+        }
+        // Quiet lazy sockets (no round scheduled) are read at the first message, as the
+        // loop's poll would.
+        if self.lazy_notify_at.is_none_or(|at| at <= now) {
+            self.read_lazy_notify();
         }
     }
 

@@ -320,3 +320,32 @@ fn a_memory_sample_reads_each_group_once_and_a_worker_over_the_limit_is_replaced
         .iter()
         .any(|c| matches!(c, Call::Signal(pid, _) if *pid == workers[1] || *pid == -workers[1])));
 }
+
+/// A burst of spawns that holds the loop (thirty, a second each on the clock, the workers
+/// spawned first sending `READY=1` and then a heartbeat a second): the notify sockets are
+/// read between spawns, so no queue fills (it holds eleven) and every `READY=1` is acted on.
+#[test]
+fn a_long_burst_of_spawns_reads_the_notify_sockets_between_spawns() {
+    use arbiter_core::WorkerState;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut os = FakeOs::new();
+    os.spawn_takes = Duration::from_secs(1);
+    os.chatter = true;
+    {
+        let args = ["-w", "30", "--timeout", "2", "--ready", "notify"];
+        let mut runtime =
+            Runtime::start_over(start(dir.path(), &args, None), None, &mut os).unwrap();
+        runtime.execute_actions();
+        assert_eq!(spawned(runtime.os).len(), 30);
+        assert_eq!(runtime.os.refused, 0, "sends that found a queue full");
+        let ready = runtime
+            .core
+            .workers()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        // The last one spawned has not spoken yet.
+        assert_eq!(ready, 29);
+    }
+}

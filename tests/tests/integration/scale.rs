@@ -31,6 +31,39 @@ while True:
             f.write("x")
 "#;
 
+/// A datagram-only heartbeater for many at once: `WATCHDOG=1` before `READY=1`, then every
+/// 0.5 s, each send counted in `beats.PID`. On SIGABRT (the master's heartbeat timeout) it
+/// writes `abort.PID`: the seconds since its last `WATCHDOG=1` went out, by its own clock,
+/// then dies of the signal. Under the timeout, the master timed out a worker that had
+/// heartbeated: a false timeout. Over it, the worker itself was late (a starved machine).
+const MANY_WORKER: &str = r#"
+import os, signal, socket, sys, time
+path, out = os.environ["NOTIFY_SOCKET"], sys.argv[1]
+last = [None]
+def on_abort(signum, frame):
+    if last[0] is not None:
+        with open(f"{out}/abort.{os.getpid()}", "w") as f:
+            f.write(repr(time.monotonic() - last[0]))
+    signal.signal(signal.SIGABRT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGABRT)
+signal.signal(signal.SIGABRT, on_abort)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.setblocking(False)
+def beat():
+    try:
+        s.sendto(b"WATCHDOG=1", path)
+    except BlockingIOError:
+        return
+    last[0] = time.monotonic()
+    with open(f"{out}/beats.{os.getpid()}", "a") as f:
+        f.write("x")
+beat()
+s.sendto(b"READY=1", path)
+while True:
+    time.sleep(0.5)
+    beat()
+"#;
+
 fn count(path: &std::path::Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.len())
 }
@@ -115,6 +148,73 @@ fn a_thousand_workers_boot_are_replaced_and_stop_with_nothing_lost() {
     let log = master.stderr();
     assert_eq!(log.matches("Booting worker").count(), 1100, "{log}");
     assert!(!log.contains("Open-file limit"), "{log}");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON * 3), 0);
+    master.assert_no_process_left();
+}
+
+/// Two hundred workers that heartbeat only by datagram under a 2 s timeout: while they boot
+/// (a burst of spawns that holds the master's loop for seconds on a loaded machine) and
+/// after, the master reads their queues in time, so none is timed out after a heartbeat.
+#[test]
+fn two_hundred_datagram_heartbeaters_get_no_false_timeout() {
+    const N: usize = 200;
+    let fx = Fixture::new();
+    let script = fx.write("many.py", MANY_WORKER);
+    let python = python();
+    let out = fx.path().to_str().unwrap().to_owned();
+    let workers = N.to_string();
+    let mut master = fx.start(
+        "arbiter",
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            &workers,
+            "--timeout",
+            "2",
+            "--boot-timeout",
+            "0",
+            "--ready",
+            "notify",
+            "--",
+            &python,
+            "-S",
+            script.to_str().unwrap(),
+            &out,
+        ],
+    );
+    // Eight beats each is four seconds of heartbeats, twice the timeout, for every worker
+    // alive at the end (one timed out rightly, late itself, is replaced and counted anew).
+    let beats = |pid: i32| count(&fx.join(&format!("beats.{pid}")));
+    let mut live = Vec::new();
+    let beaten = wait_until(SOON * 6, || {
+        live = master.children();
+        live.len() == N && live.iter().all(|&pid| beats(pid) >= 8)
+    });
+    assert!(
+        beaten,
+        "{} workers, {} with 8 beats\n{}",
+        live.len(),
+        live.iter().filter(|&&pid| beats(pid) >= 8).count(),
+        master.stderr()
+    );
+    let aborts: Vec<(String, f64)> = std::fs::read_dir(fx.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let since = std::fs::read_to_string(entry.path()).ok()?.parse().ok()?;
+            name.starts_with("abort.").then_some((name, since))
+        })
+        .collect();
+    let false_timeouts: Vec<&(String, f64)> =
+        aborts.iter().filter(|(_, since)| *since < 2.0).collect();
+    assert!(
+        false_timeouts.is_empty(),
+        "timed out sooner than 2 s after a heartbeat: {false_timeouts:?}\n{}",
+        master.stderr()
+    );
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON * 3), 0);
     master.assert_no_process_left();

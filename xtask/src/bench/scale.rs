@@ -41,6 +41,7 @@ struct IdleRun {
     stop_ms: f64,
     fds: Option<usize>,
     timeouts: Option<f64>,
+    false_timeouts: Option<f64>,
     notify: Option<(u64, u64, f64)>,
     ready_latency_ms: Option<f64>,
 }
@@ -90,6 +91,7 @@ fn idle_run(
     run.stop_ms = ms(took);
     if let Some(dir) = &spec.stats_dir {
         run.notify = notify_stats(dir);
+        run.false_timeouts = Some(false_timeouts(dir, spec.timeout_s) as f64);
     }
     Ok(run)
 }
@@ -128,6 +130,27 @@ fn ready_times(dir: &Path) -> Vec<f64> {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
         .filter_map(|e| fs::read_to_string(e.path()).ok()?.trim().parse().ok())
         .collect()
+}
+
+/// The Python workers aborted (heartbeat timeout) sooner than `timeout_s` after their last
+/// `WATCHDOG=1` went out, by their own clock (`PID.abort`): timeouts the master got wrong. A
+/// worker that was itself late (starved on a loaded machine) is not counted.
+fn false_timeouts(dir: &Path, timeout_s: u32) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".abort"))
+        .filter_map(|e| {
+            fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|&since| since < timeout_s as f64)
+        .count()
 }
 
 /// Sums of the workers' exit statistics: (sends that met a full queue, dropped sends, worst
@@ -178,6 +201,11 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         let mut boot = Figure::new(format!("boot to all ready, N = {n}"), "ms", Better::Lower);
         let mut stop = Figure::new(format!("graceful stop, N = {n}"), "ms", Better::Lower);
         let mut timeouts = Figure::new(
+            format!("heartbeat timeouts, N = {n}"),
+            "workers",
+            Better::Lower,
+        );
+        let mut false_timeouts = Figure::new(
             format!("false heartbeat timeouts, N = {n}"),
             "workers",
             Better::Lower,
@@ -237,6 +265,9 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
                 if let Some(t) = run.timeouts {
                     timeouts.push(column, t);
                 }
+                if let Some(t) = run.false_timeouts {
+                    false_timeouts.push(column, t);
+                }
                 if let Some(l) = run.ready_latency_ms {
                     latency.push(column, l);
                 }
@@ -248,12 +279,22 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         }
         for column in [2, 3] {
             timeouts.note(column, "—");
+            false_timeouts.note(column, "—");
             latency.note(column, "—");
             blocked.note(column, "—");
             dropped.note(column, "—");
         }
         let mut all = vec![
-            wakeups, cpu, rss, boot, stop, timeouts, latency, blocked, dropped,
+            wakeups,
+            cpu,
+            rss,
+            boot,
+            stop,
+            timeouts,
+            false_timeouts,
+            latency,
+            blocked,
+            dropped,
         ];
         note_unavailable(bench, &IDLE, &mut all);
         figures.extend(all);
@@ -271,9 +312,12 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
              once a second and bump their heartbeat file at the same moment; gunicorn's sync \
              workers bump their file; uWSGI's workers do not heartbeat (its master reads \
              their state from shared memory once a second). The last column runs the Python \
-             worker sending only `WATCHDOG=1`, with `--timeout 2`: any heartbeat the master \
-             misses shows as a false timeout (`arbiter_worker_exits_total{{cause=\"timeout\"}}`, \
-             read after the window). After the window, one TTIN: *READY=1 acted on* is from the \
+             worker sending only `WATCHDOG=1`, with `--timeout 2`. *Heartbeat timeouts* are the \
+             master's count (`arbiter_worker_exits_total{{cause=\"timeout\"}}`, read after the \
+             window, boot included); *false* ones are those of workers whose SIGABRT came \
+             sooner than the timeout after their last `WATCHDOG=1` went out, by the worker's \
+             own clock (a worker starved for longer than the timeout on this shared machine is \
+             timed out rightly). After the window, one TTIN: *READY=1 acted on* is from the \
              new worker's `READY=1` (its CLOCK_MONOTONIC before the send) until a metrics \
              request (polled every 1 ms) shows it ready: an upper bound. *Notify sends*: the \
              Python workers' own count of sends on `NOTIFY_SOCKET` that met a full queue \
