@@ -545,16 +545,36 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         "requests/s",
         Better::Higher,
     );
+    let per_slot = Spec {
+        per_slot: true,
+        ..Spec::workers(n)
+    };
     for _ in 0..plan.reps {
         let master = bench.start(System::Arbiter(Kind::Builtin), &Spec::workers(n))?;
         master.wait_ready(n, WAIT)?;
         throughput.push(0, measure_throughput(master.port, plan.overhead_secs, wrk)?);
         drop(master);
+        let master = bench.start(System::Arbiter(Kind::Builtin), &per_slot)?;
+        master.wait_ready(n, WAIT)?;
+        throughput.push(1, measure_throughput(master.port, plan.overhead_secs, wrk)?);
+        drop(master);
         let port = crate::common::free_port();
         let baseline = super::reuseport::Workers::start(&bench.arbiter, port, n)?;
         crate::common::wait_for_http(port, Duration::from_secs(10))?;
-        throughput.push(1, measure_throughput(port, plan.overhead_secs, wrk)?);
+        throughput.push(2, measure_throughput(port, plan.overhead_secs, wrk)?);
         drop(baseline);
+        let last: Vec<String> = (0..3)
+            .map(|column| {
+                format!(
+                    "{:.0}",
+                    throughput.column(column).last().copied().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        eprintln!(
+            "bench: overhead rep: arbiter {}, per-slot {}, SO_REUSEPORT {} requests/s",
+            last[0], last[1], last[2]
+        );
     }
     let generator = if wrk {
         format!("`wrk -t2 -c16 -d{}s`", plan.overhead_secs)
@@ -568,15 +588,22 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     Ok(Section {
         title: "Overhead of the master".into(),
         method: format!(
-            "{n} `arbiter worker` processes behind arbiter (one shared listener, notify and \
-             heartbeat protocol on) against {n} copies of the same program each given its own \
-             `SO_REUSEPORT` socket on the same port at fd 3 (`LISTEN_FDS=1`, created by xtask; \
-             no master, no protocol). Load: {generator}, alternating. The master is idle while \
-             workers serve, so the ratio should be near 1; what differs is one shared accept \
-             queue against per-worker queues."
+            "{n} `arbiter worker` processes behind arbiter (notify and heartbeat protocol on), \
+             with one shared listener (the default) and with `--reuse-port-per-slot` (one \
+             `SO_REUSEPORT` socket per slot, held by the master), against {n} copies of the \
+             same program each given its own `SO_REUSEPORT` socket on the same port at fd 3 \
+             (`LISTEN_FDS=1`, created by xtask; no master, no protocol). Load: {generator}, \
+             the three alternating. The master is idle while workers serve, so the ratio \
+             should be near 1; what differs is one shared accept queue against per-worker \
+             queues (per-slot: the same as the baseline's, spread by the master's steering \
+             program instead of the kernel's hash)."
         ),
-        columns: vec!["arbiter".into(), "SO_REUSEPORT baseline".into()],
-        ratios: vec![(0, 1)],
+        columns: vec![
+            "arbiter".into(),
+            "arbiter --reuse-port-per-slot".into(),
+            "SO_REUSEPORT baseline".into(),
+        ],
+        ratios: vec![(0, 2), (1, 2)],
         figures: vec![throughput.charted()],
     })
 }

@@ -104,6 +104,8 @@ pub struct Spec {
     /// arbiter serves `/metrics` (off for USR2: the new master cannot bind the old one's
     /// metrics address, so readiness is read with `arbiter ctl status --json` instead).
     pub metrics: bool,
+    /// arbiter runs with `--reuse-port-per-slot` (one listener per worker slot).
+    pub per_slot: bool,
 }
 
 impl Spec {
@@ -116,6 +118,7 @@ impl Spec {
             beat: Beat::Both,
             stats_dir: None,
             metrics: true,
+            per_slot: false,
         }
     }
 }
@@ -181,6 +184,9 @@ impl Bench {
                     let metrics = crate::common::free_port();
                     metrics_port = Some(metrics);
                     c.args(["--metrics-bind", &format!("127.0.0.1:{metrics}")]);
+                }
+                if spec.per_slot {
+                    c.arg("--reuse-port-per-slot");
                 }
                 // `auto` would count the first workers ready at exec, before any READY=1.
                 if kind != Kind::Sleep {
