@@ -232,6 +232,10 @@ pub enum SupervisorNote {
     Status(String),
     /// `MAINPID=`: this master was promoted after an upgrade.
     MainPid,
+    /// `MAINPID=` with the pid of this master's upgrade child: it stops while its successor
+    /// runs, so the service manager follows the successor (and this master sends no
+    /// `STOPPING=1`, which would stop the whole service).
+    HandOver(Pid),
     /// `WATCHDOG=1`: the master's loop is alive (every [`crate::Config::watchdog`]).
     Watchdog,
     /// `EXTEND_TIMEOUT_USEC=`: the first generation still boots; the service manager's start
@@ -247,6 +251,7 @@ impl fmt::Display for SupervisorNote {
             SupervisorNote::Stopping => f.write_str("STOPPING=1"),
             SupervisorNote::Status(text) => write!(f, "STATUS={}", text.escape_debug()),
             SupervisorNote::MainPid => f.write_str("MAINPID"),
+            SupervisorNote::HandOver(pid) => write!(f, "MAINPID={pid}"),
             SupervisorNote::Watchdog => f.write_str("WATCHDOG=1"),
             SupervisorNote::ExtendTimeout(by) => {
                 write!(f, "EXTEND_TIMEOUT_USEC={}", by.as_micros())

@@ -362,6 +362,40 @@ fn usr2_while_stopping_and_kill_worker_of_a_stranger_are_refused_as_variants() {
     assert!(world.actions(|a| *a == Action::ReExec).is_empty());
 }
 
+/// The old master of an upgrade stops while its successor runs: it tells the service manager
+/// the successor is the main process now, and never `STOPPING=1`, which would stop the
+/// service; a master stopping with no successor says `STOPPING=1`.
+#[test]
+fn an_upgraded_master_hands_over_at_stop_instead_of_stopping_the_service() {
+    let mut world = World::new(config(1), Behavior::good());
+    world.drive(secs(1));
+    world.signal(Signal::Usr2);
+    let successor = world.reexec.expect("the new master was spawned");
+    world.signal(Signal::Term);
+    world.drive(secs(1));
+    let notes: Vec<SupervisorNote> = world
+        .log
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Notify(note) => Some(note.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        notes.contains(&SupervisorNote::HandOver(successor)),
+        "{notes:?}"
+    );
+    assert!(!notes.contains(&SupervisorNote::Stopping), "{notes:?}");
+    assert_eq!(world.exit.map(|(_, code, _)| code), Some(0));
+
+    let mut alone = World::new(config(1), Behavior::good());
+    alone.drive(secs(1));
+    alone.signal(Signal::Term);
+    alone.drive(secs(1));
+    let stopping = alone.actions(|a| *a == Action::Notify(SupervisorNote::Stopping));
+    assert_eq!(stopping.len(), 1);
+}
+
 // ----- exits: causes, group kills, reaps -----
 
 #[test]

@@ -458,6 +458,7 @@ impl<O: Os> Runtime<O> {
             SupervisorNote::Stopping => "STOPPING=1".to_owned(),
             SupervisorNote::Status(text) => format!("STATUS={text}"),
             SupervisorNote::MainPid => format!("MAINPID={}", std::process::id()),
+            SupervisorNote::HandOver(pid) => format!("MAINPID={pid}"),
             SupervisorNote::Watchdog => "WATCHDOG=1".to_owned(),
             extend @ SupervisorNote::ExtendTimeout(_) => extend.to_string(),
         };

@@ -990,7 +990,10 @@ impl Arbiter {
         self.exit_code = code;
         self.exit_reason = reason;
         self.end_start_extension();
-        if !drained {
+        if let Some(successor) = self.reexec_pid {
+            // An upgrade hands over: the service goes on under the new master.
+            self.push(Action::Notify(SupervisorNote::HandOver(successor)));
+        } else if !drained {
             // A drain told the service manager when it began.
             self.push(Action::Notify(SupervisorNote::Stopping));
         }

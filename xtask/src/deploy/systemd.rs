@@ -438,7 +438,10 @@ fn sequence(
     master.wait_serving(&http)?;
     master.track();
 
-    // The upgrade: the new master announces MAINPID= and takes over.
+    // The upgrade: the old master hands over with MAINPID= of the new one (never STOPPING=1,
+    // which would stop the service), and the new master announces MAINPID= and takes over.
+    let old_pid = master.pid();
+    let mark = notify.log.len();
     let start = Instant::now();
     let output = Command::new(arbiter)
         .args([
@@ -476,6 +479,26 @@ fn sequence(
         n.pid == new_pid && n.get("MAINPID") == Some(announced.as_str())
     })?;
     let upgraded = start.elapsed();
+    let from_old = &notify.log[mark..];
+    if !from_old
+        .iter()
+        .any(|n| n.pid == old_pid && n.get("MAINPID") == Some(announced.as_str()))
+    {
+        return Err(format!(
+            "the old master {old_pid} did not hand over with MAINPID={new_pid}: {}",
+            notify.summary()
+        ));
+    }
+    if from_old
+        .iter()
+        .any(|n| n.pid == old_pid && n.get("STOPPING").is_some())
+    {
+        return Err(format!(
+            "the old master {old_pid} sent STOPPING=1 during the upgrade, which stops the \
+             service: {}",
+            notify.summary()
+        ));
+    }
     notify.wait_for(WATCHDOG * 2, "WATCHDOG=1 from the new master", |n| {
         n.pid == new_pid && n.get("WATCHDOG") == Some("1")
     })?;
@@ -499,7 +522,8 @@ fn sequence(
     Ok(format!(
         "serving in {}; READY=1 and WATCHDOG=1 from the master; {how}: RELOADING=1 with a \
          current MONOTONIC_USEC, READY=1 {} later with {count} new workers, the old ones then \
-         gone; arbiter upgrade: the old master exited 0, MAINPID={new_pid} from the new one \
+         gone; arbiter upgrade: the old master handed over (MAINPID={new_pid}, no STOPPING=1) and \
+         exited 0, MAINPID={new_pid} from the new one \
          {} after the upgrade began, then its WATCHDOG=1; TERM: STOPPING=1, exit 0 in {}, no \
          process left",
         secs(serving),
