@@ -549,6 +549,11 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         per_slot: true,
         ..Spec::workers(n)
     };
+    let mut spread = Figure::new(
+        format!("largest share of {SPREAD_CONNECTIONS} new keep-alive connections on one of {n} workers"),
+        "connections",
+        Better::Lower,
+    );
     for _ in 0..plan.reps {
         let master = bench.start(System::Arbiter(Kind::Builtin), &Spec::workers(n))?;
         master.wait_ready(n, WAIT)?;
@@ -558,10 +563,20 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         master.wait_ready(n, WAIT)?;
         throughput.push(1, measure_throughput(master.port, plan.overhead_secs, wrk)?);
         drop(master);
+        for (column, spec) in [(0, Spec::workers(n)), (1, per_slot.clone())] {
+            let master = bench.start(System::Arbiter(Kind::Builtin), &spec)?;
+            master.wait_ready(n, WAIT)?;
+            for _ in 0..SPREAD_TRIALS {
+                spread.push(column, largest_share(master.port)? as f64);
+            }
+        }
         let port = crate::common::free_port();
         let baseline = super::reuseport::Workers::start(&bench.arbiter, port, n)?;
         crate::common::wait_for_http(port, Duration::from_secs(10))?;
         throughput.push(2, measure_throughput(port, plan.overhead_secs, wrk)?);
+        for _ in 0..SPREAD_TRIALS {
+            spread.push(2, largest_share(port)? as f64);
+        }
         drop(baseline);
         let last: Vec<String> = (0..3)
             .map(|column| {
@@ -596,7 +611,11 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
              the three alternating. The master is idle while workers serve, so the ratio \
              should be near 1; what differs is one shared accept queue against per-worker \
              queues (per-slot: the same as the baseline's, spread by the master's steering \
-             program instead of the kernel's hash)."
+             program instead of the kernel's hash). *Largest share*: {SPREAD_CONNECTIONS} \
+             connections opened at once, one `GET /` on each (keep-alive), the most that one \
+             worker answered, {SPREAD_TRIALS} times per repetition: with keep-alive \
+             connections the first spread is the spread for their whole life, and a worker \
+             that holds all of them leaves the other idle."
         ),
         columns: vec![
             "arbiter".into(),
@@ -604,8 +623,54 @@ pub fn overhead(bench: &Bench, plan: &Plan) -> Result<Section, String> {
             "SO_REUSEPORT baseline".into(),
         ],
         ratios: vec![(0, 2), (1, 2)],
-        figures: vec![throughput.charted()],
+        figures: vec![throughput.charted(), spread],
     })
+}
+
+/// Connections per spread trial (the throughput load's count).
+const SPREAD_CONNECTIONS: usize = 16;
+/// Spread trials per repetition and system.
+const SPREAD_TRIALS: usize = 8;
+
+/// Opens [`SPREAD_CONNECTIONS`] connections to 127.0.0.1:`port` at once, sends one keep-alive
+/// `GET /` on each, and returns how many of them the busiest worker answered.
+fn largest_share(port: u16) -> Result<usize, String> {
+    use std::io::{Read, Write};
+    let mut streams = Vec::with_capacity(SPREAD_CONNECTIONS);
+    for _ in 0..SPREAD_CONNECTIONS {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        streams.push(stream);
+    }
+    let mut by_pid: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .map_err(|e| format!("request: {e}"))?;
+    }
+    for stream in &mut streams {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let pid = loop {
+            let n = stream
+                .read(&mut buf)
+                .map_err(|e| format!("response: {e}"))?;
+            if n == 0 {
+                return Err("the connection closed before its response".into());
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(pid) = super::load::pid_in(&String::from_utf8_lossy(&seen)) {
+                if seen.contains(&b'}') {
+                    break pid;
+                }
+            }
+        };
+        *by_pid.entry(pid).or_default() += 1;
+    }
+    Ok(by_pid.values().copied().max().unwrap_or(0))
 }
 
 fn measure_throughput(port: u16, secs: u64, wrk: bool) -> Result<f64, String> {
