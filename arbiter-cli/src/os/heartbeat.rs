@@ -1,11 +1,21 @@
-//! gunicorn-style heartbeat files: an unlinked temp file per worker whose ctime the worker
-//! bumps (fchmod); the master reads the ctime only when a deadline is due, never on a tick.
+//! gunicorn-style heartbeat files: a file per worker whose ctime the worker bumps (fchmod);
+//! the master reads the ctime only when a deadline is due, never on a tick.
+//!
+//! The master holds no fd per worker for them (at ten thousand workers, the fds are what
+//! runs out: `RLIMIT_NOFILE`): each file is named after its worker in a private directory the
+//! master keeps open, handed to the worker as an open fd, closed in the master once the
+//! worker has it, looked at by name (`fstatat` on the directory fd) and unlinked when the
+//! worker is gone. The directory (mode 0700) is removed when the last of its files is.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// The directory for heartbeat files: the configured one, else `/dev/shm` (memory, as
 /// gunicorn recommends), else the system temp dir.
@@ -20,29 +30,78 @@ pub fn default_dir(configured: Option<&Path>) -> PathBuf {
     std::env::temp_dir()
 }
 
-/// One worker's heartbeat file.
+/// The master's private directory of heartbeat files, inside the configured one.
+#[derive(Clone)]
+pub struct HeartbeatDir(Rc<Private>);
+
+struct Private {
+    fd: OwnedFd,
+    /// Removed (with anything left in it) when the last holder is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl HeartbeatDir {
+    /// Makes a private directory (0700) in `parent`.
+    pub fn new(parent: &Path) -> io::Result<HeartbeatDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("arbiter-heartbeat.")
+            .tempdir_in(parent)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(HeartbeatDir(Rc::new(Private { fd, _dir: dir })))
+    }
+
+    /// Creates the heartbeat file of the worker numbered `key` (close-on-exec, 0600).
+    pub fn create(&self, key: u64) -> io::Result<Heartbeat> {
+        let name = format!("h{key}");
+        let _ = rustix::fs::unlinkat(&self.0.fd, &name, AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &self.0.fd,
+            &name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        let file = File::from(fd);
+        let mut heartbeat = Heartbeat {
+            dir: self.clone(),
+            name,
+            file: Some(file),
+            last_ctime: Duration::ZERO,
+        };
+        heartbeat.last_ctime = heartbeat.ctime()?;
+        Ok(heartbeat)
+    }
+}
+
+/// One worker's heartbeat file; unlinked when dropped.
 pub struct Heartbeat {
-    file: File,
+    dir: HeartbeatDir,
+    name: String,
+    /// Open until the worker has it ([`Heartbeat::release`]).
+    file: Option<File>,
     last_ctime: Duration,
 }
 
 impl Heartbeat {
-    /// An unnamed (already unlinked), close-on-exec file in `dir`.
-    pub fn create(dir: &Path) -> io::Result<Heartbeat> {
-        let file = tempfile::tempfile_in(dir)?;
-        let last_ctime = ctime(&file)?;
-        Ok(Heartbeat { file, last_ctime })
+    /// The open file, to hand to the worker; `None` once released.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 
-    /// The file, to hand to the worker.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// Closes the master's fd: the worker has its own now, and the file is looked at by
+    /// name from here on.
+    pub fn release(&mut self) {
+        self.file = None;
     }
 
     /// If the worker bumped the file since the last look, how long ago (the caller dates it
     /// on its monotonic clock).
     pub fn check(&mut self) -> Option<Duration> {
-        let changed = ctime(&self.file).ok()?;
+        let changed = self.ctime().ok()?;
         if changed == self.last_ctime {
             return None;
         }
@@ -52,33 +111,69 @@ impl Heartbeat {
             .unwrap_or_default();
         Some(wall.saturating_sub(changed))
     }
+
+    fn ctime(&self) -> io::Result<Duration> {
+        let stat = match &self.file {
+            Some(file) => rustix::fs::fstat(file.as_fd())?,
+            None => rustix::fs::statat(&self.dir.0.fd, &self.name, AtFlags::SYMLINK_NOFOLLOW)?,
+        };
+        Ok(Duration::new(
+            stat.st_ctime.max(0) as u64,
+            (stat.st_ctime_nsec as i64).max(0) as u32,
+        ))
+    }
 }
 
-fn ctime(file: &File) -> io::Result<Duration> {
-    let meta = file.metadata()?;
-    Ok(Duration::new(
-        meta.ctime().max(0) as u64,
-        meta.ctime_nsec().max(0) as u32,
-    ))
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let _ = rustix::fs::unlinkat(&self.dir.0.fd, &self.name, AtFlags::empty());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn a_bump_is_seen_once_and_dated_no_later_than_now() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut heartbeat = Heartbeat::create(dir.path()).unwrap();
+    fn a_bump_is_seen_once_by_name_after_release_and_dated_no_later_than_now() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = HeartbeatDir::new(parent.path()).unwrap();
+        let mut heartbeat = dir.create(7).unwrap();
         assert_eq!(heartbeat.check(), None);
+        // The worker's own fd; the master's is closed.
+        let worker = heartbeat.file().unwrap().try_clone().unwrap();
+        heartbeat.release();
+        assert!(heartbeat.file().is_none());
         std::thread::sleep(Duration::from_millis(20));
-        heartbeat
-            .file()
+        worker
             .set_permissions(std::fs::Permissions::from_mode(0o001))
             .unwrap();
         let age = heartbeat.check().expect("bump seen");
         assert!(age < Duration::from_secs(1), "{age:?}");
         assert_eq!(heartbeat.check(), None);
+    }
+
+    #[test]
+    fn files_are_unlinked_with_their_worker_and_the_directory_with_the_last() {
+        let parent = tempfile::tempdir().unwrap();
+        let entries = || std::fs::read_dir(parent.path()).unwrap().count();
+        let dir = HeartbeatDir::new(parent.path()).unwrap();
+        let private = std::fs::read_dir(parent.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let first = dir.create(1).unwrap();
+        let second = dir.create(2).unwrap();
+        assert_eq!(std::fs::read_dir(&private).unwrap().count(), 2);
+        drop(first);
+        assert_eq!(std::fs::read_dir(&private).unwrap().count(), 1);
+        drop(dir);
+        assert_eq!(entries(), 1, "a file still held keeps the directory");
+        drop(second);
+        assert_eq!(entries(), 0);
     }
 }

@@ -18,14 +18,13 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::config::{Hooks, Settings};
 use crate::ops::capture::WorkerPipes;
-use crate::os::heartbeat::Heartbeat;
 use crate::os::hooks;
 use crate::os::pidfile;
 use crate::os::spawn::{self, MasterSpawn, WorkerSpawn};
 use crate::runtime::log::WORKER_PID;
 use crate::runtime::setup::{self, env_entry, WorkerCommand};
 
-use super::{Runtime, WorkerProc};
+use super::{Heartbeat, Runtime, WorkerProc};
 use crate::os::seam::Os;
 
 /// How long the master waits for its `on_exit` hook.
@@ -224,18 +223,24 @@ impl<O: Os> Runtime<O> {
         if self.function.is_some() {
             return self.spawn_function(id, slot, gpus);
         }
-        let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(spawn::SpawnError::Fork)?;
+        let heartbeat = self
+            .heartbeats
+            .create(id.0)
+            .map_err(spawn::SpawnError::Fork)?;
+        let heartbeat_file = heartbeat.file().ok_or_else(|| {
+            spawn::SpawnError::Fork(std::io::Error::other("heartbeat file closed"))
+        })?;
         if let Some(identity) = &self.identity {
             // The worker bumps its heartbeat with fchmod, which only the file's owner may do.
             identity
-                .give_file(heartbeat.file())
+                .give_file(heartbeat_file)
                 .map_err(spawn::SpawnError::Prepare)?;
         }
         self.slots
             .ensure(&self.listeners, slot + 1)
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let listeners: Vec<&Listener> = self.slots.for_slot(&self.listeners, slot);
-        let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
+        let plan = HandoffPlan::new(&listeners, &[heartbeat_file.as_fd()])
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;
         let mut env = Vec::with_capacity(self.worker_env.len() + 10);
@@ -295,11 +300,13 @@ impl<O: Os> Runtime<O> {
         id: WorkerId,
         slot: usize,
         pid: i32,
-        heartbeat: Heartbeat,
+        mut heartbeat: Heartbeat,
         exec: Option<spawn::ExecWatch>,
         pipes: Option<WorkerPipes>,
     ) {
         self.ops.capture_output(pid, slot, pipes);
+        // The worker has its own fd on the file: the master looks at it by name.
+        heartbeat.release();
         let probe_at = self.settings.timeout.map(|t| self.now() + t);
         self.procs.insert(
             id,

@@ -11,7 +11,6 @@ use arbiter_sockets::{HandoffPlan, Listener};
 
 use crate::config::Settings;
 use crate::library::WorkerContext;
-use crate::os::heartbeat::Heartbeat;
 use crate::os::spawn::{cstring, FunctionSpawn, SpawnError};
 use crate::runtime::setup::{command_key, StartError, WorkerCommand};
 
@@ -72,11 +71,14 @@ impl<O: Os> Runtime<O> {
                 "no worker function in library mode",
             )));
         };
-        let heartbeat = Heartbeat::create(&self.heartbeat_dir).map_err(SpawnError::Fork)?;
+        let heartbeat = self.heartbeats.create(id.0).map_err(SpawnError::Fork)?;
+        let heartbeat_file = heartbeat
+            .file()
+            .ok_or_else(|| SpawnError::Fork(std::io::Error::other("heartbeat file closed")))?;
         if let Some(identity) = &self.identity {
             // The worker bumps its heartbeat with fchmod, which only the file's owner may do.
             identity
-                .give_file(heartbeat.file())
+                .give_file(heartbeat_file)
                 .map_err(SpawnError::Prepare)?;
         }
         let notify_path = self.notify.open(id.0).map_err(SpawnError::Fork)?;
@@ -89,7 +91,7 @@ impl<O: Os> Runtime<O> {
             .ensure(&self.listeners, slot + 1)
             .map_err(|e| SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let listeners: Vec<&Listener> = self.slots.for_slot(&self.listeners, slot);
-        let plan = HandoffPlan::new(&listeners, &[heartbeat.file().as_fd()])
+        let plan = HandoffPlan::new(&listeners, &[heartbeat_file.as_fd()])
             .map_err(|e| SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;
         let listener_names: Vec<String> = listeners.iter().map(|l| l.name().to_owned()).collect();

@@ -21,7 +21,7 @@ use slog::{debug, error, info, warn, Logger};
 use crate::config::{ReadyMode, Settings, Sources};
 use crate::library::WorkerFn;
 use crate::ops::{Ops, Order};
-use crate::os::heartbeat::{self, Heartbeat};
+use crate::os::heartbeat::{self, Heartbeat, HeartbeatDir};
 use crate::os::hooks;
 use crate::os::identity::Identity;
 use crate::os::limits;
@@ -102,7 +102,8 @@ pub struct Runtime<O: Os = System> {
     supervisor: Option<Supervisor>,
     /// Holds the notify socket; removed on drop.
     runtime_dir: tempfile::TempDir,
-    heartbeat_dir: PathBuf,
+    /// Where the workers' heartbeat files are made.
+    heartbeats: HeartbeatDir,
     procs: HashMap<WorkerId, WorkerProc>,
     /// Workers that have shown no heartbeat yet, by when their file is looked at next.
     probes: BTreeSet<(Moment, WorkerId)>,
@@ -366,6 +367,12 @@ impl<O: Os> Runtime<O> {
         }
         let worker_env = setup::worker_base_env(&master_env, &settings, gpus.is_some());
         let heartbeat_dir = heartbeat::default_dir(settings.worker_tmp_dir.as_deref());
+        let heartbeats = HeartbeatDir::new(&heartbeat_dir).map_err(|e| {
+            StartError::Runtime(format!(
+                "heartbeat directory in {}: {e}",
+                heartbeat_dir.display()
+            ))
+        })?;
         let pidfile = settings.pidfile.clone();
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&argv[0]));
         set_title(
@@ -391,7 +398,7 @@ impl<O: Os> Runtime<O> {
             eager_read_at: born,
             supervisor,
             runtime_dir,
-            heartbeat_dir,
+            heartbeats,
             procs: HashMap::new(),
             probes: BTreeSet::new(),
             command,
@@ -819,7 +826,8 @@ fn give_unix_listeners(identity: &Identity, listeners: &[Listener]) -> std::io::
 
 /// Raises the open-file limit for the workers asked for, and says so when it stays too low.
 fn open_files_for(settings: &Settings, log: &Logger) {
-    let per_worker = if settings.capture_output { 4 } else { 2 };
+    // Its notify socket (the heartbeat file is looked at by name), and the capture pipes.
+    let per_worker = if settings.capture_output { 3 } else { 1 };
     let need = settings.workers as u64 * per_worker + limits::RESERVED;
     let files = limits::raise_open_files(need);
     if files.now < need {

@@ -3,10 +3,10 @@
 
 use arbiter_core::Moment;
 use arbiter_sockets::Listener;
-use slog::{info, warn};
+use slog::{error, info, warn};
 
 use crate::config::{self, Settings};
-use crate::os::heartbeat::{self};
+use crate::os::heartbeat::{self, HeartbeatDir};
 use crate::runtime::log::LogOutput;
 use crate::runtime::setup::{self, StartError};
 
@@ -108,7 +108,18 @@ impl<O: Os> Runtime<O> {
             self.slots.rebind(&self.listeners, &self.log);
         }
         self.worker_env = setup::worker_base_env(&self.master_env, &new, gpus.is_some());
-        self.heartbeat_dir = heartbeat::default_dir(new.worker_tmp_dir.as_deref());
+        if new.worker_tmp_dir != self.settings.worker_tmp_dir {
+            let parent = heartbeat::default_dir(new.worker_tmp_dir.as_deref());
+            // The old directory stays while its workers' files do.
+            match HeartbeatDir::new(&parent) {
+                Ok(dir) => self.heartbeats = dir,
+                Err(e) => error!(
+                    self.log,
+                    "heartbeat directory in {}: {e}; keeping the old one",
+                    parent.display()
+                ),
+            }
+        }
         if new.log_level != self.settings.log_level
             || new.log_format != self.settings.log_format
             || new.log_file != self.settings.log_file
