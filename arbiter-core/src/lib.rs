@@ -14,8 +14,9 @@
 //! [`Reason`]; deadlines are exact (no polling tick); no signal is emitted for a pid whose
 //! exit was reported (the one group kill that comes with the report happens while the pid is
 //! a zombie). Limits: the table is sized for tens of thousands of workers; an input costs
-//! O(log N) per slot it changes (a change of target or generation, a HUP or a stop costs
-//! O(N) once); the counts observers read (ready, active) are kept, not counted.
+//! O(log N) per slot it changes (a change of target costs as much per slot it moves over; a
+//! HUP or a stop costs O(N) once); the counts observers read (ready, active) and the slots
+//! waiting for a spawn are kept, not counted ([`Arbiter::check_indexes`] recounts them).
 //!
 //! ```
 //! use arbiter_core::{Action, Arbiter, Config, Moment, Role};

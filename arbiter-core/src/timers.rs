@@ -115,6 +115,29 @@ impl<K: Ord + Hash + Copy> Timers<K> {
             .map(|(_, key)| *key)
     }
 
+    /// Every key with a deadline.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.by_key.keys()
+    }
+
+    /// Whether the two orders agree (each key once, at its deadline).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let agree = self.by_time.len() == self.by_key.len()
+            && self
+                .by_time
+                .iter()
+                .all(|(at, key)| self.by_key.get(key) == Some(at));
+        if agree {
+            Ok(())
+        } else {
+            Err(format!(
+                "deadline table drifted: {} by time, {} by key",
+                self.by_time.len(),
+                self.by_key.len()
+            ))
+        }
+    }
+
     /// Removes and returns the earliest key due at `now`, if any.
     pub(crate) fn pop_due(&mut self, now: Moment) -> Option<K> {
         let (at, key) = *self.by_time.first()?;

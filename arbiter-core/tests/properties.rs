@@ -240,6 +240,10 @@ fn check(world: &World, config: &Config) {
     }
     assert_eq!(world.arbiter.ready_count(), ready, "ready count");
     assert_eq!(world.arbiter.active_count(), active, "active count");
+    // So are the indexes that make each input cheap.
+    if let Err(drift) = world.arbiter.check_indexes() {
+        panic!("{drift}");
+    }
     // PIDFILE.2 is written at the first READY=1 of this master, just before it.
     let first_ready = world
         .log

@@ -359,13 +359,14 @@ fn core(plan: &Plan) -> Result<Section, String> {
             "`arbiter-core` (release build) driven through its public API on a virtual clock \
              by a simulated world (`xtask/src/bench/coresim.rs`), single-threaded: {workers} workers that \
              send `READY=1` and heartbeat every 3 s under a 5 s timeout; crashes (4 in \
-             10,000 steps), hangs (2 in 10,000) and TTIN or TTOU (2 in 10,000: a change of \
-             target makes the core refresh every slot, so its price is measured apart, as the \
-             mean of 5 TTIN + 5 TTOU at the end) at random; a TERM at the end. It fed {} inputs and drained {} \
+             10,000 steps), hangs (2 in 10,000) and TTIN or TTOU (2 in 10,000; the price of one \
+             change of target is also measured apart, as the mean of 5 TTIN + 5 TTOU at the \
+             end) at random; a TERM at the end. It fed {} inputs and drained {} \
              actions over {:.0} s of virtual time ({} crashes, {} hung workers aborted), and \
              made {} invariant checks, all passed: no signal to a pid that is not live, no \
              worker id spawned twice, the core's table agrees with the world and never \
-             counts more ready than live, no heartbeat timeout for a worker that heartbeated \
+             counts more ready than live, its kept counts and indexes (spawn queues, ready and \
+             active counts, pid index, deadlines) agree with a recount of its table, no heartbeat timeout for a worker that heartbeated \
              within the timeout, every hung worker aborted within two steps of its deadline, \
              and the stop ends with exit code 0 and no worker left. The goal column is the \
              issue's target: under 10 s on one core.",

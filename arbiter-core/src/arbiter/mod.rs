@@ -14,6 +14,7 @@ use crate::types::{
 };
 use crate::worker::{Worker, WorkerState};
 
+mod check;
 mod settle;
 mod table;
 
@@ -132,8 +133,12 @@ pub struct Arbiter {
     slots: Vec<SlotState>,
     /// Slots touched since the last `manage`, whose caches and wants must be refreshed.
     dirty: Vec<Slot>,
-    /// The target or generation changed: every slot must be refreshed.
+    /// The generation changed (or the arbiter is new): every slot must be refreshed.
     all_dirty: bool,
+    /// The target moved over the slots `lo..hi` since the last `manage` (TTIN, TTOU, scale,
+    /// WINCH): only those slots change sides of it, so only they are refreshed, and only
+    /// those at or above the new target can hold active workers to retire.
+    retarget: Option<(Slot, Slot)>,
     /// Slots below the target with no active worker and no backoff: spawn first.
     want_empty: BTreeSet<Slot>,
     /// Slots below the target whose active workers are all of an old generation.
@@ -202,6 +207,7 @@ impl Arbiter {
             slots: Vec::new(),
             dirty: Vec::new(),
             all_dirty: true,
+            retarget: None,
             want_empty: BTreeSet::new(),
             want_roll: BTreeSet::new(),
             ready_slots: 0,
@@ -937,8 +943,12 @@ impl Arbiter {
             to: target,
             reason,
         });
+        let (lo, hi) = (self.target.min(target), self.target.max(target));
+        self.retarget = Some(match self.retarget {
+            Some((from, to)) => (from.min(lo), to.max(hi)),
+            None => (lo, hi),
+        });
         self.target = target;
-        self.all_dirty = true;
         if let Some(gpus) = self.gpus.as_mut() {
             gpus.set_workers(target);
         }

@@ -17,10 +17,11 @@ impl Arbiter {
     /// retires surplus workers, and finishes a stop once the table is empty. Nothing is
     /// spawned while a burst of scale signals settles (`settle.rs`).
     ///
-    /// Incremental: only slots touched since the last call (or all of them after a change of
-    /// target or generation) are looked at, so an input costs O(changed slots * log N).
-    /// Every slot change goes through `touch`; the `want_*` sets and counters are exact
-    /// once the dirty slots are refreshed (checked against a full scan in debug builds).
+    /// Incremental: only slots touched since the last call (and those a change of target
+    /// moved over, or all of them after a change of generation) are looked at, so an input
+    /// costs O(changed slots * log N). Every slot change goes through `touch`; the `want_*`
+    /// sets and counters are exact once the dirty slots are refreshed (checked against a
+    /// full scan in debug builds and by [`Arbiter::check_indexes`]).
     pub(super) fn manage(&mut self, now: Moment) {
         if self.exited || self.awaiting_pidfile {
             return;
@@ -34,29 +35,27 @@ impl Arbiter {
         if self.slots.len() < self.target {
             self.slots.resize_with(self.target, SlotState::default);
         }
+        // Only a lower target puts active workers at or above it: they go first, so their
+        // capacity is free for spawns below. No active worker sits at or above the target
+        // after a `manage` (unless a per-slot listener drain defers them), so a change of
+        // target looks only at the slots it moved over.
         if self.all_dirty {
             self.all_dirty = false;
-            // Only a lower target puts active workers at or above it: they go first, so
-            // their capacity is free for spawns below.
-            let surplus: Vec<WorkerId> = self.slots[self.target..]
-                .iter()
-                .flat_map(|slot| slot.members.iter().copied())
-                .filter(|id| self.workers[id].state.is_active())
-                .collect();
-            let surplus = if self.slot_drain_defers(!surplus.is_empty(), now) {
-                Vec::new()
-            } else {
-                surplus
-            };
-            for id in surplus {
-                let reason = if self.target == 0 {
-                    Reason::Winch
-                } else {
-                    Reason::Cull
-                };
-                self.retire(id, reason, now);
-            }
+            self.retarget = None;
+            self.retire_surplus(self.slots.len(), now);
             for slot in 0..self.slots.len() {
+                self.touch(slot);
+            }
+        } else if let Some((lo, hi)) = self.retarget.take() {
+            let hi = hi.min(self.slots.len());
+            // Workers a drain deferred may sit above the slots moved over.
+            let end = if self.slot_drain.is_some() {
+                self.slots.len()
+            } else {
+                hi
+            };
+            self.retire_surplus(end, now);
+            for slot in lo..hi {
                 self.touch(slot);
             }
         }
@@ -121,7 +120,9 @@ impl Arbiter {
             self.refresh(slot);
         }
         #[cfg(debug_assertions)]
-        self.check_caches();
+        if let Err(drift) = self.check_indexes() {
+            panic!("{drift}");
+        }
         self.check_ready();
         self.hold_slot_listeners();
     }
@@ -188,6 +189,28 @@ impl Arbiter {
         });
     }
 
+    /// Retires the active workers of the slots from the target up to `end` (a TTOU, a
+    /// scale down, WINCH), unless a per-slot listener drain defers them.
+    fn retire_surplus(&mut self, end: Slot, now: Moment) {
+        let start = self.target.min(end);
+        let surplus: Vec<WorkerId> = self.slots[start..end]
+            .iter()
+            .flat_map(|slot| slot.members.iter().copied())
+            .filter(|id| self.workers[id].state.is_active())
+            .collect();
+        if self.slot_drain_defers(!surplus.is_empty(), now) {
+            return;
+        }
+        let reason = if self.target == 0 {
+            Reason::Winch
+        } else {
+            Reason::Cull
+        };
+        for id in surplus {
+            self.retire(id, reason, now);
+        }
+    }
+
     /// Queues `slot` for a refresh at the next `manage`.
     pub(super) fn touch(&mut self, slot: Slot) {
         if let Some(state) = self.slots.get_mut(slot) {
@@ -242,69 +265,6 @@ impl Arbiter {
             self.want_roll.insert(slot);
         } else {
             self.want_roll.remove(&slot);
-        }
-    }
-
-    /// Debug builds: the incremental caches agree with a full scan.
-    #[cfg(debug_assertions)]
-    pub(super) fn check_caches(&self) {
-        let ready_slots = (0..self.target)
-            .filter(|&slot| self.current_ready_in(slot).is_some())
-            .count();
-        assert_eq!(self.ready_slots, ready_slots, "ready slot count drifted");
-        let old_active = self
-            .workers
-            .values()
-            .filter(|w| w.state.is_active() && (!self.is_current(w) || w.slot >= self.target))
-            .count();
-        assert_eq!(self.old_active, old_active, "old worker count drifted");
-        let surge_active: usize = self
-            .slots
-            .iter()
-            .map(|state| {
-                let active = state
-                    .members
-                    .iter()
-                    .filter(|id| self.workers[id].state.is_active());
-                active.count().saturating_sub(1)
-            })
-            .sum();
-        assert_eq!(self.surge_active, surge_active, "surge count drifted");
-        let ready = self
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count();
-        assert_eq!(self.ready, ready, "ready count drifted");
-        let active = self
-            .workers
-            .values()
-            .filter(|w| w.state.is_active())
-            .count();
-        assert_eq!(self.active, active, "active count drifted");
-        for (slot, state) in self.slots.iter().enumerate() {
-            let active = state
-                .members
-                .iter()
-                .filter(|id| self.workers[id].state.is_active());
-            let (mut any, mut current) = (false, false);
-            for id in active {
-                any = true;
-                current |= self.is_current(&self.workers[id]);
-            }
-            let hung = state.members.iter().any(|id| is_hung(&self.workers[id]));
-            let gpu_held = hung && self.gpus.is_some();
-            let spawnable = slot < self.target && state.backoff_until.is_none() && !gpu_held;
-            assert_eq!(
-                self.want_empty.contains(&slot),
-                spawnable && !any,
-                "slot {slot}"
-            );
-            assert_eq!(
-                self.want_roll.contains(&slot),
-                spawnable && any && !current,
-                "slot {slot}"
-            );
         }
     }
 
@@ -611,7 +571,7 @@ fn worker_timers(id: WorkerId) -> [Timer; 5] {
 }
 
 /// A worker aborted for a timeout (then perhaps killed) and not reaped yet.
-fn is_hung(worker: &Worker) -> bool {
+pub(super) fn is_hung(worker: &Worker) -> bool {
     match worker.state {
         WorkerState::Aborted => true,
         WorkerState::Killed => matches!(

@@ -9,7 +9,9 @@
 //! no worker id spawned twice; the core's table and the world agree on the live workers and
 //! `ready_count` never exceeds them; no heartbeat timeout for a worker that heartbeated
 //! within the timeout (no false timeout); every hung worker is aborted within one step of
-//! its deadline (none missed; a worker is timed from its first heartbeat on); the stop ends with `Exit` code 0 and an empty table.
+//! its deadline (none missed; a worker is timed from its first heartbeat on); the core's kept
+//! counts and indexes agree with a recount of its table (`Arbiter::check_indexes`, now and
+//! then); the stop ends with `Exit` code 0 and an empty table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -210,9 +212,18 @@ impl World {
         Ok(())
     }
 
+    /// The core's kept counts and indexes (spawn queues, ready and active counts, pid index,
+    /// deadlines) agree with a full recount of its table: O(N), so made now and then.
+    fn check_indexes(&mut self) -> Result<(), String> {
+        self.report.checks += 1;
+        self.arbiter
+            .check_indexes()
+            .map_err(|drift| self.fail(drift))
+    }
+
     fn check_table(&mut self) -> Result<(), String> {
         self.report.checks += 1;
-        let table = self.arbiter.workers().count();
+        let table = self.arbiter.worker_count();
         if table != self.live.len() {
             return Err(self.fail(format!(
                 "the core has {table} workers, the world {} live",
@@ -294,6 +305,8 @@ pub fn run(workers: usize, inputs: u64) -> Result<SimReport, String> {
     };
     world.drain()?;
     world.check_table()?;
+    world.check_indexes()?;
+    let mut next_index_check = 131_072;
     while world.report.inputs < inputs {
         world.now = world.now + world.step;
         world.input_timers_and_exits()?;
@@ -334,7 +347,7 @@ pub fn run(workers: usize, inputs: u64) -> Result<SimReport, String> {
                 world.hang_deadlines.insert((last + timeout, pid), ());
             }
         } else if roll < 62 {
-            // Rare: a change of target costs the core O(N) (every slot is refreshed).
+            // Rare: a change of target (the core refreshes only the slots it moves over).
             let signal = if roll < 61 {
                 Signal::Ttin
             } else {
@@ -347,8 +360,13 @@ pub fn run(workers: usize, inputs: u64) -> Result<SimReport, String> {
         if world.report.inputs.is_multiple_of(4096) {
             world.check_table()?;
         }
+        if world.report.inputs >= next_index_check {
+            world.check_indexes()?;
+            next_index_check += 131_072;
+        }
     }
     world.check_table()?;
+    world.check_indexes()?;
     // The price of one change of target at this size, on its own.
     let cpu_before = thread_cpu();
     for _ in 0..5 {
@@ -361,6 +379,7 @@ pub fn run(workers: usize, inputs: u64) -> Result<SimReport, String> {
     }
     world.report.target_change = thread_cpu().saturating_sub(cpu_before) / 10;
     world.check_table()?;
+    world.check_indexes()?;
     // Stop: TERM, then time runs until the core exits (bounded by the graceful timeout).
     world.arbiter.handle_signal(Signal::Term, world.now);
     world.report.inputs += 1;
@@ -373,6 +392,7 @@ pub fn run(workers: usize, inputs: u64) -> Result<SimReport, String> {
         world.now = world.now + Duration::from_millis(1);
         world.input_timers_and_exits()?;
     }
+    world.check_indexes()?;
     if world.exit_code != Some(0) || !world.live.is_empty() {
         return Err(world.fail(format!(
             "stop ended with {:?} and {} live workers",
