@@ -206,3 +206,65 @@ fn a_stop_during_a_burst_spawns_nothing_and_ends_the_hold() {
     assert!(spawns_after(&world, before).is_empty());
     assert_eq!(world.exit.map(|(_, code, _)| code), Some(0));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any stream of TTIN and TTOU with any gaps: every signal moves the target at once (one
+    /// up, or one down to a floor of one); nothing spawns while the signals that changed the
+    /// target have not paused for SCALE_SETTLE (and their burst is younger than
+    /// SCALE_SETTLE_CAP); and the table ends at the target. (A spawn may come after a
+    /// burst's end rather than at it: while retiring workers fill the table to its surge
+    /// limit, it waits for one of their exits.)
+    #[test]
+    fn every_scale_signal_counts_and_nothing_spawns_during_a_burst(
+        stream in proptest::collection::vec((proptest::bool::ANY, 0u64..8_000), 1..60)
+    ) {
+        let mut world = World::new(config(2), Behavior::good());
+        world.settle(secs(2));
+        let before = world.now;
+        let mut target = 2usize;
+        // When the burst under way began and when its last signal came; the bursts so far.
+        let mut burst: Option<(Moment, Moment)> = None;
+        let mut held = Vec::new();
+        for (up, gap_us) in stream {
+            if let Some((first, last)) = burst {
+                let settles = (last + SCALE_SETTLE).min(first + SCALE_SETTLE_CAP);
+                if world.now >= settles {
+                    held.push((first, settles));
+                    burst = None;
+                }
+            }
+            let (signal, next) = if up {
+                (Signal::Ttin, target + 1)
+            } else {
+                (Signal::Ttou, (target - 1).max(1))
+            };
+            world.signal(signal);
+            proptest::prop_assert_eq!(world.arbiter.target(), next);
+            // A TTOU refused at the floor changes nothing: no burst begins or goes on.
+            if next != target {
+                burst = Some(match burst {
+                    Some((first, _)) => (first, world.now),
+                    None => (world.now, world.now),
+                });
+            }
+            target = next;
+            world.drive(us(gap_us));
+        }
+        if let Some((first, last)) = burst {
+            held.push((first, (last + SCALE_SETTLE).min(first + SCALE_SETTLE_CAP)));
+        }
+        world.drive(SCALE_SETTLE_CAP);
+        for (at, reason) in spawns_after(&world, before) {
+            // A slot emptied by a TTOU and wanted again by a later TTIN is respawned.
+            proptest::prop_assert!(matches!(reason, Reason::ScaleUp | Reason::Respawn));
+            proptest::prop_assert!(
+                !held.iter().any(|&(first, settles)| first <= at && at < settles),
+                "a spawn at {:?} during a burst {:?}", at, held
+            );
+        }
+        world.settle(secs(5));
+        proptest::prop_assert_eq!(world.alive().len(), target);
+    }
+}

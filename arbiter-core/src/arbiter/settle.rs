@@ -7,8 +7,9 @@
 //! the next arrives. A master that spawned on each TTIN spent the burst suspended in its
 //! spawns and then waiting for a CPU held by the workers it had just started, and most of a
 //! burst 0.5 ms apart was merged. Held back, the master only counts signals while they come
-//! (a few microseconds each), and a TTIN and a TTOU of the same burst cancel out without a
-//! worker started and stopped. Everything else spawns as before once the burst is over: a
+//! (a few microseconds each), and a TTOU that follows a TTIN of the same burst cancels it
+//! without a worker started and stopped (a TTOU retires at once: one before a TTIN is not
+//! undone). Everything else spawns as before once the burst is over: a
 //! respawn or a reload's spawn that falls into a burst waits with it, at most the cap.
 
 use std::time::Duration;
