@@ -382,3 +382,80 @@ fn a_slot_scaled_away_answers_the_connections_its_queue_held() {
     let pid = master.pid();
     stop(&mut master, pid);
 }
+
+/// USR2 + TERM with the mode switched in the configuration file between the two masters:
+/// returns the new master's workers' fd-3 sockets and its log, after asserting the load saw
+/// no failure.
+fn upgrade_switching_mode(scenario: &str, old_per_slot: bool) -> (Vec<String>, String) {
+    let fx = Fixture::new();
+    let _guard = crate::CopyGuard::new(fx.path());
+    let program = fx.copy_arbiter("arbiter");
+    let pidfile = fx.join("app.pid");
+    let upgrade = fx.join("app.pid.2");
+    let config = |per_slot: bool| {
+        format!(
+            "bind = [\"127.0.0.1:0\"]\nworkers = 2\nready = \"notify\"\nlog_level = \"debug\"\n\
+             reuse_port_per_slot = {per_slot}\n"
+        )
+    };
+    let file = fx.write("arbiter.toml", &config(old_per_slot));
+    let args = ["-c", s(&file), "-p", s(&pidfile)];
+    let mut master = fx.start_program("arbiter", &program, &args, &[]);
+    let port = master.port();
+    wait_log_count(&mut master, "is ready", 2, SOON);
+    let old_workers = master.wait_children(2, SOON);
+    let old = master.pid();
+    let clients = Clients::start(port);
+    assert!(clients.wait_served_by_any(&old_workers));
+    fx.write("arbiter.toml", &config(!old_per_slot));
+    master.signal(libc::SIGUSR2);
+    let mut new = 0;
+    assert!(
+        wait_until(SOON, || {
+            new = read_pid(&upgrade).unwrap_or(0);
+            new > 0 && new != old && alive(new)
+        }),
+        "no {}\n{}",
+        upgrade.display(),
+        master.stderr()
+    );
+    master.track(new);
+    master.track_tree();
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0, "{}", master.stderr());
+    let (_, new_workers) = promoted(&mut master, &pidfile, old, 2);
+    assert!(
+        clients.wait_new_connections_served_by_any(&new_workers),
+        "{}",
+        master.stderr()
+    );
+    let reports = clients.finish();
+    let log = master.stderr();
+    assert_all_answered(scenario, &reports, &log);
+    let sockets = new_workers.iter().map(|&pid| fd3(pid)).collect();
+    stop(&mut master, new);
+    (sockets, log)
+}
+
+#[test]
+fn usr2_to_a_master_without_the_mode_shares_slot_0s_socket_and_loses_no_connection() {
+    let (sockets, log) = upgrade_switching_mode("per-slot -> shared: usr2+term", true);
+    assert_eq!(sockets[0], sockets[1], "one shared socket: {sockets:?}");
+    assert!(
+        log.contains("without --reuse-port-per-slot: new connections go to the first one only"),
+        "{log}"
+    );
+}
+
+#[test]
+fn usr2_to_a_master_with_the_mode_keeps_an_inherited_socket_without_reuseport_shared() {
+    let (sockets, log) = upgrade_switching_mode("shared -> per-slot: usr2+term", false);
+    assert_eq!(
+        sockets[0], sockets[1],
+        "still one shared socket: {sockets:?}"
+    );
+    assert!(
+        log.contains("has no SO_REUSEPORT (inherited): it stays shared"),
+        "{log}"
+    );
+}
