@@ -559,6 +559,15 @@ pub enum Action {
         /// Why: a target change, a drained slot, the first workers.
         reason: Reason,
     },
+    /// Per-slot listeners: count the connections waiting in the accept queues of slots
+    /// `from..to` (draining, no new connection steered to them) and report them with
+    /// [`crate::Arbiter::handle_slot_queues`].
+    CheckSlotQueues {
+        /// The first draining slot.
+        from: usize,
+        /// One past the last.
+        to: usize,
+    },
     /// Close the listening sockets (a stop began). `unlink` is false while an upgrade is
     /// under way in either direction; the shell adds its own rules (systemd, reuse-port).
     CloseListeners {
@@ -650,6 +659,9 @@ impl fmt::Display for Action {
                 f,
                 "hold listeners for slots 0..{open}, new connections to 0..{steer}: {reason}"
             ),
+            Action::CheckSlotQueues { from, to } => {
+                write!(f, "count the connections queued on slots {from}..{to}")
+            }
             Action::CloseListeners { unlink } => {
                 let how = if *unlink { "unlinking" } else { "keeping" };
                 write!(f, "close listeners, {how} socket files")

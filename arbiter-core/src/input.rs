@@ -90,6 +90,12 @@ pub enum Input {
         /// Why.
         error: String,
     },
+    /// How many connections wait in the accept queues of the slots a
+    /// [`crate::Action::CheckSlotQueues`] named.
+    SlotQueues {
+        /// Queued connections, all those slots together.
+        queued: u64,
+    },
     /// A deadline from [`crate::Arbiter::poll_timeout`] passed.
     Timeout,
 }
@@ -121,6 +127,9 @@ impl fmt::Display for Input {
             Input::PidfileWritten => f.write_str("pidfile done"),
             Input::PidfileFailed { error } => {
                 write!(f, "pidfile failed: {}", error.escape_debug())
+            }
+            Input::SlotQueues { queued } => {
+                write!(f, "{queued} connection(s) queued on the draining slots")
             }
             Input::Timeout => f.write_str("deadline passed"),
         }

@@ -56,6 +56,6 @@ pub use time::Moment;
 pub use timers::Timer;
 pub use types::{
     BootErrorPolicy, Command, Config, ExitStatus, Pid, ReadyMode, Role, Signal, Slot, WorkerId,
-    SLOT_DRAIN,
+    SLOT_DRAIN, SLOT_DRAIN_POLL,
 };
 pub use worker::{Worker, WorkerState};

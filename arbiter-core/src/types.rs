@@ -220,16 +220,22 @@ pub struct Config {
     /// Each slot has its own listeners (per-slot `SO_REUSEPORT` sockets held by the shell):
     /// the core says which slots the shell holds listeners for and which get new connections
     /// ([`crate::Action::SlotListeners`]), and a slot taken away by a lower target first gets
-    /// no new connection for [`SLOT_DRAIN`] while its worker still serves (and drains the
-    /// slot's queue) before the worker is retired (at once with GPU balancing, which keeps a
-    /// device at its cap plus the surge).
+    /// no new connection for [`SLOT_DRAIN`], then until its queue is found empty, while its
+    /// worker still serves (and drains the slot's queue), before the worker is retired (at
+    /// once with GPU balancing, which keeps a device at its cap plus the surge).
     pub slot_listeners: bool,
 }
 
 /// How long a slot taken away by a lower target keeps its worker serving, with no new
 /// connection steered to it, before the worker is retired: the worker accepts what its queue
-/// still holds (and handshakes begun before the steering change land meanwhile).
+/// still holds (and handshakes begun before the steering change land meanwhile). The worker
+/// is retired only once the slots' queues are found empty ([`crate::Action::CheckSlotQueues`],
+/// asked again every [`SLOT_DRAIN_POLL`]), or at the latest `graceful_timeout` after the
+/// drain began.
 pub const SLOT_DRAIN: Duration = Duration::from_secs(1);
+
+/// How often a drain past [`SLOT_DRAIN`] asks again whether the queues are empty.
+pub const SLOT_DRAIN_POLL: Duration = Duration::from_millis(50);
 
 impl Default for Config {
     fn default() -> Self {

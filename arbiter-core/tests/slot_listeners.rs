@@ -177,3 +177,44 @@ fn with_gpus_a_slot_scaled_away_is_not_drained() {
     world.drive(secs(1));
     assert_eq!(holds(&world).last(), Some(&(at_ms(1050), 1, 1)));
 }
+
+#[test]
+fn a_slot_whose_queue_still_holds_connections_keeps_its_worker_until_it_is_empty() {
+    let mut world = World::new(config(2), Behavior::good());
+    world.drive(secs(1));
+    world.slot_queued = 3;
+    world.signal(Signal::Ttou);
+    world.drive(secs(2));
+    assert_eq!(term_at(&world, 1), None, "its queue is not empty");
+    let checks = world
+        .actions(|a| matches!(a, Action::CheckSlotQueues { from: 1, to: 2 }))
+        .len();
+    assert!(
+        checks > 10,
+        "asked every {:?}: {checks}",
+        arbiter_core::SLOT_DRAIN_POLL
+    );
+    world.slot_queued = 0;
+    let emptied = world.now;
+    world.drive(secs(1));
+    let termed = term_at(&world, 1).expect("retired once empty");
+    assert!(
+        termed > emptied && termed <= emptied + arbiter_core::SLOT_DRAIN_POLL,
+        "{termed:?} {emptied:?}"
+    );
+}
+
+#[test]
+fn a_queue_that_never_empties_ends_the_drain_at_the_graceful_timeout() {
+    let mut world = World::new(config(2), Behavior::good());
+    world.drive(secs(1));
+    world.slot_queued = 1;
+    world.signal(Signal::Ttou);
+    world.drive(secs(12));
+    // config(): graceful_timeout 10 s, counted from the drain's start.
+    let termed = term_at(&world, 1).expect("retired at the limit");
+    assert!(
+        termed >= at_ms(11_000) && termed <= at_ms(11_000) + arbiter_core::SLOT_DRAIN_POLL,
+        "{termed:?}"
+    );
+}

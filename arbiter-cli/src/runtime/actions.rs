@@ -144,6 +144,11 @@ impl<O: Os> Runtime<O> {
             Action::SlotListeners { open, steer, .. } => {
                 self.slots.hold(&self.listeners, open, steer, &self.log);
             }
+            Action::CheckSlotQueues { from, to } => {
+                let queued = self.slots.queued(&self.listeners, from, to);
+                let now = self.now();
+                self.core.handle_slot_queues(queued, now);
+            }
             Action::CloseListeners { unlink } => {
                 let unlink = self.unlink_allowed(unlink);
                 self.slots.close_all();

@@ -303,8 +303,9 @@ impl<O: Os> Runtime<O> {
             let migrates = match arbiter_sockets::migrate_requests() {
                 Some(true) => "1: a closing slot's queue moves to the others",
                 Some(false) => {
-                    "0: a slot scaled away is drained for 1 s before its worker retires, and a \
-                     connection still queued when its listener closes is reset"
+                    "0: a slot scaled away is drained (1 s, then until its queue is empty) \
+                     before its worker retires, and a connection still queued when its \
+                     listener closes is reset"
                 }
                 None => "unknown",
             };

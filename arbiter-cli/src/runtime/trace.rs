@@ -205,6 +205,11 @@ impl Core {
         self.handle(Input::PidfileFailed { error }, now);
     }
 
+    /// [`Input::SlotQueues`].
+    pub fn handle_slot_queues(&mut self, queued: u64, now: Moment) {
+        self.handle(Input::SlotQueues { queued }, now);
+    }
+
     /// [`Input::Timeout`].
     pub fn handle_timeout(&mut self, now: Moment) {
         self.handle(Input::Timeout, now);

@@ -179,9 +179,21 @@ pub struct Arbiter {
     exited: bool,
     /// Per-slot listeners: the slots the shell was last told to hold and to steer to.
     slot_listeners: (usize, usize),
-    /// Per-slot listeners: the slots above a lowered target drain until then; the target
-    /// it was lowered to.
-    slot_drain: Option<(Moment, usize)>,
+    /// Per-slot listeners: the drain of the slots above a lowered target, while it lasts.
+    slot_drain: Option<SlotDrain>,
+}
+
+/// The drain of the slots above a lowered target ([`Config::slot_listeners`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotDrain {
+    /// The target it drains towards (a new target starts a new drain).
+    pub(super) target: usize,
+    /// When it began.
+    pub(super) began: Moment,
+    /// A queue count was asked for and not reported yet.
+    pub(super) asked: bool,
+    /// The queues were found empty (or the drain ran out of time): retire now.
+    pub(super) done: bool,
 }
 
 impl Arbiter {
@@ -417,6 +429,7 @@ impl Arbiter {
             Input::ParentExited => self.handle_parent_exited(now),
             Input::PidfileWritten => self.handle_pidfile_written(now),
             Input::PidfileFailed { error } => self.handle_pidfile_failed(error, now),
+            Input::SlotQueues { queued } => self.handle_slot_queues(queued, now),
             Input::Timeout => self.handle_timeout(now),
         }
     }
@@ -804,6 +817,28 @@ impl Arbiter {
         });
     }
 
+    /// The connections queued on the draining slots, as a [`Action::CheckSlotQueues`] asked:
+    /// none (or the drain is `graceful_timeout` old): their workers are retired; else the
+    /// count is asked again in [`crate::SLOT_DRAIN_POLL`].
+    pub fn handle_slot_queues(&mut self, queued: u64, now: Moment) {
+        if self.exited {
+            return;
+        }
+        let grace = self.config.graceful_timeout;
+        let Some(drain) = self.slot_drain.as_mut().filter(|d| d.asked) else {
+            return;
+        };
+        drain.asked = false;
+        if queued == 0 || now >= drain.began + grace {
+            drain.done = true;
+            self.all_dirty = true;
+        } else {
+            let next = now + crate::types::SLOT_DRAIN_POLL;
+            self.timers.set(Timer::SlotDrain, Some(next));
+        }
+        self.manage(now);
+    }
+
     /// A deadline from [`Arbiter::poll_timeout`] passed: every timer due fires, in order.
     pub fn handle_timeout(&mut self, now: Moment) {
         if self.exited {
@@ -851,7 +886,19 @@ impl Arbiter {
                     self.event(Event::DrainOver { early: false });
                     self.begin_stop(false, Reason::Shutdown, 0, now);
                 }
-                Timer::SlotDrain => self.all_dirty = true,
+                Timer::SlotDrain => {
+                    let (from, to) = (self.target, self.slot_listeners.0);
+                    if let Some(drain) = self.slot_drain.as_mut().filter(|d| !d.done) {
+                        if from < to {
+                            drain.asked = true;
+                            self.push(Action::CheckSlotQueues { from, to });
+                        } else {
+                            // The draining slots' workers are gone already.
+                            drain.done = true;
+                            self.all_dirty = true;
+                        }
+                    }
+                }
                 Timer::Stop => {
                     self.finish_exit();
                     return;

@@ -139,8 +139,8 @@ impl Arbiter {
             return false;
         }
         match self.slot_drain {
-            Some((until, target)) if target == self.target => {
-                if until <= now {
+            Some(drain) if drain.target == self.target => {
+                if drain.done {
                     self.slot_drain = None;
                     self.timers.set(Timer::SlotDrain, None);
                     return false;
@@ -149,7 +149,12 @@ impl Arbiter {
             }
             _ => {
                 let until = now + crate::types::SLOT_DRAIN;
-                self.slot_drain = Some((until, self.target));
+                self.slot_drain = Some(super::SlotDrain {
+                    target: self.target,
+                    began: now,
+                    asked: false,
+                    done: false,
+                });
                 self.timers.set(Timer::SlotDrain, Some(until));
                 // Steer the new connections away first, before anything else happens.
                 self.hold_slot_listeners();

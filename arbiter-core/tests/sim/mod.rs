@@ -249,6 +249,8 @@ pub struct World {
     pub reexec_fails: bool,
     /// Whether pidfile writes and renames fail.
     pub pidfile_fails: bool,
+    /// What a count of the draining slots' queues finds (per-slot listeners).
+    pub slot_queued: u64,
     /// What a configuration load (HUP) returns: the configuration, or an error.
     pub config: Result<Config, String>,
     /// Exit codes that workers exited with, ever.
@@ -292,6 +294,7 @@ impl World {
             reexec: None,
             reexec_fails: false,
             pidfile_fails: false,
+            slot_queued: 0,
             config: Ok(config),
             fresh: role == Role::Fresh,
             exit_codes_seen: BTreeSet::new(),
@@ -705,6 +708,11 @@ impl World {
                         proc_.pid
                     );
                 }
+            }
+            Action::CheckSlotQueues { from, to } => {
+                assert!(from < to, "a check of no slot");
+                let queued = self.slot_queued;
+                self.arbiter.handle_slot_queues(queued, self.now);
             }
             Action::CloseListeners { .. }
             | Action::ReopenLogs

@@ -103,9 +103,10 @@ fn start(fx: &Fixture, workers: usize, extra: &[&str], worker_args: &[&str]) -> 
         "--reuse-port-per-slot",
         "--ready",
         "notify",
-        "--log-level",
-        "debug",
     ];
+    if !extra.contains(&"--log-level") {
+        args.extend(["--log-level", "debug"]);
+    }
     args.extend_from_slice(extra);
     args.extend(["--", bin(), "worker"]);
     args.extend_from_slice(worker_args);
@@ -337,7 +338,7 @@ fn queued(socket: &str) -> u32 {
 fn a_slot_scaled_away_answers_the_connections_its_queue_held() {
     use std::io::{Read, Write};
     let fx = Fixture::new();
-    let (mut master, port) = start(&fx, 2, &[], &[]);
+    let (mut master, port) = start(&fx, 2, &["--log-level", "trace"], &[]);
     let workers = master.wait_children(2, SOON);
     let top = *workers
         .iter()
@@ -360,10 +361,16 @@ fn a_slot_scaled_away_answers_the_connections_its_queue_held() {
         "slot 1's queue holds {waiting} of {}",
         streams.len()
     );
-    // Slot 1 is scaled away while its queue holds them; its worker resumes once the master
-    // has taken the order (and steered new connections away), inside the slot's drain.
+    // Slot 1 is scaled away while its queue holds them: steered away at once, and its worker
+    // is not retired while its queue is not empty, however long that lasts (here: until the
+    // master has found it full three times, past the drain's first second).
     master.signal(libc::SIGTTOU);
-    wait_log_count(&mut master, "Handling signal: ttou", 1, SOON);
+    let checks = "count the connections queued on slots 1..2";
+    let log = wait_log_count(&mut master, checks, 3, SOON);
+    assert!(
+        !log.contains(&format!("Sending SIGTERM to worker (pid:{top})")),
+        "retired with a full queue:\n{log}"
+    );
     arbiter_tests::signal(top, libc::SIGCONT).expect("CONT to the worker");
     let log = wait_log_count(&mut master, "Closing slot 1's listener", 1, SOON);
     let mut answered = 0;
