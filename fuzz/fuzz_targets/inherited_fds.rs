@@ -73,9 +73,14 @@ fuzz_target!(|data: &[u8]| {
             let message = error.to_string();
             assert_one_line(&message);
             assert!(
-                ["ARBITER_LISTEN_FDS", "ARBITER_MASTER_PID", "LISTEN_"]
-                    .iter()
-                    .any(|var| message.starts_with(&format!("bad {var}"))),
+                [
+                    "ARBITER_LISTEN_FDS",
+                    "ARBITER_LISTEN_FDNAMES",
+                    "ARBITER_MASTER_PID",
+                    "LISTEN_"
+                ]
+                .iter()
+                .any(|var| message.starts_with(&format!("bad {var}"))),
                 "{message:?} does not name the variable"
             );
             return;
