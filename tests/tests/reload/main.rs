@@ -189,6 +189,25 @@ pub fn run_upgrade(program: &Path, pidfile: &Path, bound: Duration) -> UpgradeRu
     }
 }
 
+/// Sends USR2 to `master` (pid `old`) and waits until `upgrade` (its `PIDFILE.2`) names a live
+/// new master; tracks it and the tree (so the test's guard kills them) and returns its pid.
+pub fn usr2_child(master: &mut Master, upgrade: &Path, old: i32) -> i32 {
+    master.signal(libc::SIGUSR2);
+    let mut new = 0;
+    assert!(
+        wait_until(SOON, || {
+            new = read_pid(upgrade).unwrap_or(0);
+            new > 0 && new != old && arbiter_tests::alive(new)
+        }),
+        "no {}\n{}",
+        upgrade.display(),
+        master.stderr()
+    );
+    master.track(new);
+    master.track_tree();
+    new
+}
+
 /// After an upgrade: waits until `pidfile` names a live master other than `old` with
 /// `workers` children, tracks it (so the test's guard kills it) and returns it with its
 /// workers.

@@ -6,10 +6,10 @@
 
 use std::time::Instant;
 
-use arbiter_tests::{alive, wait_until, ClientLoop, Fixture, LoopReport, Master, SOON};
+use arbiter_tests::{wait_until, ClientLoop, Fixture, LoopReport, Master, SOON};
 
 use crate::load::{Load, LoadReport};
-use crate::{assert_clean, bin, promoted, read_pid, record, s, stop, wait_log_count, LOAD_LIMIT};
+use crate::{assert_clean, bin, promoted, record, s, stop, wait_log_count, LOAD_LIMIT};
 
 /// Keep-alive threads and connection-per-request clients.
 const KEEP_ALIVE: usize = 3;
@@ -258,19 +258,7 @@ fn usr2_inherits_every_slot_socket_and_loses_no_connection() {
     let old = master.pid();
     let clients = Clients::start(port);
     assert!(clients.wait_served_by_any(&old_workers));
-    master.signal(libc::SIGUSR2);
-    let mut new = 0;
-    assert!(
-        wait_until(SOON, || {
-            new = read_pid(&upgrade).unwrap_or(0);
-            new > 0 && new != old && alive(new)
-        }),
-        "no {}\n{}",
-        upgrade.display(),
-        master.stderr()
-    );
-    master.track(new);
-    master.track_tree();
+    let new = crate::usr2_child(&mut master, &upgrade, old);
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0, "{}", master.stderr());
     let (promoted_pid, new_workers) = promoted(&mut master, &pidfile, old, 2);
@@ -415,19 +403,7 @@ fn upgrade_switching_mode(scenario: &str, old_per_slot: bool) -> (Vec<String>, S
     let clients = Clients::start(port);
     assert!(clients.wait_served_by_any(&old_workers));
     fx.write("arbiter.toml", &config(!old_per_slot));
-    master.signal(libc::SIGUSR2);
-    let mut new = 0;
-    assert!(
-        wait_until(SOON, || {
-            new = read_pid(&upgrade).unwrap_or(0);
-            new > 0 && new != old && alive(new)
-        }),
-        "no {}\n{}",
-        upgrade.display(),
-        master.stderr()
-    );
-    master.track(new);
-    master.track_tree();
+    let new = crate::usr2_child(&mut master, &upgrade, old);
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0, "{}", master.stderr());
     let (_, new_workers) = promoted(&mut master, &pidfile, old, 2);

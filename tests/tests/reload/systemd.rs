@@ -21,6 +21,27 @@ fn socket_activate() -> Option<PathBuf> {
     found
 }
 
+/// Upgrades a socket-activated master of 2 workers once its pidfile names it: `arbiter upgrade`
+/// succeeds, the old master exits 0, and the promoted master and its workers are returned.
+fn upgrade_activated(
+    master: &mut arbiter_tests::Master,
+    program: &std::path::Path,
+    pidfile: &std::path::Path,
+) -> (i32, Vec<i32>) {
+    master.wait_children(2, SOON);
+    assert!(
+        wait_until(SOON, || read_pid(pidfile) == Some(master.pid())),
+        "no pidfile\n{}",
+        master.stderr()
+    );
+    let old = master.pid();
+    let run = run_upgrade(program, pidfile, Duration::from_secs(45));
+    master.track_tree();
+    assert_eq!(run.code, 0, "{run:?}\n{}", master.stderr());
+    assert_eq!(master.exit_code(SOON), 0, "the old master stopped cleanly");
+    promoted(master, pidfile, old, 2)
+}
+
 #[test]
 fn socket_activated_tcp_listener_serves() {
     let Some(activate) = socket_activate() else {
@@ -102,18 +123,7 @@ fn socket_activated_master_upgrades_onto_systemds_socket() {
     ];
     let mut master = fx.start_program("activate", &activate, &args, &[]);
     arbiter_tests::wait_serving(port, SOON).unwrap_or_else(|e| panic!("{e}\n{}", master.stderr()));
-    master.wait_children(2, SOON);
-    assert!(
-        wait_until(SOON, || read_pid(&pidfile) == Some(master.pid())),
-        "no pidfile\n{}",
-        master.stderr()
-    );
-    let old = master.pid();
-    let run = run_upgrade(&program, &pidfile, Duration::from_secs(45));
-    master.track_tree();
-    assert_eq!(run.code, 0, "{run:?}\n{}", master.stderr());
-    assert_eq!(master.exit_code(SOON), 0, "the old master stopped cleanly");
-    let (new, new_workers) = promoted(&mut master, &pidfile, old, 2);
+    let (new, new_workers) = upgrade_activated(&mut master, &program, &pidfile);
     let needle = format!("Listening at: http://{listen} ({new})");
     let log = wait_log_count(&mut master, &needle, 1, SOON);
     let answered = arbiter_tests::identities_of(port, &new_workers, SOON);
@@ -157,18 +167,7 @@ fn socket_activated_unix_socket_survives_an_upgrade_with_its_name() {
         assert!(ok, "{last:?}\n{}", master.stderr());
     };
     name_seen(&mut master);
-    master.wait_children(2, SOON);
-    assert!(
-        wait_until(SOON, || read_pid(&pidfile) == Some(master.pid())),
-        "no pidfile\n{}",
-        master.stderr()
-    );
-    let old = master.pid();
-    let run = run_upgrade(&program, &pidfile, Duration::from_secs(45));
-    master.track_tree();
-    assert_eq!(run.code, 0, "{run:?}\n{}", master.stderr());
-    assert_eq!(master.exit_code(SOON), 0, "the old master stopped cleanly");
-    let (new, _) = promoted(&mut master, &pidfile, old, 2);
+    let (new, _) = upgrade_activated(&mut master, &program, &pidfile);
     name_seen(&mut master);
     stop(&mut master, new);
     assert!(

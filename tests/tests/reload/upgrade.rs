@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arbiter_tests::{alive, wait_until, Fixture, Master, SOON};
+use arbiter_tests::{wait_until, Fixture, Master, SOON};
 
 use crate::load::Load;
 use crate::{
@@ -52,19 +52,7 @@ fn usr2_then_term_under_load() {
     let load = Load::start(port, crate::THREADS, LOAD_LIMIT);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    master.signal(libc::SIGUSR2);
-    let mut new = 0;
-    assert!(
-        wait_until(SOON, || {
-            new = read_pid(&upgrade).unwrap_or(0);
-            new > 0 && new != old && alive(new)
-        }),
-        "no {}\n{}",
-        upgrade.display(),
-        master.stderr()
-    );
-    master.track(new);
-    master.track_tree();
+    let new = crate::usr2_child(&mut master, &upgrade, old);
     let ready = started.elapsed();
     master.signal(libc::SIGTERM);
     assert_eq!(
