@@ -222,16 +222,18 @@ proptest::proptest! {
     ) {
         let mut world = World::new(config(2), Behavior::good());
         world.settle(secs(2));
-        let before = world.now;
+        let start = world.log.len();
         let mut target = 2usize;
-        // When the burst under way began and when its last signal came; the bursts so far.
-        let mut burst: Option<(Moment, Moment)> = None;
+        // The burst under way: when it began, when its last signal came, and where in the
+        // action log it began (a spawn logged at the same moment but before a burst's first
+        // signal, by the previous burst's settle, is not part of it); the bursts so far.
+        let mut burst: Option<(Moment, Moment, usize)> = None;
         let mut held = Vec::new();
         for (up, gap_us) in stream {
-            if let Some((first, last)) = burst {
+            if let Some((first, last, from)) = burst {
                 let settles = (last + SCALE_SETTLE).min(first + SCALE_SETTLE_CAP);
                 if world.now >= settles {
-                    held.push((first, settles));
+                    held.push((from, settles));
                     burst = None;
                 }
             }
@@ -240,27 +242,31 @@ proptest::proptest! {
             } else {
                 (Signal::Ttou, (target - 1).max(1))
             };
+            let from = world.log.len();
             world.signal(signal);
             proptest::prop_assert_eq!(world.arbiter.target(), next);
             // A TTOU refused at the floor changes nothing: no burst begins or goes on.
             if next != target {
                 burst = Some(match burst {
-                    Some((first, _)) => (first, world.now),
-                    None => (world.now, world.now),
+                    Some((first, _, begun)) => (first, world.now, begun),
+                    None => (world.now, world.now, from),
                 });
             }
             target = next;
             world.drive(us(gap_us));
         }
-        if let Some((first, last)) = burst {
-            held.push((first, (last + SCALE_SETTLE).min(first + SCALE_SETTLE_CAP)));
+        if let Some((first, last, from)) = burst {
+            held.push((from, (last + SCALE_SETTLE).min(first + SCALE_SETTLE_CAP)));
         }
         world.drive(SCALE_SETTLE_CAP);
-        for (at, reason) in spawns_after(&world, before) {
+        for (index, (at, action)) in world.log.iter().enumerate().skip(start) {
+            let Action::Spawn { reason, .. } = action else {
+                continue;
+            };
             // A slot emptied by a TTOU and wanted again by a later TTIN is respawned.
             proptest::prop_assert!(matches!(reason, Reason::ScaleUp | Reason::Respawn));
             proptest::prop_assert!(
-                !held.iter().any(|&(first, settles)| first <= at && at < settles),
+                !held.iter().any(|&(from, settles)| from <= index && *at < settles),
                 "a spawn at {:?} during a burst {:?}", at, held
             );
         }

@@ -85,7 +85,7 @@ pub struct ServeArgs {
     /// Colour worker lines by pid: auto (a terminal without NO_COLOR), always or never [default: auto]
     #[arg(long, value_name = "WHEN")]
     color: Option<String>,
-    /// Directory for worker heartbeat files [default: the system temp directory]
+    /// Directory for worker heartbeat files [default: $TMPDIR if set, else /dev/shm, else /tmp]
     #[arg(long, value_name = "DIR")]
     worker_tmp_dir: Option<String>,
     /// Run workers as this user (name or uid); the master keeps its own

@@ -58,7 +58,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// When text log lines about a worker are coloured by that worker's pid.
     pub color: ColorChoice,
-    /// Directory for heartbeat files; `None` means the system temp directory.
+    /// Directory for heartbeat files; `None` means `$TMPDIR` if set, else `/dev/shm`, else `/tmp`.
     pub worker_tmp_dir: Option<PathBuf>,
     /// The user workers run as (a name or a number); `None` keeps the master's.
     pub user: Option<String>,
@@ -394,7 +394,7 @@ impl Settings {
         line(
             "worker_tmp_dir",
             self.worker_tmp_dir.as_deref().map(path_str),
-            "the system temp directory",
+            "$TMPDIR if set, else /dev/shm, else /tmp",
         );
         line(
             "user",

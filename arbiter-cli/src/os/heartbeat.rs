@@ -17,17 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-/// The directory for heartbeat files: the configured one, else `/dev/shm` (memory, as
-/// gunicorn recommends), else the system temp dir.
+/// The directory for heartbeat files: the configured one, else [`super::scratch_dir`]
+/// (`$TMPDIR` if set, else `/dev/shm`, memory, as gunicorn recommends, else `/tmp`).
 pub fn default_dir(configured: Option<&Path>) -> PathBuf {
-    if let Some(dir) = configured {
-        return dir.to_path_buf();
+    match configured {
+        Some(dir) => dir.to_path_buf(),
+        None => super::scratch_dir(std::env::var_os("TMPDIR").as_deref()),
     }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() && tempfile::tempfile_in(shm).is_ok() {
-        return shm.to_path_buf();
-    }
-    std::env::temp_dir()
 }
 
 /// The master's private directory of heartbeat files, inside the configured one.

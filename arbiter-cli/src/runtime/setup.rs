@@ -3,7 +3,7 @@
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use arbiter_core::{BootErrorPolicy, Config, GpuConfig, ReadyMode, Signal};
@@ -317,11 +317,11 @@ pub fn env_entry(key: &[u8], value: &[u8]) -> Result<CString, crate::os::spawn::
     cstring(&bytes, &String::from_utf8_lossy(key))
 }
 
-/// The runtime directory for the notify sockets: `$XDG_RUNTIME_DIR`, else `/dev/shm`, else
-/// the temp dir. Memory first: a socket is bound per worker spawned, and a bind on a disk
-/// file system is a journaled inode (1.26 ms each on a loaded ext4 `/tmp` here, 0.09 ms on
-/// `/dev/shm`: 12 s of a 10,000-worker boot). Workers of another user (`--user`) cannot
-/// reach the master's private `$XDG_RUNTIME_DIR`: theirs is always under the temp dir.
+/// The runtime directory for the notify sockets: `$XDG_RUNTIME_DIR`, else
+/// [`crate::os::scratch_dir`] (`$TMPDIR` if set, else `/dev/shm`, else `/tmp`): a socket is
+/// bound per worker spawned, 12 s of a 10,000-worker boot on a loaded disk `/tmp`. Workers of
+/// another user (`--user`) cannot reach the master's private `$XDG_RUNTIME_DIR`: theirs is
+/// always under the temp dir.
 pub fn runtime_parent(master_env: &[(OsString, OsString)], switching_user: bool) -> PathBuf {
     if switching_user {
         return std::env::temp_dir();
@@ -331,12 +331,10 @@ pub fn runtime_parent(master_env: &[(OsString, OsString)], switching_user: bool)
         .find(|(k, _)| k == "XDG_RUNTIME_DIR")
         .map(|(_, v)| PathBuf::from(OsString::from_vec(v.as_bytes().to_vec())))
         .filter(|p| p.is_dir())
-        .or_else(|| {
-            let shm = Path::new("/dev/shm");
-            let writable = rustix::fs::access(shm, rustix::fs::Access::WRITE_OK).is_ok();
-            (shm.is_dir() && writable).then(|| shm.to_path_buf())
+        .unwrap_or_else(|| {
+            let tmpdir = master_env.iter().find(|(k, _)| k == "TMPDIR");
+            crate::os::scratch_dir(tmpdir.map(|(_, v)| v.as_os_str()))
         })
-        .unwrap_or_else(std::env::temp_dir)
 }
 
 #[cfg(test)]
