@@ -559,9 +559,9 @@ pub enum Action {
         /// Why: a target change, a drained slot, the first workers.
         reason: Reason,
     },
-    /// Per-slot listeners: count the connections waiting in the accept queues of slots
-    /// `from..to` (draining, no new connection steered to them) and report them with
-    /// [`crate::Arbiter::handle_slot_queues`].
+    /// Per-slot listeners: look whether connections wait in the accept queues of slots
+    /// `from..to` (draining, no new connection steered to them) and report how many queues
+    /// hold some with [`crate::Arbiter::handle_slot_queues`].
     CheckSlotQueues {
         /// The first draining slot.
         from: usize,

@@ -90,10 +90,11 @@ pub enum Input {
         /// Why.
         error: String,
     },
-    /// How many connections wait in the accept queues of the slots a
-    /// [`crate::Action::CheckSlotQueues`] named.
+    /// Whether connections wait in the accept queues of the slots a
+    /// [`crate::Action::CheckSlotQueues`] named: 0 when every one is empty, else how many of
+    /// them hold connections (the shell polls each listener, which is O(1)).
     SlotQueues {
-        /// Queued connections, all those slots together.
+        /// Queues holding connections, all those slots together.
         queued: u64,
     },
     /// A deadline from [`crate::Arbiter::poll_timeout`] passed.
@@ -129,7 +130,7 @@ impl fmt::Display for Input {
                 write!(f, "pidfile failed: {}", error.escape_debug())
             }
             Input::SlotQueues { queued } => {
-                write!(f, "{queued} connection(s) queued on the draining slots")
+                write!(f, "{queued} draining slot queue(s) hold connections")
             }
             Input::Timeout => f.write_str("deadline passed"),
         }

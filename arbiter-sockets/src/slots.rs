@@ -68,6 +68,25 @@ pub fn steer(listener: &Listener, slots: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether an established connection waits in `listener`'s accept queue: a listening socket
+/// polls readable exactly then. One syscall on the held fd, whatever the number of sockets on
+/// the machine (unlike [`queued`], which reads the whole `/proc/net/tcp`: on a machine with
+/// tens of thousands of sockets that took seconds of the master's loop). `false` where the
+/// poll fails.
+pub fn has_queued(listener: &Listener) -> bool {
+    let fd = listener.fd();
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+        && fds[0].revents().contains(rustix::event::PollFlags::IN)
+}
+
 /// How many established connections wait in `listener`'s accept queue: the `rx_queue` that
 /// `/proc/net/tcp` (or `tcp6`) shows for a listening socket, found by its inode. Handshakes
 /// still in flight are not counted. `None` where it cannot be told.

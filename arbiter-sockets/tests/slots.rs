@@ -4,7 +4,9 @@
 
 use std::net::TcpStream;
 
-use arbiter_sockets::{bind, queued, steer, BindOptions, BindSpec, Listener, LocalAddr};
+use arbiter_sockets::{
+    bind, has_queued, queued, steer, BindOptions, BindSpec, Listener, LocalAddr,
+};
 
 fn group(n: usize) -> Vec<Listener> {
     let opts = BindOptions {
@@ -77,4 +79,23 @@ fn closing_the_top_slot_keeps_the_others_indices() {
         vec![before[0] + 20, before[1]],
         "index 0 is still slot 0"
     );
+}
+
+#[test]
+fn has_queued_tells_an_empty_queue_from_a_full_one() {
+    let listeners = group(2);
+    steer(&listeners[0], 1).unwrap();
+    assert!(!has_queued(&listeners[0]) && !has_queued(&listeners[1]));
+    let _held = connect(&listeners[0], 3);
+    // The handshakes complete in the kernel; wait (bounded) until the queue shows them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while queued(&listeners[0]).unwrap() < 3 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(
+        has_queued(&listeners[0]),
+        "slot 0 holds {:?}",
+        queues(&listeners)
+    );
+    assert!(!has_queued(&listeners[1]), "slot 1 is steered away");
 }

@@ -145,14 +145,14 @@ impl SlotListeners {
         self.steer(bases, log);
     }
 
-    /// The connections waiting in the accept queues of slots `from..to`, every group
-    /// together (a queue that cannot be read counts as empty).
+    /// How many accept queues of slots `from..to` hold connections, every group together
+    /// (one poll per listener; a queue that cannot be polled counts as empty).
     pub(super) fn queued(&self, bases: &[Listener], from: usize, to: usize) -> u64 {
         bases
             .iter()
             .filter_map(|base| self.siblings.get(base.local_addr()))
             .flat_map(|siblings| (from.max(1)..to).filter_map(|slot| siblings.get(slot - 1)))
-            .map(|sibling| u64::from(arbiter_sockets::queued(sibling).unwrap_or(0)))
+            .map(|sibling| u64::from(arbiter_sockets::has_queued(sibling)))
             .sum()
     }
 

@@ -817,9 +817,9 @@ impl Arbiter {
         });
     }
 
-    /// The connections queued on the draining slots, as a [`Action::CheckSlotQueues`] asked:
-    /// none (or the drain is `graceful_timeout` old): their workers are retired; else the
-    /// count is asked again in [`crate::SLOT_DRAIN_POLL`].
+    /// How many of the draining slots' queues hold connections, as a
+    /// [`Action::CheckSlotQueues`] asked: none (or the drain is `graceful_timeout` old): their
+    /// workers are retired; else it is asked again in [`crate::SLOT_DRAIN_POLL`].
     pub fn handle_slot_queues(&mut self, queued: u64, now: Moment) {
         if self.exited {
             return;
