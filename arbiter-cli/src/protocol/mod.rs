@@ -134,16 +134,27 @@ impl Command {
     }
 }
 
-/// `bad request: ` and the parser's reason, control characters escaped so it is one line.
+/// The longest reason a refusal quotes, in characters: the parser's message may quote the
+/// whole line, which the client already has.
+const MAX_REASON: usize = 200;
+
+/// `bad request: ` and the parser's reason, control characters escaped so it is one line,
+/// cut at [`MAX_REASON`] characters (a line of 442 DEL bytes used to come back as 2.6 KB of
+/// `\u{7f}` escapes, 14 KB of heap on the way: found by the `control_line` fuzz target).
 fn refusal(reason: &str) -> String {
-    let reason: String = reason
-        .chars()
-        .flat_map(|c| match c.is_control() {
-            true => c.escape_default().collect::<Vec<_>>(),
-            false => vec![c],
-        })
-        .collect();
-    format!("bad request: {reason}")
+    let mut out = String::from("bad request: ");
+    for (shown, c) in reason.chars().enumerate() {
+        if shown >= MAX_REASON {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The master's part of a status answer.
@@ -316,6 +327,23 @@ mod tests {
             Request::parse(br#"{"workers":2,"cmd":"scale"}"#),
             Ok(Request::Scale { workers: 2 })
         );
+    }
+
+    /// Found by the `control_line` fuzz target in CI: serde quotes a string it did not expect
+    /// whole, and every control character in it was escaped to six characters.
+    #[test]
+    fn refusals_quote_at_most_a_bounded_reason() {
+        let mut line = String::from("\"");
+        line.push_str(&"\u{7f}".repeat(440));
+        line.push('"');
+        let reason = Request::parse(line.as_bytes()).unwrap_err();
+        assert!(
+            reason.starts_with("bad request: invalid type: string"),
+            "{reason}"
+        );
+        assert!(reason.ends_with('…'), "{reason}");
+        assert!(reason.chars().count() <= "bad request: ".len() + 6 * MAX_REASON + 1);
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
     }
 
     #[test]
