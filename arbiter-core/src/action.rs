@@ -325,6 +325,13 @@ pub enum Event {
         /// The longest the spawns wait.
         at_most: Duration,
     },
+    /// A run of spawns was cut after `spawned` of them ([`crate::SPAWN_ROUND`]): the rest go
+    /// out in the next round, after the shell has turned its loop once (signals, control and
+    /// metrics requests, notify sockets are taken between rounds).
+    SpawnRoundCut {
+        /// How many spawns this round asked for.
+        spawned: usize,
+    },
     /// The target number of workers changed (gunicorn's `nworkers_changed`).
     TargetChanged {
         /// The old target.
@@ -451,6 +458,10 @@ impl fmt::Display for Event {
             Event::SpawnsHeld { quiet, at_most } => write!(
                 f,
                 "spawns wait until the scale signals pause for {quiet:?} (at most {at_most:?})"
+            ),
+            Event::SpawnRoundCut { spawned } => write!(
+                f,
+                "{spawned} spawns this round; the rest after the loop takes its inputs"
             ),
             Event::TargetChanged { from, to, reason } => {
                 write!(f, "target {from} -> {to}: {reason}")

@@ -48,7 +48,7 @@ pub const MAX_WORKERS: usize = 100_000;
 pub use action::{Action, Event, ExitCause, Reason, Refusal, SupervisorNote};
 pub use arbiter::{
     backoff_delay, Arbiter, Phase, BACKOFF_CAP, QUICK_DEATH, REAP_GRACE, SCALE_SETTLE,
-    SCALE_SETTLE_CAP, START_EXTENSION, START_EXTENSION_EVERY,
+    SCALE_SETTLE_CAP, SPAWN_ROUND, START_EXTENSION, START_EXTENSION_EVERY,
 };
 pub use arbiter_gpu::GpuConfig;
 pub use input::Input;

@@ -32,6 +32,9 @@ pub enum Timer {
     /// A burst of TTIN or TTOU has settled: the spawns it held back start (see
     /// [`crate::SCALE_SETTLE`]).
     ScaleSettle,
+    /// The next round of a long run of spawns (due at once, so the shell turns its loop
+    /// between rounds: see [`crate::SPAWN_ROUND`]).
+    SpawnRound,
     /// The next `WATCHDOG=1` to the service manager is due.
     Watchdog,
     /// The next `EXTEND_TIMEOUT_USEC=` to the service manager is due, while the first
@@ -58,6 +61,7 @@ impl fmt::Display for Timer {
             Timer::Recycle(id) => write!(f, "age deadline of worker {id}"),
             Timer::Backoff(slot) => write!(f, "backoff of slot {slot}"),
             Timer::ScaleSettle => f.write_str("end of a burst of scale signals"),
+            Timer::SpawnRound => f.write_str("next round of spawns"),
             Timer::Watchdog => f.write_str("watchdog ping"),
             Timer::ExtendStart => f.write_str("start timeout extension"),
             Timer::Drain => f.write_str("end of the drain"),

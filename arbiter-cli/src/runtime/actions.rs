@@ -554,6 +554,10 @@ impl<O: Os> Runtime<O> {
                 log,
                 "Spawns wait until the scale signals pause for {quiet:?} (at most {at_most:?})"
             ),
+            Event::SpawnRoundCut { spawned } => debug!(
+                log,
+                "{spawned} spawns this round; the rest after the loop takes its inputs"
+            ),
             Event::ConfigRejected { error } => error!(
                 log,
                 "reload failed, keeping the running configuration: {error}"

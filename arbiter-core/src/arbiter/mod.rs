@@ -18,7 +18,7 @@ mod check;
 mod settle;
 mod table;
 
-pub use settle::{SCALE_SETTLE, SCALE_SETTLE_CAP};
+pub use settle::{SCALE_SETTLE, SCALE_SETTLE_CAP, SPAWN_ROUND};
 
 /// A worker that dies sooner than this after its start (or before it was ready) died quickly.
 pub const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -174,6 +174,8 @@ pub struct Arbiter {
     upgrade_pidfile_written: bool,
     /// While a burst of TTIN or TTOU settles: when its first signal came (spawns wait).
     scale_burst: Option<Moment>,
+    /// A round of spawns was cut at [`SPAWN_ROUND`]: the rest wait for [`Timer::SpawnRound`].
+    spawn_round: bool,
     exit_code: i32,
     exit_reason: Reason,
     exited: bool,
@@ -241,6 +243,7 @@ impl Arbiter {
             upgrade_pidfile_asked: false,
             upgrade_pidfile_written: false,
             scale_burst: None,
+            spawn_round: false,
             exit_code: 0,
             exit_reason: Reason::Shutdown,
             exited: false,
@@ -876,6 +879,7 @@ impl Arbiter {
                     self.touch(slot);
                 }
                 Timer::ScaleSettle => self.end_scale_burst(),
+                Timer::SpawnRound => self.spawn_round = false,
                 Timer::Watchdog => {
                     self.push(Action::Notify(SupervisorNote::Watchdog));
                     let next = self.config.watchdog.map(|every| now + every);
@@ -1066,6 +1070,7 @@ impl Arbiter {
         }
         self.timers.set(Timer::MemorySample, None);
         self.end_scale_burst();
+        self.end_spawn_round();
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         let deadline = now + self.config.graceful_timeout;
         for id in ids {

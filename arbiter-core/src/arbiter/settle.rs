@@ -11,6 +11,12 @@
 //! without a worker started and stopped (a TTOU retires at once: one before a TTIN is not
 //! undone). Everything else spawns as before once the burst is over: a
 //! respawn or a reload's spawn that falls into a burst waits with it, at most the cap.
+//!
+//! Long runs of spawns (a boot of thousands, a large scale order, a burst's spawns once it
+//! settles) go out in rounds of at most [`SPAWN_ROUND`]: a round ends with
+//! [`Timer::SpawnRound`] due at once, so the shell turns its loop (signals, control and
+//! metrics requests, notify sockets) before the next round. Without rounds a boot of 10,000
+//! workers kept the master deaf to TERM and to its control socket for minutes.
 
 use std::time::Duration;
 
@@ -27,6 +33,33 @@ pub const SCALE_SETTLE: Duration = Duration::from_millis(5);
 /// The spawns of a burst that does not pause start this long after its first signal at the
 /// latest, so a steady stream of TTIN cannot hold spawning back for longer.
 pub const SCALE_SETTLE_CAP: Duration = Duration::from_millis(50);
+/// The most spawns the arbiter asks for before the shell turns its loop once. A spawn costs
+/// the master about 0.1-0.3 ms of its own time (a vfork suspends it until the child execs;
+/// more while the CPUs are busy with the workers that just started), so a round keeps a
+/// signal or a control request waiting for a few milliseconds at most, and a turn of the
+/// loop between rounds (a poll with no wait) adds well under 1% to a boot.
+pub const SPAWN_ROUND: usize = 32;
+
+impl Arbiter {
+    /// Whether a round of spawns was cut short and the rest wait for [`Timer::SpawnRound`].
+    pub(super) fn spawn_round_waits(&self) -> bool {
+        self.spawn_round
+    }
+
+    /// `spawned` spawns went out in this round and more are wanted: the rest wait for the
+    /// next turn of the shell's loop.
+    pub(super) fn cut_spawn_round(&mut self, spawned: usize, now: Moment) {
+        self.spawn_round = true;
+        self.timers.set(Timer::SpawnRound, Some(now));
+        self.event(Event::SpawnRoundCut { spawned });
+    }
+
+    /// A stop was ordered: no further round.
+    pub(super) fn end_spawn_round(&mut self) {
+        self.spawn_round = false;
+        self.timers.set(Timer::SpawnRound, None);
+    }
+}
 
 impl Arbiter {
     /// TTIN or TTOU: the new target now, its spawns once the burst has settled.

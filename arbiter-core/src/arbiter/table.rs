@@ -92,7 +92,19 @@ impl Arbiter {
         let max_surge = self.config.max_surge.max(1);
         let limit = self.target + max_surge;
         let mut surge = self.surge_active;
-        while self.workers.len() < limit && !self.spawns_held() {
+        let mut round = 0;
+        while self.workers.len() < limit && !self.spawns_held() && !self.spawn_round_waits() {
+            let wanted =
+                !self.want_empty.is_empty() || (surge < max_surge && !self.want_roll.is_empty());
+            if !wanted {
+                break;
+            }
+            if round == super::SPAWN_ROUND {
+                // The rest go out after the shell has turned its loop (`settle.rs`).
+                self.cut_spawn_round(round, now);
+                break;
+            }
+            round += 1;
             let (slot, rolling) = if let Some(slot) = self.want_empty.pop_first() {
                 (slot, false)
             } else if surge >= max_surge {

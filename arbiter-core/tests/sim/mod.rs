@@ -529,10 +529,17 @@ impl World {
 
     /// Carries out every pending action.
     pub fn drain(&mut self) {
+        let mut spawns = 0;
         while let Some(action) = self.arbiter.poll_action() {
+            spawns += usize::from(matches!(action, Action::Spawn { .. }));
             self.log.push((self.now, action.clone()));
             self.execute(action);
         }
+        // A long run of spawns goes out in rounds, the shell's loop turning between them.
+        assert!(
+            spawns <= arbiter_core::SPAWN_ROUND,
+            "{spawns} spawns without a turn of the loop"
+        );
         assert!(
             self.zombies.is_empty(),
             "exits reported but never reaped: {:?}",

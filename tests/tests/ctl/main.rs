@@ -715,3 +715,71 @@ fn ctl_status_answers_with_300_idle_control_connections_open() {
     );
     drop(idle);
 }
+
+/// A large boot goes out in rounds, the master's loop turning between them: a status request
+/// and a metrics scrape sent once the first worker is booting are answered while the boot
+/// still runs (fewer workers live than asked for), and a TERM sent then stops the spawning
+/// and the master: exit 0, no worker left. Before the rounds the master took nothing but
+/// notify messages until every spawn was done. (The requests are answered within a few
+/// rounds, about 100 workers in; the count leaves this test's own process a whole boot of a
+/// thousand spawns to get a CPU and send them.)
+#[test]
+fn a_large_boot_answers_status_and_metrics_and_stops_at_term() {
+    const WORKERS: usize = 1000;
+    let fixture = Fixture::new();
+    let socket = fixture.join("c.sock");
+    let count = WORKERS.to_string();
+    let mut master = fixture.start(
+        "arbiter",
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "-w",
+            &count,
+            "--ready",
+            "exec",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    let port = metrics_port(&mut master);
+    master
+        .wait_log("Control socket:", SOON)
+        .unwrap_or_else(|e| panic!("{e}"));
+    master
+        .wait_log("Booting worker", SOON)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = request(&socket, r#"{"cmd":"status"}"#);
+    let live = status["master"]["live"].as_u64().expect("a live count") as usize;
+    let scrape = arbiter_tests::get(port, "/metrics").expect("a metrics answer during the boot");
+    assert_eq!(scrape.status, 200, "{}", scrape.body);
+    assert!(
+        live < WORKERS,
+        "the status came after the boot ({live} live)\n{}",
+        master.stderr()
+    );
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON * 3), 0, "{}", master.stderr());
+    let log = master.stderr();
+    let pids: Vec<i32> = log
+        .lines()
+        .filter_map(|line| line.split("Booting worker with pid: ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        pids.len() < WORKERS,
+        "the boot went on after TERM: {} spawned",
+        pids.len()
+    );
+    for &pid in &pids {
+        master.track(pid);
+    }
+    master.assert_no_process_left();
+    let left: Vec<i32> = arbiter_tests::pids_alive(&pids);
+    assert!(left.is_empty(), "workers left: {left:?}");
+}
