@@ -33,11 +33,14 @@ pub const SCALE_SETTLE: Duration = Duration::from_millis(5);
 /// The spawns of a burst that does not pause start this long after its first signal at the
 /// latest, so a steady stream of TTIN cannot hold spawning back for longer.
 pub const SCALE_SETTLE_CAP: Duration = Duration::from_millis(50);
-/// The most spawns the arbiter asks for before the shell turns its loop once. A spawn costs
-/// the master about 0.1-0.3 ms of its own time (a vfork suspends it until the child execs;
-/// more while the CPUs are busy with the workers that just started), so a round keeps a
-/// signal or a control request waiting for a few milliseconds at most, and a turn of the
-/// loop between rounds (a poll with no wait) adds well under 1% to a boot.
+/// The most spawns the arbiter asks for before the shell turns its loop once. Measured on a
+/// shared 2-core machine (1,000 `sleep` workers, `--ready exec`): the master's own CPU is
+/// about 30 us a spawn, but each spawn holds it 1-2 ms of wall time (the vfork waits until
+/// the child, queued behind the workers just started, reaches its exec), so a round keeps a
+/// signal or a control request waiting 30-65 ms at most, while a turn of the loop between
+/// rounds (a poll that does not wait) costs microseconds. A TERM sent once 100 of 1,000
+/// workers were booting ended the master 67 ms later (median of 3, 128 workers spawned);
+/// without rounds, 1,345 ms later, after all 1,000.
 pub const SPAWN_ROUND: usize = 32;
 
 impl Arbiter {
