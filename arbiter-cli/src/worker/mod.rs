@@ -24,9 +24,6 @@ mod protocol;
 mod server;
 mod signals;
 
-#[cfg(test)]
-mod tests;
-
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};

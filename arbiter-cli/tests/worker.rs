@@ -1,4 +1,4 @@
-//! Real-process tests of the built-in worker: `target/<profile>/arbiter worker` with a listener
+//! Real-process tests of the built-in worker: `arbiter worker` with a listener
 //! at fd 3, a `NOTIFY_SOCKET` datagram socket and a heartbeat file in a temp dir.
 //!
 //! Every child is killed by pid and reaped when its guard drops; every wait is bounded.
@@ -12,7 +12,6 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -25,43 +24,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// How long the worker's heartbeats (every 50 ms here) must stay away to count as stopped.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// The `arbiter` binary, built once per test run (`cargo build -p arbiter-cli --bin arbiter`),
-/// next to this test executable's `deps/` directory.
+/// The `arbiter` binary, built by cargo for this integration test with the features of the
+/// build that runs it.
 fn arbiter() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>")
-            .to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-q", "-p", "arbiter-cli", "--bin", "arbiter"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        // Other tests of this binary bind unix sockets under a brief process-wide umask of
-        // 0o177 (the control socket); a cargo forked at that moment would write build scripts
-        // it cannot execute. The build gets the usual umask whatever this process has.
-        // SAFETY: umask is async-signal-safe and allocates nothing; it runs in the forked child
-        // before exec.
-        unsafe {
-            build.pre_exec(|| {
-                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-                Ok(())
-            });
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p arbiter-cli failed");
-        profile_dir.join("arbiter")
-    })
+    Path::new(env!("CARGO_BIN_EXE_arbiter"))
 }
 
 /// Moves `from` to `to` in a child between fork and exec (async-signal-safe, no allocation).
@@ -385,7 +351,7 @@ fn ready_then_serves_its_identity_with_keep_alive() {
         assert_eq!(identity["id"], 4);
         assert_eq!(identity["slot"], 0);
         assert_eq!(identity["gpu"], "0,1");
-        assert_eq!(identity["server"], super::http::SERVER);
+        assert_eq!(identity["server"], arbiter_cli::worker::http::SERVER);
     }
     let env = get(&stream, "/env/PROBE");
     assert_eq!((env.status, env.body.as_str()), (200, "probe value"));
