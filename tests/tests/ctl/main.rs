@@ -432,8 +432,10 @@ fn readyz_is_503_before_ready_and_while_stopping() {
             "--",
             bin,
             "worker",
+            // Long enough that the first status request comes before it, however loaded the
+            // machine (3 s was outrun once: the request came after the worker was ready).
             "--ready-delay",
-            "3s",
+            "10s",
             "--ignore-term",
         ],
     );
