@@ -118,11 +118,12 @@ pub enum Refusal {
     ChildExists,
     /// USR2 while this master is an upgrade child not yet promoted.
     ParentExists,
-    /// The master is stopping.
+    /// The master is stopping: HUP, TTIN, TTOU, WINCH, USR2 and every control command but
+    /// `Stop` are refused.
     Stopping,
     /// WINCH while not daemonized.
     NotDaemonized,
-    /// TTOU at one worker: the target never drops below one.
+    /// TTOU at one worker, or a scale order to 0: the target never drops below one.
     AtFloor,
     /// TTIN or a scale order at [`MAX_WORKERS`](crate::MAX_WORKERS): the target never rises
     /// above it.

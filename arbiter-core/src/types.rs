@@ -271,7 +271,8 @@ impl Default for Config {
 /// Orders a user or tool can give the master besides signals (the control socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Set the target number of workers (at least 1).
+    /// Set the target number of workers: 1 to [`MAX_WORKERS`](crate::MAX_WORKERS); 0 and
+    /// more than that are refused. Every order but `Stop` is refused while stopping.
     Scale(usize),
     /// Stop gracefully, or quickly.
     Stop {
@@ -279,7 +280,8 @@ pub enum Command {
         quick: bool,
     },
     /// Retire one worker by pid as a cull does (TERM, KILL after the graceful timeout); its
-    /// slot gets a replacement. Refused for a pid that is not a running worker.
+    /// slot gets a replacement. Refused for a pid that is not a running worker, and while
+    /// stopping (every worker is being stopped then).
     KillWorker(Pid),
     /// Re-read the configuration and roll the workers, as HUP does.
     Reload,

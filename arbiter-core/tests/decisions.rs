@@ -281,14 +281,20 @@ fn hup_asks_the_shell_for_the_configuration_and_a_rejected_one_keeps_the_running
 }
 
 #[test]
-fn hup_and_scaling_while_stopping_are_refused_without_loading_anything() {
+fn hup_scaling_and_kill_worker_while_stopping_are_refused_without_loading_anything() {
     let mut world = World::new(config(2), Behavior::ignores_term());
     world.drive(secs(1));
+    let pid = world
+        .arbiter
+        .workers()
+        .find_map(|w| w.pid)
+        .expect("a worker");
     world.signal(Signal::Term);
     world.signal(Signal::Hup);
     world.signal(Signal::Ttin);
     world.command(Command::Scale(5));
     world.command(Command::Reload);
+    world.command(Command::KillWorker(pid));
     assert!(world
         .actions(|a| matches!(a, Action::LoadConfig { .. }))
         .is_empty());
@@ -320,6 +326,10 @@ fn hup_and_scaling_while_stopping_are_refused_without_loading_anything() {
             },
             Event::CommandRefused {
                 command: Command::Reload,
+                why: Refusal::Stopping
+            },
+            Event::CommandRefused {
+                command: Command::KillWorker(pid),
                 why: Refusal::Stopping
             },
         ]
@@ -620,6 +630,26 @@ fn target_changes_are_events_with_their_reasons() {
             signal: Signal::Ttou,
             why: Refusal::AtFloor
         }));
+}
+
+#[test]
+fn a_scale_order_to_0_is_refused_at_the_floor() {
+    let mut world = World::new(config(2), Behavior::good());
+    world.drive(secs(1));
+    world.command(Command::Scale(0));
+    assert!(world.events().iter().any(|(_, e)| *e
+        == Event::CommandRefused {
+            command: Command::Scale(0),
+            why: Refusal::AtFloor
+        }));
+    assert!(
+        !world
+            .events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::TargetChanged { .. })),
+        "the target stays at 2"
+    );
+    assert_eq!(world.arbiter.target(), 2);
 }
 
 #[test]

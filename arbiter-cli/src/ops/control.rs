@@ -6,6 +6,10 @@
 //! request is dropped to admit a new one); an answer is written as the client reads it
 //! (POLLOUT), and a client that does not read it within [`WRITE_DEADLINE`] is dropped.
 //! Nothing here ever blocks.
+//!
+//! Whether an order is taken is the core's decision: every order goes to it, and a
+//! [`Event::CommandRefused`] it answers with is the client's answer ([`refusal`]). Only a line
+//! that does not parse is refused here.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -13,7 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arbiter_core::{Arbiter, Config, Event, Moment, Slot};
+use arbiter_core::{Arbiter, Command, Config, Event, Moment, Refusal, Slot};
 use nix::poll::PollFlags;
 
 use super::conns::{self, Fill, Server, Wire};
@@ -56,17 +60,31 @@ enum Pending {
     },
     Kill {
         pid: i32,
-        slot: Slot,
+        /// The worker's slot when the order was given (`None`: no such worker, which the core
+        /// refuses).
+        slot: Option<Slot>,
         exited: bool,
     },
 }
 
+/// An order in progress on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiting {
+    /// The order as the core was given it.
+    order: Order,
+    /// Given this round, the core's verdict is still to come: a refusal of `order` answers it.
+    /// Cleared when the round's actions are carried out ([`ControlServer::settle`]).
+    verdict_due: bool,
+    /// What it waits for once taken.
+    pending: Pending,
+}
+
 /// One control connection: the order it waits for, while one is in progress.
-type Conn = conns::Conn<UnixStream, Option<Pending>>;
+type Conn = conns::Conn<UnixStream, Option<Waiting>>;
 
 /// The control socket and its connections.
 pub struct ControlServer {
-    server: Server<UnixListener, Option<Pending>>,
+    server: Server<UnixListener, Option<Waiting>>,
     path: PathBuf,
     /// Where it is moved on promotion (an upgrade child binds beside the old master's).
     final_path: Option<PathBuf>,
@@ -121,10 +139,22 @@ impl ControlServer {
         orders
     }
 
-    /// Feeds the core's events to the waiting orders.
-    pub fn on_event(&mut self, event: &Event) {
+    /// Feeds the core's events to the waiting orders; a refusal answers the order it refuses.
+    pub fn on_event(&mut self, event: &Event, now: Moment) {
+        if let Event::CommandRefused { command, why } = event {
+            // Orders are carried out one by one, each followed by its events: the refusal is
+            // of an order given this round (among equal ones, any is the same to its client).
+            let refused = self.server.conns_mut().find(|conn| {
+                conn.state
+                    .is_some_and(|w| w.verdict_due && is_order(w.order, command))
+            });
+            if let Some(conn) = refused {
+                answer(conn, protocol::failure(&refusal(command, *why)), false, now);
+            }
+            return;
+        }
         for conn in self.server.conns_mut() {
-            let Some(pending) = &mut conn.state else {
+            let Some(Waiting { pending, .. }) = &mut conn.state else {
                 continue;
             };
             match (pending, event) {
@@ -154,8 +184,12 @@ impl ControlServer {
     /// start fails with `why`.
     pub fn reload_failed(&mut self, why: &str, now: Moment) {
         for conn in self.server.conns_mut() {
-            if let Some(Pending::Reload {
-                generation: None, ..
+            if let Some(Waiting {
+                pending:
+                    Pending::Reload {
+                        generation: None, ..
+                    },
+                ..
             }) = conn.state
             {
                 answer(
@@ -174,8 +208,12 @@ impl ControlServer {
         let stopping = core.stop_requested();
         for conn in self.server.conns_mut() {
             let late = conn.deadline.is_some_and(|at| at <= now);
+            if let Some(waiting) = &mut conn.state {
+                // The round's orders were carried out: one not refused was taken.
+                waiting.verdict_due = false;
+            }
             let line = match (conn.wire(), conn.state) {
-                (Wire::Idle, Some(pending)) => settle_one(pending, core, stopping, late),
+                (Wire::Idle, Some(waiting)) => settle_one(waiting.pending, core, stopping, late),
                 (Wire::Reading, _) if late => {
                     Some(protocol::failure("no complete request line in time"))
                 }
@@ -268,7 +306,6 @@ fn start(
             return None;
         }
     };
-    let stopping = core.stop_requested();
     let config = core.config();
     let (order, pending, limit) = match request {
         Request::Status => {
@@ -279,29 +316,6 @@ fn start(
             let line = protocol::success(serde_json::json!({ "stopping": true }));
             answer(conn, line, true, now);
             return Some(Order::Stop { quick });
-        }
-        _ if stopping => {
-            answer(
-                conn,
-                protocol::failure("the arbiter is stopping"),
-                false,
-                now,
-            );
-            return None;
-        }
-        Request::Scale { workers: 0 } => {
-            answer(
-                conn,
-                protocol::failure("workers must be at least 1"),
-                false,
-                now,
-            );
-            return None;
-        }
-        Request::Scale { workers } if workers > arbiter_core::MAX_WORKERS => {
-            let why = format!("workers must be at most {}", arbiter_core::MAX_WORKERS);
-            answer(conn, protocol::failure(&why), false, now);
-            return None;
         }
         Request::Scale { workers } => (
             Order::Scale(workers),
@@ -320,22 +334,48 @@ fn start(
             )
         }
         Request::KillWorker { pid } => {
-            let Some(worker) = core.worker_by_pid(pid).filter(|w| w.state.is_active()) else {
-                let why = format!("no running worker with pid {pid}");
-                answer(conn, protocol::failure(&why), false, now);
-                return None;
-            };
             let pending = Pending::Kill {
                 pid,
-                slot: worker.slot,
+                slot: core.worker_by_pid(pid).map(|w| w.slot),
                 exited: false,
             };
             (Order::KillWorker(pid), pending, wait_limit(config, 1))
         }
     };
-    conn.state = Some(pending);
+    conn.state = Some(Waiting {
+        order,
+        verdict_due: true,
+        pending,
+    });
     conn.wait(now + limit);
     Some(order)
+}
+
+/// Whether the core's `command` is `order`.
+fn is_order(order: Order, command: &Command) -> bool {
+    match (order, command) {
+        (Order::Scale(n), Command::Scale(m)) => n == *m,
+        (Order::Reload, Command::Reload) => true,
+        (Order::Stop { quick }, Command::Stop { quick: q }) => quick == *q,
+        (Order::KillWorker(pid), Command::KillWorker(p)) => pid == *p,
+        _ => false,
+    }
+}
+
+/// The client's answer to the core's refusal of `command`, in the control protocol's words.
+fn refusal(command: &Command, why: Refusal) -> String {
+    match (command, why) {
+        (_, Refusal::Stopping) => "the arbiter is stopping".to_string(),
+        (Command::Scale(_), Refusal::AtFloor) => "workers must be at least 1".to_string(),
+        (Command::Scale(_), Refusal::AtCeiling) => {
+            format!("workers must be at most {}", arbiter_core::MAX_WORKERS)
+        }
+        (Command::KillWorker(pid), Refusal::NoSuchWorker) => {
+            format!("no running worker with pid {pid}")
+        }
+        // Any other refusal in the core's words (`scale 3 refused. Child exists.`).
+        (command, why) => format!("{command} refused. {why}"),
+    }
 }
 
 /// How long an order may take before it is answered with a failure: twice the boot timeout
@@ -388,7 +428,17 @@ fn settle_one(pending: Pending, core: &Arbiter, stopping: bool, late: bool) -> O
                 None
             }
         }
-        Pending::Kill { pid, slot, exited } => {
+        Pending::Kill {
+            pid, slot: None, ..
+        } => {
+            // Only a running worker's kill is taken, and the core refused none this round.
+            Some(protocol::failure(&format!("worker {pid} was not found")))
+        }
+        Pending::Kill {
+            pid,
+            slot: Some(slot),
+            exited,
+        } => {
             let replacement = core
                 .workers()
                 .filter(|w| w.slot == slot && w.state.is_active() && w.pid != Some(pid))

@@ -278,7 +278,7 @@ impl Ops {
             }
         }
         if let Some(control) = &mut self.control {
-            control.on_event(event);
+            control.on_event(event, now);
             if let Event::ConfigRejected { error } = event {
                 control.reload_failed(error, now);
             }

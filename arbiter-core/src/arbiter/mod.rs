@@ -555,17 +555,16 @@ impl Arbiter {
         let stopping = self.stop_requested();
         match (command, stopping) {
             (Command::Stop { quick }, _) => self.order_stop(quick, now),
-            (command @ (Command::Scale(_) | Command::Reload), true) => {
-                self.refuse_command(command, Refusal::Stopping)
-            }
+            (command, true) => self.refuse_command(command, Refusal::Stopping),
+            (Command::Scale(0), false) => self.refuse_command(Command::Scale(0), Refusal::AtFloor),
             (Command::Scale(n), false) if n > crate::MAX_WORKERS => {
                 self.refuse_command(Command::Scale(n), Refusal::AtCeiling)
             }
-            (Command::Scale(n), false) => self.set_target(n.max(1), Reason::Requested),
+            (Command::Scale(n), false) => self.set_target(n, Reason::Requested),
             (Command::Reload, false) => self.push(Action::LoadConfig {
                 reason: Reason::Reload,
             }),
-            (Command::KillWorker(pid), _) => {
+            (Command::KillWorker(pid), false) => {
                 let running = self
                     .by_pid
                     .get(&pid)

@@ -186,6 +186,7 @@ fn scale_up_and_down_answer_when_done() {
     assert!(arbiter_tests::wait_until(SOON, || master.children().len() == 1));
     let zero = request(&socket, r#"{"cmd":"scale","workers":0}"#);
     assert_eq!(zero["ok"], false);
+    assert_eq!(zero["error"], "workers must be at least 1");
     let huge = request(&socket, r#"{"cmd":"scale","workers":1000000000}"#);
     assert_eq!(huge["ok"], false);
     assert_eq!(huge["error"], "workers must be at most 100000");
