@@ -79,7 +79,9 @@ pub fn arbiter_bin() -> &'static Path {
 }
 
 /// The example `name` of `package` (`<target>/<profile>/examples/NAME`), built first with
-/// `cargo build -p PACKAGE --example NAME` (a no-op when it is up to date).
+/// `cargo build --workspace --example NAME`: a no-op under `cargo test --workspace`, which
+/// builds the examples with these features already (`-p PACKAGE` resolved them for that
+/// package alone, a second build of it and its dependencies after every change).
 pub fn example_bin(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
@@ -87,14 +89,14 @@ pub fn example_bin(package: &str, name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary lives in <target>/<profile>/deps");
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.args(["build", "-q", "-p", package, "--example", name]);
+    build.args(["build", "-q", "--workspace", "--example", name]);
     if profile_dir.file_name().is_some_and(|p| p == "release") {
         build.arg("--release");
     }
     let status = build.status().expect("running cargo build");
     assert!(
         status.success(),
-        "cargo build -p {package} --example {name} failed"
+        "cargo build --workspace --example {name} (of {package}) failed"
     );
     let bin = profile_dir.join("examples").join(name);
     assert!(bin.exists(), "no example binary at {}", bin.display());
