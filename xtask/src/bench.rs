@@ -220,7 +220,7 @@ pub fn run(options: Options) -> Result<(), String> {
                 "stop" => scenarios::graceful(&bench, &plan)?,
                 "reload" => scenarios::reloads(&bench, &plan)?,
                 "overhead" => scenarios::overhead(&bench, &plan)?,
-                "idle" => scale::idle(&bench, &plan)?,
+                "idle" => scale::idle(&bench, &floor, &plan)?,
                 "scale" => scale::scale(&bench, &floor, &plan)?,
                 other => return Err(format!("no scenario {other:?}")),
             };

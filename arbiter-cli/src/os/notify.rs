@@ -7,7 +7,7 @@
 //! non-blocking one gets `EAGAIN`, whatever `SO_RCVBUF` says; one shared socket would make
 //! a thousand workers that each send `WATCHDOG=1` once a second wait on the master unless it
 //! woke for nearly every message. With one queue per worker the master can leave a ready
-//! worker's messages queued and read them all at once, about once a second: it wakes at once
+//! worker's messages queued and read them all at once, every few seconds: it wakes at once
 //! only for the sockets marked urgent (workers whose `READY=1` is awaited) and for those
 //! that send too fast to be left queued. The kernel stamps each datagram as it is queued, so
 //! a message read late is still dated when it was sent.
@@ -51,6 +51,13 @@ pub const RECYCLE_FIELD: &str = "X_ARBITER_RECYCLE";
 
 /// Parses the newline-separated assignments of one datagram.
 pub fn parse(payload: &[u8]) -> Message {
+    // Nearly every datagram is a heartbeat and nothing else.
+    if payload.strip_suffix(b"\n").unwrap_or(payload) == b"WATCHDOG=1" {
+        return Message {
+            watchdog: true,
+            ..Message::default()
+        };
+    }
     let mut message = Message::default();
     for line in String::from_utf8_lossy(payload).lines() {
         match line.split_once('=') {
@@ -116,10 +123,10 @@ impl NotifySocket {
         // the kernel installs none and drops them.
         let mut reset = false;
         let count = {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-                .chunks_mut(DATAGRAM_MAX)
-                .map(|chunk| [IoSliceMut::new(chunk)])
-                .collect();
+            let mut chunks = buffers.chunks_mut(DATAGRAM_MAX);
+            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+                [IoSliceMut::new(chunks.next().unwrap_or_default())]
+            });
             let Ok(results) = recvmmsg(
                 self.fd.as_raw_fd(),
                 headers,
@@ -189,11 +196,15 @@ fn multi_headers() -> MultiHeaders<()> {
 const BATCH: usize = 16;
 const DATAGRAM_MAX: usize = 4096;
 /// A lazily read socket found holding this many messages is read at once from then on: the
-/// kernel queue (11 here) would soon make it wait.
-const CHATTY_AT: u32 = 6;
+/// kernel queue (11 here) would soon make it wait. Above the caller's aim for a round (four
+/// to six), so a worker beating once a second, found with a few beats more after a late
+/// round, stays lazy.
+const CHATTY_AT: u32 = 8;
 /// A socket read at once for being chatty goes back to lazy reading once it sends at most
-/// this many messages between two lazy rounds.
-const QUIET_AT: u32 = 2;
+/// this many messages between two lazy rounds (what a lazy round may find; with 2 it had to
+/// fall to a third of its rate, and one beating once a second stayed eager for good once the
+/// lazy period reached three seconds, waking the loop at each beat).
+const QUIET_AT: u32 = 4;
 
 /// What a lazy round read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

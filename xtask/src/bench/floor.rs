@@ -4,6 +4,12 @@
 //! - `floor spawn fork|vfork N PROGRAM ARGS...`: forks (or vforks) N children that exec
 //!   PROGRAM, one after the other without waiting, then waits for all; prints the ms until
 //!   the last fork returned, the ms until the last child was reaped, and how many failed.
+//! - `floor datagrams DIR N PERIOD_MS WINDOW_MS`: N unix datagram sockets in DIR, each sent
+//!   `WATCHDOG=1` once a second by a child (one socket of its own per target, as N workers);
+//!   the program drains them every PERIOD_MS with one `epoll_wait` and one `recvmmsg` per
+//!   socket holding messages (receive stamps on, as arbiter reads them). Prints its own CPU ms
+//!   over the window, its wake-ups per second and the datagrams read: the least a master that
+//!   reads its workers' heartbeat datagrams can spend.
 //! - `floor signals QUIET_MS`: blocks SIGTTIN, reads it from a signalfd, prints `ready`, then
 //!   counts the signals that arrive until QUIET_MS pass without one; prints the count. This is
 //!   the most a process can see of a burst: the kernel merges a signal still pending.
@@ -22,7 +28,11 @@ const SOURCE: &str = r#"#define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +40,12 @@ const SOURCE: &str = r#"#define _GNU_SOURCE
 static double now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static double cpu_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
@@ -77,12 +93,94 @@ static int signals(int quiet_ms) {
     return 0;
 }
 
+/* N datagram sockets bound in DIR; a child sends WATCHDOG=1 to each once a second, from a
+   socket of its own per target (as N workers would); the parent drains them every PERIOD_MS
+   with one epoll_wait and one recvmmsg (receive stamps on) per socket holding messages.
+   Prints its own CPU ms per WINDOW_MS, its wake-ups per second, and the datagrams read. */
+static int datagrams(const char *dir, int n, int period_ms, int window_ms) {
+    struct rlimit rl;
+    if (!getrlimit(RLIMIT_NOFILE, &rl)) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
+    int *fds = calloc(n, sizeof(int));
+    struct sockaddr_un *addrs = calloc(n, sizeof *addrs);
+    struct epoll_event *events = calloc(n, sizeof *events);
+    if (!fds || !addrs || !events) return 1;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    for (int i = 0; i < n; i++) {
+        addrs[i].sun_family = AF_UNIX;
+        snprintf(addrs[i].sun_path, sizeof addrs[i].sun_path, "%s/d%d", dir, i);
+        unlink(addrs[i].sun_path);
+        fds[i] = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fds[i] < 0 || setsockopt(fds[i], SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one)
+            || bind(fds[i], (struct sockaddr *)&addrs[i], sizeof addrs[i])) { perror("socket"); return 1; }
+        struct epoll_event e = { .events = EPOLLIN, .data.u32 = i };
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e)) { perror("epoll_ctl"); return 1; }
+    }
+    pid_t sender = fork();
+    if (sender < 0) { perror("fork"); return 1; }
+    if (sender == 0) {
+        for (int i = 0; i < n; i++) close(fds[i]);
+        int *out = calloc(n, sizeof(int));
+        for (int i = 0; i < n; i++) out[i] = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        for (double next = now_ms();; next += 1000) {
+            for (int i = 0; i < n; i++)
+                sendto(out[i], "WATCHDOG=1", 10, 0, (struct sockaddr *)&addrs[i], sizeof addrs[i]);
+            double wait = next + 1000 - now_ms();
+            if (wait > 0) usleep((useconds_t)(wait * 1000));
+        }
+    }
+    enum { BATCH = 16 };
+    static char buffers[BATCH][4096], control[BATCH][64];
+    struct mmsghdr headers[BATCH];
+    struct iovec iov[BATCH];
+    long long read_total = 0, wakes = 0;
+    double t0 = 0, c0 = 0;
+    /* Rounds for 2 s to settle (the masters get as long), then the window starts right after
+       a round and ends with the first round past it; the CPU is scaled to the window. */
+    for (double start = now_ms(), at = start + period_ms;; at += period_ms) {
+        double wait = at - now_ms();
+        if (wait > 0) usleep((useconds_t)(wait * 1000));
+        wakes++;
+        int k = epoll_wait(ep, events, n, 0);
+        for (int j = 0; j < k; j++) {
+            for (int x = 0; x < BATCH; x++) {
+                iov[x].iov_base = buffers[x];
+                iov[x].iov_len = sizeof buffers[x];
+                memset(&headers[x], 0, sizeof headers[x]);
+                headers[x].msg_hdr.msg_iov = &iov[x];
+                headers[x].msg_hdr.msg_iovlen = 1;
+                headers[x].msg_hdr.msg_control = control[x];
+                headers[x].msg_hdr.msg_controllen = sizeof control[x];
+            }
+            int got = recvmmsg(fds[events[j].data.u32], headers, BATCH, MSG_DONTWAIT, NULL);
+            if (got > 0) read_total += got;
+        }
+        if (!t0 && now_ms() - start >= 2000) {
+            t0 = now_ms();
+            c0 = cpu_ms();
+            read_total = 0;
+            wakes = 0;
+        } else if (t0 && now_ms() - t0 >= window_ms) {
+            break;
+        }
+    }
+    double took = now_ms() - t0, cpu = (cpu_ms() - c0) * window_ms / took;
+    kill(sender, SIGKILL);
+    waitpid(sender, NULL, 0);
+    for (int i = 0; i < n; i++) unlink(addrs[i].sun_path);
+    printf("%.3f %.3f %lld\n", cpu, wakes * 1000.0 / took, read_total);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "spawn"))
         return spawn(!strcmp(argv[2], "vfork"), atoi(argv[3]), argv + 4);
     if (argc == 3 && !strcmp(argv[1], "signals"))
         return signals(atoi(argv[2]));
-    fprintf(stderr, "usage: floor spawn fork|vfork N PROGRAM [ARGS...] | floor signals QUIET_MS\n");
+    if (argc == 6 && !strcmp(argv[1], "datagrams"))
+        return datagrams(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    fprintf(stderr, "usage: floor spawn fork|vfork N PROGRAM [ARGS...] | floor signals QUIET_MS"
+                    " | floor datagrams DIR N PERIOD_MS WINDOW_MS\n");
     return 2;
 }
 "#;
@@ -99,6 +197,15 @@ pub struct SpawnTimes {
     pub forked: Duration,
     /// Until the last child was reaped.
     pub reaped: Duration,
+}
+
+/// One datagram floor measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct DatagramFloor {
+    /// The reader's CPU over the window.
+    pub cpu_ms: f64,
+    /// Its wake-ups per second.
+    pub wakeups_per_s: f64,
 }
 
 impl Floor {
@@ -142,6 +249,43 @@ impl Floor {
                 reaped: Duration::from_secs_f64(reaped / 1e3),
             }),
             _ => Err(format!("floor spawn: unexpected output {output:?}")),
+        }
+    }
+
+    /// N sockets sent a datagram each once a second, drained every `period`, over `window`.
+    pub fn datagrams(
+        &self,
+        n: usize,
+        period: Duration,
+        window: Duration,
+    ) -> Result<DatagramFloor, String> {
+        // Where arbiter binds its notify sockets: $TMPDIR, else /dev/shm, else /tmp.
+        let base = std::env::var_os("TMPDIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|d| d.is_dir()))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        let dir = tempfile::Builder::new()
+            .prefix("floor")
+            .tempdir_in(&base)
+            .map_err(|e| format!("{base:?}: {e}"))?;
+        let mut c = Command::new(&self.program);
+        c.arg("datagrams")
+            .arg(dir.path())
+            .arg(n.to_string())
+            .arg(period.as_millis().to_string())
+            .arg(window.as_millis().to_string());
+        let output = run_bounded(&mut c, window + Duration::from_secs(60))?;
+        let fields: Vec<f64> = output
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        match fields[..] {
+            [cpu_ms, wakeups_per_s, read] if read > 0.0 => Ok(DatagramFloor {
+                cpu_ms,
+                wakeups_per_s,
+            }),
+            _ => Err(format!("floor datagrams: unexpected output {output:?}")),
         }
     }
 

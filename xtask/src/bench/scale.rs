@@ -24,6 +24,11 @@ const IDLE: [System; 5] = [
 ];
 /// The column of the datagram-only run.
 const DATAGRAM_ONLY: usize = 4;
+/// The column of the C datagram reader (wake-ups and CPU only).
+const DATAGRAM_FLOOR: usize = 5;
+/// How often the C datagram reader drains its sockets: the period arbiter settles on for
+/// workers beating once a second.
+const FLOOR_PERIOD: Duration = Duration::from_secs(4);
 
 /// How long booting `n` workers may take (gunicorn sleeps up to 100 ms per fork), at most
 /// 5 minutes.
@@ -182,7 +187,7 @@ fn notify_stats(dir: &Path) -> Option<(u64, u64, f64)> {
 }
 
 /// Idle masters with N = 8 .. 1,000 heartbeating workers.
-pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
+pub fn idle(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String> {
     let mut figures = Vec::new();
     let secs = plan.idle.as_secs();
     for &(n, reps) in &plan.idle_sizes {
@@ -277,6 +282,31 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
                     dropped.push(column, sends_dropped as f64);
                 }
             }
+            eprintln!("bench:   idle N = {n}: C datagram reader");
+            match floor.datagrams(n, FLOOR_PERIOD, plan.idle) {
+                Ok(f) => {
+                    wakeups.push(DATAGRAM_FLOOR, f.wakeups_per_s);
+                    cpu.push(DATAGRAM_FLOOR, f.cpu_ms);
+                }
+                Err(e) => {
+                    eprintln!("bench:   the C datagram reader at N = {n} failed: {e}");
+                    let why = format!("failed: {}", first_line(&e));
+                    wakeups.note(DATAGRAM_FLOOR, why.clone());
+                    cpu.note(DATAGRAM_FLOOR, why);
+                }
+            }
+        }
+        for f in [
+            &mut rss,
+            &mut boot,
+            &mut stop,
+            &mut timeouts,
+            &mut false_timeouts,
+            &mut latency,
+            &mut blocked,
+            &mut dropped,
+        ] {
+            f.note(DATAGRAM_FLOOR, "—");
         }
         for column in [2, 3] {
             timeouts.note(column, "—");
@@ -300,7 +330,7 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
         note_unavailable(bench, &IDLE, &mut all);
         figures.extend(all);
     }
-    let mut cols = columns(&IDLE, &[]);
+    let mut cols = columns(&IDLE, &["floor: C datagram reader"]);
     cols[DATAGRAM_ONLY] = "arbiter (Python, WATCHDOG=1 only, -t 2)".into();
     Ok(Section {
         title: "Idle master with N heartbeating workers".into(),
@@ -326,10 +356,15 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
              `net.unix.max_dgram_qlen` = {} datagrams; the worker then waits up to 1 s for \
              room, as a blocking sd_notify would) and that were dropped (still full after \
              1 s), from files they write at exit. Then SIGTERM: *graceful \
-             stop* until the master exited. Repetitions: {}.",
+             stop* until the master exited. The floor is a C program reading N unix datagram \
+             sockets that a child of it sends `WATCHDOG=1` to once a second (one sending \
+             socket per target), drained every {} s with one `epoll_wait` and one `recvmmsg` \
+             per socket holding messages: the least a master that receives its workers' \
+             heartbeat datagrams can spend (uWSGI's workers send none). Repetitions: {}.",
             fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "?".into()),
+            FLOOR_PERIOD.as_secs(),
             plan.idle_sizes
                 .iter()
                 .map(|(n, r)| format!("N = {n}: {r}"))
@@ -337,7 +372,7 @@ pub fn idle(bench: &Bench, plan: &Plan) -> Result<Section, String> {
                 .join(", ")
         ),
         columns: cols,
-        ratios: vec![(1, 2), (1, 3), (0, 2), (0, 3)],
+        ratios: vec![(1, 2), (1, 3), (0, 2), (0, 3), (1, DATAGRAM_FLOOR)],
         figures,
     })
 }
