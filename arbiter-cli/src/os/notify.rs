@@ -124,9 +124,8 @@ impl NotifySocket {
         let mut reset = false;
         let count = {
             let mut chunks = buffers.chunks_mut(DATAGRAM_MAX);
-            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
-                [IoSliceMut::new(chunks.next().unwrap_or_default())]
-            });
+            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
             let Ok(results) = recvmmsg(
                 self.fd.as_raw_fd(),
                 headers,
@@ -512,6 +511,35 @@ mod tests {
         hub.read_lazy(&mut out);
         worker.send("WATCHDOG=1").unwrap();
         assert!(!readable(hub.eager_fd()), "calmed: lazy again");
+        assert!(readable(hub.lazy_fd()));
+    }
+
+    /// A socket made chatty by a burst, then beating at a pace a lazy round can hold (four
+    /// between rounds, a worker beating once a second at a four-second period), goes back to
+    /// lazy reading: it does not wake the loop at every beat for good.
+    #[test]
+    fn a_chatty_socket_back_at_a_lazy_pace_turns_lazy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let path = hub.open(5).unwrap();
+        hub.set_urgent(5, false);
+        let worker = sender(&path);
+        for _ in 0..CHATTY_AT {
+            worker.send("WATCHDOG=1").unwrap();
+        }
+        let mut out = Vec::new();
+        hub.read_lazy(&mut out);
+        worker.send("WATCHDOG=1").unwrap();
+        assert!(readable(hub.eager_fd()), "chatty after the burst");
+        hub.read_eager(&mut out);
+        // Three more, read at once as they come: four since the last lazy round.
+        for _ in 0..3 {
+            worker.send("WATCHDOG=1").unwrap();
+            hub.read_eager(&mut out);
+        }
+        hub.read_lazy(&mut out);
+        worker.send("WATCHDOG=1").unwrap();
+        assert!(!readable(hub.eager_fd()), "back to lazy");
         assert!(readable(hub.lazy_fd()));
     }
 

@@ -659,8 +659,8 @@ impl<O: Os> Runtime<O> {
                 .take_while(|(k, _)| *k == key)
                 .any(|(_, m)| m.watchdog);
             let message = &mut messages[i].1;
-            let only_a_beat = !(message.ready || message.recycle || message.stopping)
-                && message.status.is_none();
+            let only_a_beat =
+                !(message.ready || message.recycle || message.stopping) && message.status.is_none();
             if newer_beat && only_a_beat {
                 continue;
             }

@@ -349,3 +349,77 @@ fn a_long_burst_of_spawns_reads_the_notify_sockets_between_spawns() {
         assert_eq!(ready, 29);
     }
 }
+
+/// Whether `fd` is readable now.
+fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) == 1
+}
+
+/// Idle workers that send `WATCHDOG=1` about once a second (every 900 ms: a lazy round two
+/// seconds after the last then finds three on some socket) are read in lazy rounds that
+/// settle at the longest period, where the fullest queue holds four or five of the eleven the
+/// kernel keeps, not at every beat or every other second (a rule that kept two seconds when
+/// a round found three did); no send finds a queue full and no socket turns chatty.
+#[test]
+fn idle_workers_beating_once_a_second_are_read_every_four_seconds() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut os = FakeOs::new();
+    {
+        let args = ["-w", "16", "--timeout", "30", "--ready", "notify"];
+        let mut runtime =
+            Runtime::start_over(start(dir.path(), &args, None), None, &mut os).unwrap();
+        runtime.execute_actions();
+        assert_eq!(spawned(runtime.os).len(), 16);
+        // Every worker says READY=1 (read at once: they are urgent while booting).
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let paths = runtime.os.notify_paths.clone();
+        for path in &paths {
+            sender.send_to(b"READY=1", path).unwrap();
+        }
+        runtime.read_eager_notify();
+        assert_eq!(runtime.core.ready_count(), 16);
+        let start = runtime.os.now;
+        // Worker i beats first at i * 60 ms, then every 900 ms; the clock runs in 10 ms steps.
+        let mut next_beat: Vec<Duration> = (0..paths.len() as u32)
+            .map(|i| start + Duration::from_millis(60) * i)
+            .collect();
+        let mut refused = 0;
+        let mut rounds = Vec::new();
+        for step in 1..=6000u32 {
+            runtime.os.now = start + Duration::from_millis(10) * step;
+            for (path, next) in paths.iter().zip(next_beat.iter_mut()) {
+                if *next <= runtime.os.now {
+                    *next += Duration::from_millis(900);
+                    if sender.send_to(b"WATCHDOG=1", path).is_err() {
+                        refused += 1;
+                    }
+                }
+            }
+            let now = runtime.now();
+            if runtime.lazy_notify_at.is_none_or(|at| at <= now) {
+                runtime.read_lazy_notify();
+                rounds.push(step / 100);
+            }
+            assert!(
+                !readable(runtime.notify.eager_fd()),
+                "a socket turned chatty at step {step} (rounds at {rounds:?} s)"
+            );
+        }
+        assert_eq!(refused, 0, "sends that found a queue full");
+        assert_eq!(
+            runtime.lazy_notify_period,
+            super::LAZY_NOTIFY_MAX,
+            "rounds at {rounds:?} s"
+        );
+        let late = rounds.iter().filter(|s| **s >= 30).count();
+        assert!(
+            late <= 30 / super::LAZY_NOTIFY_MAX.as_secs() as usize + 1,
+            "{late} rounds in the last 30 s: {rounds:?}"
+        );
+    }
+}
