@@ -124,9 +124,15 @@ pub fn cpu_use(pid: i32) -> Option<CpuUse> {
     for task in tasks.flatten() {
         let tid = task.file_name();
         let tid = tid.to_str()?;
-        let sched = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+        // A thread listed may end before it is read (a test harness's threads do): it is
+        // skipped, not taken for the whole process gone.
+        let Ok(sched) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")) else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue;
+        };
         total.cpu_ns += sched.split_whitespace().next()?.parse::<u64>().ok()?;
-        let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
         let field = |key: &str| -> Option<u64> {
             status
                 .lines()
