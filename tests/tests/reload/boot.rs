@@ -63,10 +63,14 @@ fn a_booting_first_generation_extends_the_start_timeout_before_ready() {
     stop(&mut master);
 }
 
+/// Workers that never send `READY=1` (`sleep`) count as ready at exec under `--ready auto`.
+/// Not the built-in worker: it speaks the protocol, and once one of its `READY=1` is read
+/// (between spawns, on a loaded machine) `auto` gates the next spawn on it, so the boot is
+/// rightly still going and extended.
 #[test]
 fn workers_ready_at_exec_send_no_extension_and_the_master_says_why() {
     let fx = Fixture::new();
-    let (mut master, manager, started) = supervised(&fx, &["-w", "2"]);
+    let (mut master, manager, started) = supervised(&fx, &["-w", "2", "--", "sleep", "1000"]);
     let (ready_at, _) = manager.wait("READY=1", started);
     let early: Vec<String> = manager
         .all()
