@@ -175,10 +175,23 @@ pub fn monotonic_secs() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// The wall-clock ctime (seconds) of the worker's heartbeat file: the one unlinked regular
-/// file among its descriptors (gunicorn's `WorkerTmp`, arbiter's `ARBITER_HEARTBEAT_FD`). Both
-/// bump it with a metadata change (`utime`, `fchmod`), which sets the ctime to now.
+/// The wall-clock ctime (seconds) of the worker's heartbeat file: arbiter's
+/// `ARBITER_HEARTBEAT_FD`, else the one unlinked regular file among its descriptors
+/// (gunicorn's `WorkerTmp`). Both bump it with a metadata change (`utime`, `fchmod`), which
+/// sets the ctime to now.
 pub fn heartbeat_ctime(pid: i32) -> Option<f64> {
+    // An arbiter worker names its heartbeat fd (the file stays linked, in the master's
+    // private heartbeat directory, while the worker lives).
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let named = environ
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(b"ARBITER_HEARTBEAT_FD="))
+        .and_then(|fd| std::str::from_utf8(fd).ok()?.parse::<u32>().ok());
+    if let Some(fd) = named {
+        let meta = fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        return Some(meta.ctime() as f64 + meta.ctime_nsec() as f64 * 1e-9);
+    }
+    // gunicorn's worker keeps an unlinked temporary file.
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     for fd in fds.flatten() {
         let Ok(target) = fs::read_link(fd.path()) else {
