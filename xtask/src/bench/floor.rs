@@ -29,6 +29,7 @@ const SOURCE: &str = r#"#define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -116,9 +117,13 @@ static int datagrams(const char *dir, int n, int period_ms, int window_ms) {
         struct epoll_event e = { .events = EPOLLIN, .data.u32 = i };
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e)) { perror("epoll_ctl"); return 1; }
     }
+    pid_t parent = getpid();
     pid_t sender = fork();
     if (sender < 0) { perror("fork"); return 1; }
     if (sender == 0) {
+        /* Ends with the reader, however it ends. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(0);
         for (int i = 0; i < n; i++) close(fds[i]);
         int *out = calloc(n, sizeof(int));
         for (int i = 0; i < n; i++) out[i] = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
