@@ -6,21 +6,12 @@ mod sim;
 use std::time::Duration;
 
 use arbiter_core::{
-    Action, Command, Config, Event, ExitStatus, Moment, Reason, Signal, Timer, SCALE_SETTLE,
+    Action, Command, Event, ExitStatus, Moment, Reason, Signal, Timer, SCALE_SETTLE,
     SCALE_SETTLE_CAP,
 };
 use sim::{ms, secs, Behavior, World};
 
-fn config(workers: usize) -> Config {
-    Config {
-        workers,
-        timeout: Some(secs(2)),
-        boot_timeout: Some(secs(5)),
-        graceful_timeout: secs(10),
-        abort_grace: secs(1),
-        ..Config::default()
-    }
-}
+use sim::config;
 
 fn us(n: u64) -> Duration {
     Duration::from_micros(n)

@@ -13,13 +13,8 @@ use sim::{at_ms, ms, secs, Behavior, World};
 
 fn config(workers: usize) -> Config {
     Config {
-        workers,
-        timeout: Some(secs(2)),
-        boot_timeout: Some(secs(5)),
-        graceful_timeout: secs(10),
-        abort_grace: secs(1),
         pidfile: true,
-        ..Config::default()
+        ..sim::config(workers)
     }
 }
 

@@ -4,22 +4,11 @@
 
 mod sim;
 
-use arbiter_core::{
-    Command, Config, Event, ExitStatus, Moment, Reason, Signal, Timer, SPAWN_ROUND,
-};
+use arbiter_core::{Command, Event, ExitStatus, Moment, Reason, Signal, Timer, SPAWN_ROUND};
 use proptest::prelude::*;
 use sim::{ms, secs, Behavior, World};
 
-fn config(workers: usize) -> Config {
-    Config {
-        workers,
-        timeout: Some(secs(2)),
-        boot_timeout: Some(secs(5)),
-        graceful_timeout: secs(10),
-        abort_grace: secs(1),
-        ..Config::default()
-    }
-}
+use sim::config;
 
 fn cuts(world: &World) -> Vec<(Moment, usize)> {
     world

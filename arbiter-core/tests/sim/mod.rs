@@ -18,6 +18,19 @@ use arbiter_core::{
 };
 
 /// Milliseconds as a `Duration`.
+/// The configuration most simulations start from: `workers` workers, a 2 s heartbeat
+/// timeout, a 5 s boot timeout, a 10 s graceful timeout and a 1 s abort grace.
+pub fn config(workers: usize) -> Config {
+    Config {
+        workers,
+        timeout: Some(secs(2)),
+        boot_timeout: Some(secs(5)),
+        graceful_timeout: secs(10),
+        abort_grace: secs(1),
+        ..Config::default()
+    }
+}
+
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
