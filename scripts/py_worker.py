@@ -5,8 +5,10 @@ Run as a program under arbiter, it is a worker the way an sd_notify client is on
 HTTP on the inherited listener at fd 3 (`LISTEN_FDS`), sends `READY=1` on `NOTIFY_SOCKET`
 once it serves, then `WATCHDOG=1` about once a second and, at the same moment, bumps its
 heartbeat file (`ARBITER_HEARTBEAT_FD`) with an `fchmod` that toggles its mode, as gunicorn's
-workers do. TERM stops it gracefully (it closes the listener, finishes the request in hand,
-sends `STOPPING=1` and exits 0); INT and QUIT stop it at once.
+workers do. TERM stops it gracefully, as a sync worker stops: it closes the listener at once,
+sends `STOPPING=1`, answers the requests still coming on its connections (with
+`Connection: close`), closes idle keep-alive connections half a second later and only between
+requests, and exits 0 once no connection is left; INT and QUIT stop it at once.
 
 Imported, it is the same application as a WSGI callable (`py_worker:app`), so gunicorn and
 uWSGI serve exactly the logic the standalone server does. Under uWSGI it registers a post-fork
@@ -171,8 +173,10 @@ def listener():
     return sock
 
 
-def respond(conn, request):
-    """Runs the WSGI app for one parsed request head; returns (bytes, keep_alive)."""
+def respond(request, closing=False):
+    """Runs the WSGI app for one parsed request head; returns (bytes, keep_alive).
+
+    `closing` (a graceful stop is under way) answers with `Connection: close`."""
     head = request.decode("latin-1")
     lines = head.split("\r\n")
     parts = lines[0].split(" ")
@@ -185,6 +189,7 @@ def respond(conn, request):
             headers[key.strip().lower()] = value.strip()
     connection = headers.get("connection", "").lower()
     keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
+    keep = keep and not closing
     path, _, query = target.partition("?")
     environ = {
         "REQUEST_METHOD": method,
@@ -206,8 +211,38 @@ def respond(conn, request):
     return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body, keep
 
 
+# After TERM, how long idle keep-alive connections stay open: a client that sends its next
+# request meanwhile gets an answer (with `Connection: close`) instead of a closed socket.
+DRAIN_IDLE_GRACE = 0.5
+
+
+class Connection:
+    """One accepted connection: the bytes of a request not yet complete, and whether nothing
+    was read yet (`fresh`: its first request may still be on its way)."""
+
+    __slots__ = ("sock", "buffer", "fresh")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+        self.fresh = True
+
+    def idle(self):
+        """Between requests: it has served one and holds no part of the next."""
+        return not self.fresh and not self.buffer
+
+
 def serve():
-    """The standalone worker: the loop of accept, requests and heartbeats."""
+    """The standalone worker: the loop of accept, requests and heartbeats.
+
+    A graceful stop (TERM) is what a sync worker does: stop accepting at once (the listener
+    is closed, so queued connections stay in the shared queue for the other workers), send
+    `STOPPING=1`, answer every request that arrives with `Connection: close`, close idle
+    keep-alive connections after `DRAIN_IDLE_GRACE` (and only between requests: one whose
+    next request has arrived is answered first), keep a just-accepted connection until its
+    request came and was answered, and exit once no connection is left. Closing a socket
+    with a request unread would reset it, and its client would see the request fail.
+    """
     notifier = Notifier()
     heartbeat = Heartbeat()
     interval = float(os.environ.get("BENCH_BEAT_INTERVAL", "1") or "1")
@@ -222,7 +257,9 @@ def serve():
     stop = {"how": None}
 
     def on_signal(signum, _frame):
-        stop["how"] = "graceful" if signum == signal.SIGTERM else "quick"
+        how = "graceful" if signum == signal.SIGTERM else "quick"
+        if stop["how"] != "quick":
+            stop["how"] = how
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, on_signal)
@@ -246,8 +283,9 @@ def serve():
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "accept")
     selector.register(wake_r, selectors.EVENT_READ, "wake")
-    buffers = {}
+    connections = {}
     beats = 0
+    drain = {"on": False, "grace_until": None}
 
     def beat():
         nonlocal beats
@@ -256,6 +294,49 @@ def serve():
             last_watchdog["at"] = time.monotonic()
         if mode in ("both", "file"):
             heartbeat.bump()
+
+    def close(connection):
+        selector.unregister(connection.sock)
+        connections.pop(connection.sock, None)
+        connection.sock.close()
+
+    def begin_drain():
+        drain["on"] = True
+        drain["grace_until"] = time.monotonic() + DRAIN_IDLE_GRACE
+        selector.unregister(sock)
+        sock.close()
+        notifier.send(b"STOPPING=1")
+
+    def drive(connection, closing_idle=False):
+        """Reads what `connection` has and answers its complete requests. `closing_idle`:
+        the drain's grace is over, so an idle connection with nothing to read is closed."""
+        try:
+            chunk = connection.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            if closing_idle and connection.idle():
+                close(connection)
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            close(connection)
+            return
+        connection.fresh = False
+        data = connection.buffer + chunk
+        keep = True
+        while keep and b"\r\n\r\n" in data:
+            head, _, data = data.partition(b"\r\n\r\n")
+            response, keep = respond(head, closing=drain["on"])
+            connection.sock.setblocking(True)
+            connection.sock.settimeout(10)
+            try:
+                connection.sock.sendall(response)
+            except OSError:
+                keep = False
+            connection.sock.setblocking(False)
+        connection.buffer = data
+        if not keep:
+            close(connection)
 
     beat()
     ready_at = time.monotonic()
@@ -268,15 +349,31 @@ def serve():
         except OSError:
             pass
     next_beat = time.monotonic() + interval
-    while stop["how"] is None:
-        timeout = max(0.0, next_beat - time.monotonic())
+    while True:
+        if stop["how"] == "quick":
+            break
+        if stop["how"] == "graceful" and not drain["on"]:
+            begin_drain()
+        if drain["on"] and not connections:
+            break
+        deadline = next_beat
+        if drain["grace_until"] is not None:
+            deadline = min(deadline, drain["grace_until"])
+        timeout = max(0.0, deadline - time.monotonic())
         for key, _ in selector.select(timeout):
+            # A signal handled during this batch: a quick stop ends it, TERM stops accepting.
+            if stop["how"] == "quick":
+                break
+            if stop["how"] == "graceful" and not drain["on"]:
+                begin_drain()
             if key.data == "wake":
                 try:
                     os.read(wake_r, 512)
                 except OSError:
                     pass
             elif key.data == "accept":
+                if drain["on"]:
+                    continue
                 try:
                     conn, _ = sock.accept()
                 except (BlockingIOError, InterruptedError):
@@ -286,47 +383,23 @@ def serve():
                         continue
                     raise
                 conn.setblocking(False)
-                buffers[conn] = b""
+                connections[conn] = Connection(conn)
                 selector.register(conn, selectors.EVENT_READ, "conn")
-            else:
-                conn = key.fileobj
-                try:
-                    chunk = conn.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    selector.unregister(conn)
-                    buffers.pop(conn, None)
-                    conn.close()
-                    continue
-                data = buffers[conn] + chunk
-                keep = True
-                while keep and b"\r\n\r\n" in data:
-                    head, _, data = data.partition(b"\r\n\r\n")
-                    response, keep = respond(conn, head)
-                    conn.setblocking(True)
-                    conn.settimeout(10)
-                    try:
-                        conn.sendall(response)
-                    except OSError:
-                        keep = False
-                    conn.setblocking(False)
-                if keep:
-                    buffers[conn] = data
-                else:
-                    selector.unregister(conn)
-                    buffers.pop(conn, None)
-                    conn.close()
-        if time.monotonic() >= next_beat:
+            elif key.fileobj in connections:
+                drive(connections[key.fileobj])
+        now = time.monotonic()
+        if drain["grace_until"] is not None and now >= drain["grace_until"]:
+            drain["grace_until"] = None
+            for connection in list(connections.values()):
+                if connection.idle():
+                    drive(connection, closing_idle=True)
+        if now >= next_beat:
             beat()
             next_beat += interval
             if next_beat < time.monotonic():
                 next_beat = time.monotonic() + interval
-    selector.unregister(sock)
-    sock.close()
-    notifier.send(b"STOPPING=1")
+    if not drain["on"]:
+        notifier.send(b"STOPPING=1")
     if stats_dir:
         stats = {
             "pid": os.getpid(),

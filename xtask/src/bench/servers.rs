@@ -557,18 +557,8 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
 
-    /// The Python worker speaks the protocol: READY=1, then WATCHDOG=1 about once a second,
-    /// serves `GET /` on fd 3 with its pid, and on TERM sends STOPPING=1 and exits.
-    #[test]
-    fn the_python_worker_speaks_the_protocol() {
-        let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    /// `scripts/py_worker.py` serving `listener` as its fd 3, notifying `notify_path`.
+    fn start_py_worker(listener: &TcpListener, notify_path: &Path) -> std::process::Child {
         let fd = listener.as_raw_fd();
         let script = crate::common::root().join("scripts/py_worker.py");
         let mut command = Command::new("python3");
@@ -576,7 +566,7 @@ mod tests {
             .arg(&script)
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
-            .env("NOTIFY_SOCKET", &notify_path)
+            .env("NOTIFY_SOCKET", notify_path)
             .env("BENCH_BEAT_INTERVAL", "0.2")
             .stdin(Stdio::null());
         // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which
@@ -589,7 +579,28 @@ mod tests {
                 Ok(())
             });
         }
-        let mut child = command.spawn().unwrap();
+        command.spawn().unwrap()
+    }
+
+    /// A notify socket in `dir` that waits at most 10 s for a message.
+    fn notify_socket(dir: &Path) -> (UnixDatagram, PathBuf) {
+        let path = dir.join("notify");
+        let notify = UnixDatagram::bind(&path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (notify, path)
+    }
+
+    /// The Python worker speaks the protocol: READY=1, then WATCHDOG=1 about once a second,
+    /// serves `GET /` on fd 3 with its pid, and on TERM sends STOPPING=1 and exits.
+    #[test]
+    fn the_python_worker_speaks_the_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let (notify, notify_path) = notify_socket(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut child = start_py_worker(&listener, &notify_path);
         let pid = child.id() as i32;
         let mut messages = Vec::new();
         let mut buffer = [0u8; 256];
@@ -624,5 +635,123 @@ mod tests {
         let _ = child.try_wait();
         assert!(stopping, "no STOPPING=1 after TERM");
         assert!(exited.is_some(), "did not exit within 10 s of TERM");
+    }
+
+    /// A worker that is killed (by its pid) and reaped if a test ends before it exited.
+    struct Worker(std::process::Child);
+
+    impl Drop for Worker {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+
+    /// Sends `GET /` on `stream` and reads one response; `Ok(None)` when the connection was
+    /// closed before any byte of it came back (what a client retries), `Err` when it broke
+    /// off in the middle or was reset.
+    fn exchange(stream: &mut std::net::TcpStream) -> Result<Option<String>, String> {
+        use std::io::{Read, Write};
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&response).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+                if body.len() >= length {
+                    return Ok(Some(text));
+                }
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) if response.is_empty() => return Ok(None),
+                Ok(0) => return Err(format!("closed after {text:?}")),
+                Ok(n) => response.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("read after {text:?}: {e}")),
+            }
+        }
+    }
+
+    /// TERM stops the Python worker the way a sync worker stops: a connection it accepted
+    /// before the TERM whose request comes after it is answered (with `Connection: close`),
+    /// not reset; an idle keep-alive connection is closed cleanly (no byte of a response, so
+    /// a client retries) or its next request is answered; a connection still in the shared
+    /// accept queue is left there for the other workers; and it exits 0 once none is left.
+    #[test]
+    fn the_python_worker_stops_between_requests_on_term() {
+        use std::net::TcpStream;
+        let dir = tempfile::tempdir().unwrap();
+        let (notify, notify_path) = notify_socket(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut worker = Worker(start_py_worker(&listener, &notify_path));
+        let pid = worker.0.id() as i32;
+        let mut buffer = [0u8; 256];
+        let mut ready = false;
+        while !ready {
+            let n = notify.recv(&mut buffer).expect("no READY=1 within 10 s");
+            ready = &buffer[..n] == b"READY=1";
+        }
+        let connect = || TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // `kept`: served once and idle; `idle`: the same, never used again.
+        let mut kept = connect();
+        let first = exchange(&mut kept)
+            .unwrap()
+            .expect("no answer on a fresh worker");
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(first.contains("Connection: keep-alive"), "{first}");
+        let mut idle = connect();
+        assert!(exchange(&mut idle).unwrap().is_some());
+        // `quiet` is accepted and sends nothing before the TERM: the worker accepts in queue
+        // order, so once the connection behind it was answered, it holds `quiet` too.
+        let mut quiet = connect();
+        let mut behind = connect();
+        assert!(exchange(&mut behind).unwrap().is_some());
+        procfs::kill(pid, libc::SIGTERM);
+        let mut stopping = false;
+        while !stopping {
+            let n = notify
+                .recv(&mut buffer)
+                .expect("no STOPPING=1 within 10 s of TERM");
+            stopping = &buffer[..n] == b"STOPPING=1";
+        }
+        // Queued after the TERM: the stopping worker must leave it to the others.
+        let _queued = connect();
+        let answer = exchange(&mut quiet).expect("a request on a connection accepted before TERM");
+        let answer = answer.expect("a connection accepted before TERM closed unanswered");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+        // Within the grace it is answered; past it (a loaded machine), closed before any byte.
+        let answer = exchange(&mut kept).expect("an idle keep-alive connection broke off or reset");
+        if let Some(answer) = answer {
+            assert!(answer.contains("Connection: close"), "{answer}");
+        }
+        let mut status = None;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while status.is_none() && Instant::now() < limit {
+            status = worker.0.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = status.expect("still running 10 s after TERM with no request in hand");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        let mut rest = Vec::new();
+        use std::io::Read;
+        assert_eq!(idle.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0));
+        listener.set_nonblocking(true).unwrap();
+        assert!(
+            listener.accept().is_ok(),
+            "the connection queued after TERM was taken by the stopping worker"
+        );
     }
 }
