@@ -190,6 +190,7 @@ pub fn run(options: Options) -> Result<(), String> {
     let full = !options.quick && options.only.is_none() && options.skip.is_empty();
     let started = Instant::now();
     let load_before = load_average();
+    let machine_before = machine_busy_secs();
     procfs::become_subreaper();
     let needs_servers = selected.iter().any(|s| !matches!(*s, "core"));
     let mut sections = Vec::new();
@@ -235,7 +236,17 @@ pub fn run(options: Options) -> Result<(), String> {
     }
     let secs = started.elapsed().as_secs_f64();
     let command = rerun_command(&options);
-    let facts = machine_facts(&facts_tools, &command, secs, load_before, load_average());
+    let conditions = Conditions {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_start: load_before,
+        load_end: load_average(),
+        wall_secs: secs,
+        machine_cpu_secs: machine_before
+            .zip(machine_busy_secs())
+            .map(|(before, after)| (after - before).max(0.0)),
+        bench_cpu_secs: own_cpu_secs(),
+    };
+    let facts = machine_facts(&facts_tools, &command, &conditions);
     let dir = match (&options.out, full) {
         (Some(dir), _) => dir.clone(),
         (None, true) => crate::common::root().join("docs"),
@@ -244,7 +255,7 @@ pub fn run(options: Options) -> Result<(), String> {
     fs::create_dir_all(&dir).map_err(|e| format!("{dir:?}: {e}"))?;
     // Log tails quote paths: name the workspace's files relative to it, not by this machine.
     let root = format!("{}/", crate::common::root().display());
-    let markdown = document(&facts, &sections).replace(&root, "");
+    let markdown = document(&conditions, &facts, &sections).replace(&root, "");
     fs::write(dir.join("BENCHMARKS.md"), markdown).map_err(|e| format!("BENCHMARKS.md: {e}"))?;
     fs::write(dir.join("bench.svg"), report::svg(&sections))
         .map_err(|e| format!("bench.svg: {e}"))?;
@@ -432,10 +443,148 @@ fn output(program: &Path, args: &[&str]) -> String {
         .unwrap_or_else(|e| format!("({}: {e})", program.display()))
 }
 
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+/// The 1, 5 and 15 minute load averages, if `/proc/loadavg` reads.
+fn load_average() -> Option<[f64; 3]> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
+/// CPU seconds the whole machine has spent busy since boot (all cores; `/proc/stat`: every
+/// state but idle and iowait; guest time is already inside user time).
+fn machine_busy_secs() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|&(state, _)| state != 3 && state != 4)
+        .map(|(_, &t)| t)
+        .sum();
+    // SAFETY: sysconf takes an integer name and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 / hz as f64)
+}
+
+/// CPU seconds of this process and of every process it started and reaped (xtask is their
+/// subreaper, so orphaned grandchildren count too).
+fn own_cpu_secs() -> Option<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let secs = |who| {
+        getrusage(who).ok().map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+    };
+    Some(secs(UsageWho::RUSAGE_SELF)? + secs(UsageWho::RUSAGE_CHILDREN)?)
+}
+
+/// Other processes' average use of the machine above which a run counts as shared: a tenth
+/// of its cores (more than the machine's own daemons take; a build beside the run takes one
+/// core or more).
+const SHARED_FRACTION: f64 = 0.1;
+
+/// What the machine did while the benchmark ran, for the header of the report.
+#[derive(Clone, Debug, PartialEq)]
+struct Conditions {
+    /// Cores the benchmark could run on.
+    cores: usize,
+    /// Load averages (1, 5, 15 min) before the first scenario and after the last.
+    load_start: Option<[f64; 3]>,
+    load_end: Option<[f64; 3]>,
+    /// The run's wall time.
+    wall_secs: f64,
+    /// CPU seconds the whole machine spent busy over the run (`/proc/stat`).
+    machine_cpu_secs: Option<f64>,
+    /// CPU seconds of the benchmark and everything it started (`getrusage`).
+    bench_cpu_secs: Option<f64>,
+}
+
+impl Conditions {
+    /// CPU seconds of the other processes over the run: the machine's less the benchmark's.
+    fn others_cpu_secs(&self) -> Option<f64> {
+        Some((self.machine_cpu_secs? - self.bench_cpu_secs?).max(0.0))
+    }
+
+    /// The other processes' average use, in cores.
+    fn others_cores(&self) -> Option<f64> {
+        Some(self.others_cpu_secs()? / self.wall_secs.max(1e-9))
+    }
+}
+
+fn loads(load: Option<[f64; 3]>) -> String {
+    load.map_or("unknown".into(), |[a, b, c]| {
+        format!("{a:.2} {b:.2} {c:.2}")
+    })
+}
+
+/// The header's paragraph on how loaded the machine was: loaded or quiet at the start by
+/// its 1-minute load average against the cores, shared during the run by the CPU time that
+/// other processes took, and where a high load at the end came from.
+fn conditions_paragraph(c: &Conditions) -> String {
+    let cores = c.cores;
+    let start = c.load_start.map(|l| l[0]);
+    let end = c.load_end.map(|l| l[0]);
+    let at_start = match start {
+        Some(load) if load > cores as f64 => format!(
+            "**The machine was loaded at the start**: its load average was {load:.2} on \
+             {cores} cores before the first scenario, from other work sharing it."
+        ),
+        Some(load) => format!(
+            "The machine was quiet at the start: its load average was {load:.2} on {cores} \
+             cores before the first scenario."
+        ),
+        None => format!(
+            "The load average at the start could not be read (the machine has {cores} cores)."
+        ),
+    };
+    let shared_above = SHARED_FRACTION * cores as f64;
+    let during = match (c.others_cores(), c.others_cpu_secs(), c.machine_cpu_secs) {
+        (Some(others), Some(others_secs), Some(machine)) => {
+            let share = format!(
+                "processes other than this benchmark used {others:.2} cores on average \
+                 ({others_secs:.0} of the {machine:.0} CPU-seconds the machine spent busy in \
+                 {:.0} s)",
+                c.wall_secs
+            );
+            if others > shared_above {
+                format!(
+                    " **It was shared during the run**: {share}, so absolute numbers are \
+                     noisy."
+                )
+            } else {
+                format!(" During the run {share}: it was not shared.")
+            }
+        }
+        _ => " How much of the machine other processes used during the run could not be \
+         measured."
+            .to_owned(),
+    };
+    let at_end = match (end, c.others_cores()) {
+        (Some(load), Some(others)) if load > cores as f64 && others <= shared_above => {
+            format!(
+                " The load average of {load:.2} at the end is the benchmark's own (its last \
+                 scenario's workers and masters)."
+            )
+        }
+        (Some(load), _) if load > cores as f64 => format!(
+            " The load average was {load:.2} at the end, from the benchmark's workers and the \
+             other processes together."
+        ),
+        (Some(load), _) => format!(" The load average was {load:.2} at the end."),
+        (None, _) => String::new(),
+    };
+    format!(
+        "{at_start}{during}{at_end} Runs alternate between the systems, and the ratios are \
+         what to read."
+    )
 }
 
 fn tool_facts(bench: &servers::Bench) -> Vec<String> {
@@ -487,13 +636,8 @@ fn rerun_command(options: &Options) -> String {
     command
 }
 
-fn machine_facts(
-    tools: &[String],
-    command: &str,
-    secs: f64,
-    load_before: String,
-    load_after: String,
-) -> String {
+fn machine_facts(tools: &[String], command: &str, conditions: &Conditions) -> String {
+    let secs = conditions.wall_secs;
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -516,15 +660,28 @@ fn machine_facts(
         format!("- memory: {memory}"),
         format!("- kernel: {}", output(Path::new("uname"), &["-sr"])),
         format!(
-            "- load average (1, 5, 15 min): {load_before} at the start, {load_after} at the end"
+            "- load average (1, 5, 15 min): {} at the start, {} at the end",
+            loads(conditions.load_start),
+            loads(conditions.load_end)
         ),
     ];
+    if let (Some(machine), Some(bench), Some(others)) = (
+        conditions.machine_cpu_secs,
+        conditions.bench_cpu_secs,
+        conditions.others_cpu_secs(),
+    ) {
+        lines.push(format!(
+            "- CPU time over the run: {machine:.0} s busy on the machine, of which this \
+             benchmark and what it started {bench:.0} s, other processes {others:.0} s"
+        ));
+    }
     lines.extend(tools.iter().cloned());
     lines.push(format!("- run: `{command}`, {secs:.0} s in all"));
     lines.join("\n")
 }
 
-fn document(facts: &str, sections: &[Section]) -> String {
+fn document(conditions: &Conditions, facts: &str, sections: &[Section]) -> String {
+    let conditions = conditions_paragraph(conditions);
     let behind: Vec<String> = sections.iter().flat_map(Section::behind).collect();
     let behind = if behind.is_empty() {
         "In this run arbiter is ahead of (or level with) gunicorn, uWSGI and the floors on \
@@ -551,10 +708,7 @@ fn document(facts: &str, sections: &[Section]) -> String {
          arbiter is not ahead. Floors (fork+exec, a signalfd reader) come from a C program \
          compiled at bench time and are measured in the same run. Every process binds \
          127.0.0.1 only and is killed by pid at the end of its run.\n\n\
-         **The machine was loaded**: it has 2 cores, shared with other engineers' builds \
-         and tests while this ran (see the load average below), so absolute numbers are \
-         noisy; runs alternate between the systems, and the ratios are what to read. \
-         {behind}\n\n\
+         {conditions} {behind}\n\n\
          ## Machine\n\n{facts}\n\n\
          ## Rerunning one scenario\n\n{rerun}\n\
          (add `--quick` for a smoke run; a partial run writes `target/bench/BENCHMARKS.md`)\n\n{}",
@@ -588,6 +742,100 @@ mod tests {
         for name in SCENARIOS {
             assert!(USAGE.contains(&format!("\n  {name} ")), "{name}");
         }
+    }
+
+    fn conditions(start: f64, end: f64, machine: f64, bench: f64) -> Conditions {
+        Conditions {
+            cores: 2,
+            load_start: Some([start, 0.4, 3.75]),
+            load_end: Some([end, 91.0, 47.0]),
+            wall_secs: 1000.0,
+            machine_cpu_secs: Some(machine),
+            bench_cpu_secs: Some(bench),
+        }
+    }
+
+    /// A quiet start and a high end load that the benchmark's own processes made (the full
+    /// run of 1 December: 0.74 at the start, 46.86 at the end after 10,000 workers).
+    #[test]
+    fn a_quiet_start_is_called_quiet_and_the_end_load_the_benchmarks_own() {
+        let text = conditions_paragraph(&conditions(0.74, 46.86, 1500.0, 1450.0));
+        assert_eq!(
+            text,
+            "The machine was quiet at the start: its load average was 0.74 on 2 cores before \
+             the first scenario. During the run processes other than this benchmark used 0.05 \
+             cores on average (50 of the 1500 CPU-seconds the machine spent busy in 1000 s): \
+             it was not shared. The load average of 46.86 at the end is the benchmark's own \
+             (its last scenario's workers and masters). Runs alternate between the systems, \
+             and the ratios are what to read."
+        );
+        assert!(!text.contains("loaded"), "{text}");
+    }
+
+    #[test]
+    fn a_start_load_above_the_cores_is_called_loaded() {
+        let text = conditions_paragraph(&conditions(4.89, 1.5, 1500.0, 1450.0));
+        assert!(
+            text.starts_with(
+                "**The machine was loaded at the start**: its load average was 4.89 on 2 \
+                 cores before the first scenario, from other work sharing it."
+            ),
+            "{text}"
+        );
+        assert!(text.contains("it was not shared"), "{text}");
+        assert!(
+            text.contains("The load average was 1.50 at the end."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_processes_busy_during_a_quiet_start_make_the_run_shared() {
+        // Others took 600 CPU-seconds in 1000 s: 0.6 cores, above a tenth of 2.
+        let text = conditions_paragraph(&conditions(0.5, 19.65, 1800.0, 1200.0));
+        assert!(
+            text.starts_with("The machine was quiet at the start"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "**It was shared during the run**: processes other than this benchmark used \
+                 0.60 cores on average (600 of the 1800 CPU-seconds"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "The load average was 19.65 at the end, from the benchmark's workers and the \
+                 other processes together."
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unreadable_figures_are_said_so() {
+        let text = conditions_paragraph(&Conditions {
+            load_start: None,
+            load_end: None,
+            machine_cpu_secs: None,
+            ..conditions(0.0, 0.0, 0.0, 0.0)
+        });
+        assert!(text.contains("could not be read"), "{text}");
+        assert!(text.contains("could not be measured"), "{text}");
+        assert!(
+            !text.contains("quiet") && !text.contains("loaded"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_busy_time_and_own_time_read() {
+        let machine = machine_busy_secs().expect("/proc/stat");
+        let own = own_cpu_secs().expect("getrusage");
+        assert!(machine > 0.0 && own >= 0.0, "{machine} {own}");
+        let load = load_average().expect("/proc/loadavg");
+        assert!(load.iter().all(|l| *l >= 0.0), "{load:?}");
     }
 
     #[test]
