@@ -11,14 +11,9 @@ use sim::{at_ms, ms, secs, Behavior, World};
 
 fn config(workers: usize) -> Config {
     Config {
-        workers,
-        timeout: Some(secs(2)),
-        boot_timeout: Some(secs(5)),
-        graceful_timeout: secs(10),
-        abort_grace: secs(1),
         pidfile: true,
         shutdown_delay: secs(5),
-        ..Config::default()
+        ..sim::config(workers)
     }
 }
 

@@ -13,13 +13,12 @@ use arbiter_core::{
 };
 use sim::{ms, secs, Behavior, World};
 
+/// The base simulation with longer timeouts: a 5 s heartbeat and a 10 s boot timeout.
 fn config(workers: usize) -> Config {
     Config {
-        workers,
         timeout: Some(secs(5)),
         boot_timeout: Some(secs(10)),
-        graceful_timeout: secs(10),
-        ..Config::default()
+        ..sim::config(workers)
     }
 }
 

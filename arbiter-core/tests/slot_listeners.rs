@@ -11,10 +11,8 @@ use sim::{at_ms, ms, secs, Behavior, World};
 
 fn config(workers: usize) -> Config {
     Config {
-        workers,
-        graceful_timeout: secs(10),
         slot_listeners: true,
-        ..Config::default()
+        ..sim::config(workers)
     }
 }
 

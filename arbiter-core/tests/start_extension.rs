@@ -16,14 +16,10 @@ use sim::{at_ms, secs, Behavior, World};
 
 fn config(boot: u64) -> Config {
     Config {
-        workers: 2,
-        timeout: Some(secs(2)),
         boot_timeout: Some(secs(boot)),
-        graceful_timeout: secs(10),
-        abort_grace: secs(1),
         ready: ReadyMode::Notify,
         extend_start: true,
-        ..Config::default()
+        ..sim::config(2)
     }
 }
 

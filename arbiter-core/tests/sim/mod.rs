@@ -17,7 +17,6 @@ use arbiter_core::{
     SupervisorNote, WorkerId, WorkerState,
 };
 
-/// Milliseconds as a `Duration`.
 /// The configuration most simulations start from: `workers` workers, a 2 s heartbeat
 /// timeout, a 5 s boot timeout, a 10 s graceful timeout and a 1 s abort grace.
 pub fn config(workers: usize) -> Config {
@@ -31,6 +30,7 @@ pub fn config(workers: usize) -> Config {
     }
 }
 
+/// Milliseconds as a `Duration`.
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
