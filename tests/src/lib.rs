@@ -704,6 +704,32 @@ pub fn wait_until(bound: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
+/// The pid in a pidfile, if it holds one.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Sends USR2 to `master` and waits up to `bound` until `upgrade` (its `PIDFILE.2`) names a
+/// live new master; tracks it and the tree (so the test's guard kills them) and returns its
+/// pid.
+pub fn usr2_child(master: &mut Master, upgrade: &Path, bound: Duration) -> i32 {
+    let old = master.pid();
+    master.signal(libc::SIGUSR2);
+    let mut new = 0;
+    assert!(
+        wait_until(bound, || {
+            new = read_pid(upgrade).unwrap_or(0);
+            new > 0 && new != old && alive(new)
+        }),
+        "no {}\n{}",
+        upgrade.display(),
+        master.stderr()
+    );
+    master.track(new);
+    master.track_tree();
+    new
+}
+
 /// Waits up to `bound` for `pid` to be gone; how long it took, or `None`.
 pub fn wait_gone(pid: i32, bound: Duration) -> Option<Duration> {
     let start = Instant::now();

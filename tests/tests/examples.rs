@@ -5,7 +5,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arbiter_tests::{example_bin, get, wait_until, Fixture};
+use arbiter_tests::{example_bin, get, read_pid, usr2_child, wait_until, Fixture};
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -210,10 +210,6 @@ fn every_example_of_the_library_crates_has_a_test_here() {
     }
 }
 
-fn read_pid(path: &std::path::Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 #[test]
 fn the_library_mode_example_answers_ctl_and_metrics_and_upgrades_itself_on_usr2() {
     let bin = example_bin("arbiter-cli", "preload");
@@ -271,21 +267,7 @@ fn the_library_mode_example_answers_ctl_and_metrics_and_upgrades_itself_on_usr2(
     }
 
     // USR2 re-execs the program, which loads its table again and serves on the same socket.
-    let old = master.pid();
-    master.signal(libc::SIGUSR2);
-    let upgrade = fixture.join("preload.pid.2");
-    let mut new = 0;
-    assert!(
-        wait_until(BOUND, || {
-            new = read_pid(&upgrade).unwrap_or(0);
-            new > 0 && new != old && arbiter_tests::alive(new)
-        }),
-        "no {}\n{}",
-        upgrade.display(),
-        master.stderr()
-    );
-    master.track(new);
-    master.track_tree();
+    let new = usr2_child(&mut master, &fixture.join("preload.pid.2"), BOUND);
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(BOUND), 0, "{}", master.stderr());
     assert!(

@@ -24,6 +24,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use arbiter_tests::read_pid;
 use arbiter_tests::{wait_until, Master, SOON};
 
 use load::LoadReport;
@@ -90,11 +91,6 @@ pub fn wait_log_count(master: &mut Master, needle: &str, count: usize, bound: Du
         "{needle:?} x{count} not in the log after {bound:?}:\n{log}"
     );
     log
-}
-
-/// The pid in a pidfile, if it holds one.
-pub fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -187,25 +183,6 @@ pub fn run_upgrade(program: &Path, pidfile: &Path, bound: Duration) -> UpgradeRu
         stderr: read(err),
         took,
     }
-}
-
-/// Sends USR2 to `master` (pid `old`) and waits until `upgrade` (its `PIDFILE.2`) names a live
-/// new master; tracks it and the tree (so the test's guard kills them) and returns its pid.
-pub fn usr2_child(master: &mut Master, upgrade: &Path, old: i32) -> i32 {
-    master.signal(libc::SIGUSR2);
-    let mut new = 0;
-    assert!(
-        wait_until(SOON, || {
-            new = read_pid(upgrade).unwrap_or(0);
-            new > 0 && new != old && arbiter_tests::alive(new)
-        }),
-        "no {}\n{}",
-        upgrade.display(),
-        master.stderr()
-    );
-    master.track(new);
-    master.track_tree();
-    new
 }
 
 /// After an upgrade: waits until `pidfile` names a live master other than `old` with

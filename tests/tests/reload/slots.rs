@@ -258,7 +258,7 @@ fn usr2_inherits_every_slot_socket_and_loses_no_connection() {
     let old = master.pid();
     let clients = Clients::start(port);
     assert!(clients.wait_served_by_any(&old_workers));
-    let new = crate::usr2_child(&mut master, &upgrade, old);
+    let new = arbiter_tests::usr2_child(&mut master, &upgrade, SOON);
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0, "{}", master.stderr());
     let (promoted_pid, new_workers) = promoted(&mut master, &pidfile, old, 2);
@@ -403,7 +403,7 @@ fn upgrade_switching_mode(scenario: &str, old_per_slot: bool) -> (Vec<String>, S
     let clients = Clients::start(port);
     assert!(clients.wait_served_by_any(&old_workers));
     fx.write("arbiter.toml", &config(!old_per_slot));
-    let new = crate::usr2_child(&mut master, &upgrade, old);
+    let new = arbiter_tests::usr2_child(&mut master, &upgrade, SOON);
     master.signal(libc::SIGTERM);
     assert_eq!(master.exit_code(SOON), 0, "{}", master.stderr());
     let (_, new_workers) = promoted(&mut master, &pidfile, old, 2);

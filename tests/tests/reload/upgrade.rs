@@ -52,7 +52,7 @@ fn usr2_then_term_under_load() {
     let load = Load::start(port, crate::THREADS, LOAD_LIMIT);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let new = crate::usr2_child(&mut master, &upgrade, old);
+    let new = arbiter_tests::usr2_child(&mut master, &upgrade, SOON);
     let ready = started.elapsed();
     master.signal(libc::SIGTERM);
     assert_eq!(
