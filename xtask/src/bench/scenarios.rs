@@ -436,11 +436,18 @@ pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
                 }
                 let mut master = bench.start(system, &spec)?;
                 master.wait_ready(workers, WAIT)?;
-                let report = if kind == "HUP" {
+                let (report, signals) = if kind == "HUP" {
                     hup_under_load(&master)?
                 } else {
                     usr2_under_load(&mut master)?
                 };
+                // What was lost, and when against the signals: the report has only counts.
+                for failure in &report.failures {
+                    eprintln!(
+                        "bench: {kind} {}: failed request {failure}; {signals}",
+                        system.label()
+                    );
+                }
                 served.push(column, report.ok as f64);
                 errors.push(column, report.errors as f64);
                 worst.push(column, ms(report.max_latency));
@@ -475,10 +482,12 @@ pub fn reloads(bench: &Bench, plan: &Plan) -> Result<Section, String> {
     })
 }
 
-fn hup_under_load(master: &Master) -> Result<super::load::LoadReport, String> {
+/// The load's report, and when the signal went (since the load started).
+fn hup_under_load(master: &Master) -> Result<(super::load::LoadReport, String), String> {
     let before: Vec<i32> = master.workers();
     let load = Load::start(master.port, 4);
     std::thread::sleep(Duration::from_secs(1));
+    let signals = format!("HUP at {:.3} s", load.elapsed().as_secs_f64());
     master.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_secs(5));
     let seen = load.seen_pids();
@@ -487,13 +496,15 @@ fn hup_under_load(master: &Master) -> Result<super::load::LoadReport, String> {
     if seen.iter().all(|&pid| before.contains(&(pid as i32))) {
         return Err(master.fail("HUP: no new worker served within 5 s"));
     }
-    Ok(report)
+    Ok((report, signals))
 }
 
-fn usr2_under_load(master: &mut Master) -> Result<super::load::LoadReport, String> {
+/// The load's report, and when USR2 and the old master's TERM went (since the load started).
+fn usr2_under_load(master: &mut Master) -> Result<(super::load::LoadReport, String), String> {
     let load = Load::start(master.port, 4);
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
+    let usr2_at = load.elapsed();
     master.signal(libc::SIGUSR2);
     let child_pidfile = {
         let mut name = master.pidfile.clone().into_os_string();
@@ -527,13 +538,18 @@ fn usr2_under_load(master: &mut Master) -> Result<super::load::LoadReport, Strin
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    let signals = format!(
+        "USR2 at {:.3} s, TERM to the old master at {:.3} s",
+        usr2_at.as_secs_f64(),
+        load.elapsed().as_secs_f64()
+    );
     master.signal(libc::SIGTERM);
     // Keep the load on for 6 s in all, and at least 2 s after the TERM.
     let end = (start + Duration::from_secs(6)).max(Instant::now() + Duration::from_secs(2));
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let report = load.finish();
     master.wait_exit(Duration::from_secs(10));
-    Ok(report)
+    Ok((report, signals))
 }
 
 /// Overhead: N built-in workers behind arbiter vs the same program on SO_REUSEPORT sockets.
