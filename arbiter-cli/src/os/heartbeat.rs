@@ -54,13 +54,24 @@ impl HeartbeatDir {
     /// Creates the heartbeat file of the worker numbered `key` (close-on-exec, 0600).
     pub fn create(&self, key: u64) -> io::Result<Heartbeat> {
         let name = format!("h{key}");
-        let _ = rustix::fs::unlinkat(&self.0.fd, &name, AtFlags::empty());
-        let fd = rustix::fs::openat(
-            &self.0.fd,
-            &name,
-            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )?;
+        let open = || {
+            rustix::fs::openat(
+                &self.0.fd,
+                &name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::RUSR | Mode::WUSR,
+            )
+        };
+        // The directory is this master's own and keys are not reused, so the name is free:
+        // a stale file is removed only when one is found (an unlink of a missing name up front
+        // was a quarter of this call's cost, on every spawn).
+        let fd = match open() {
+            Err(rustix::io::Errno::EXIST) => {
+                let _ = rustix::fs::unlinkat(&self.0.fd, &name, AtFlags::empty());
+                open()?
+            }
+            opened => opened?,
+        };
         let file = File::from(fd);
         let mut heartbeat = Heartbeat {
             dir: self.clone(),
@@ -178,5 +189,25 @@ mod tests {
         assert_eq!(entries(), 1, "a file still held keeps the directory");
         drop(second);
         assert_eq!(entries(), 0);
+    }
+
+    #[test]
+    fn a_stale_file_at_a_workers_name_is_replaced_by_a_fresh_one() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = HeartbeatDir::new(parent.path()).unwrap();
+        let private = std::fs::read_dir(parent.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::write(private.join("h3"), "stale").unwrap();
+        let heartbeat = dir.create(3).unwrap();
+        let file = heartbeat.file().unwrap().metadata().unwrap();
+        assert_eq!(file.len(), 0, "the stale file was reused");
+        let named = std::fs::metadata(private.join("h3")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(named.ino(), file.ino(), "the name is not the new file's");
+        assert_eq!(file.mode() & 0o777, 0o600);
     }
 }

@@ -264,8 +264,15 @@ impl NotifyHub {
     /// path for the worker's `NOTIFY_SOCKET`.
     pub fn open(&mut self, key: u64) -> io::Result<PathBuf> {
         let path = self.dir.join(format!("n{key}"));
-        let _ = std::fs::remove_file(&path);
-        let socket = NotifySocket::bind(&path)?;
+        // The directory is private and keys are not reused: a stale socket file is removed
+        // only when the bind finds one (an unlink up front cost every spawn a syscall).
+        let socket = match NotifySocket::bind(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let _ = std::fs::remove_file(&path);
+                NotifySocket::bind(&path)?
+            }
+            bound => bound?,
+        };
         let event = EpollEvent::new(EpollFlags::EPOLLIN, key);
         self.lazy.add(&socket.fd, event)?;
         self.eager.add(&socket.fd, event)?;
@@ -448,6 +455,23 @@ mod tests {
 
     fn sender(path: &Path) -> Supervisor {
         Supervisor::new(path.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_stale_file_at_a_sockets_path_is_replaced_by_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        std::fs::write(dir.path().join("n9"), "stale").unwrap();
+        let path = hub.open(9).unwrap();
+        assert_eq!(path, dir.path().join("n9"));
+        sender(&path).send("READY=1").unwrap();
+        let mut fds = [PollFd::new(hub.eager_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).unwrap(), 1);
+        let mut out = Vec::new();
+        hub.read_eager(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, 9);
+        assert!(out[0].1.ready);
     }
 
     #[test]

@@ -387,6 +387,11 @@ pub fn scale(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, Strin
     let secs = plan.idle.as_secs();
     let mut figures = Vec::new();
     let mut limits = Vec::new();
+    // The workers' own program as a floor too (see the spawn scenario): `sleep 0` starts as
+    // `sleep infinity` does, then exits.
+    let sleep = crate::process::find_in_path("sleep").ok_or("no sleep on PATH")?;
+    let true_command = [Path::new("/bin/true")];
+    let sleep_command = [sleep.as_path(), Path::new("0")];
     for &n in &plan.scale_sizes {
         let mut boot =
             Figure::new(format!("boot to all ready, N = {n}"), "ms", Better::Lower).charted();
@@ -436,9 +441,11 @@ pub fn scale(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, Strin
                 }
             }
         }
-        match floor.spawn(false, n, &[Path::new("/bin/true")]) {
-            Ok(t) => boot.push(2, ms(t.reaped)),
-            Err(e) => boot.note(2, format!("failed: {}", first_line(&e))),
+        for (column, command) in [(2, &true_command[..]), (3, &sleep_command[..])] {
+            match floor.spawn(false, n, command) {
+                Ok(t) => boot.push(column, ms(t.reaped)),
+                Err(e) => boot.note(column, format!("failed: {}", first_line(&e))),
+            }
         }
         figures.extend([boot, rss, cpu, wakeups, stop, fds]);
     }
@@ -471,8 +478,8 @@ pub fn scale(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, Strin
             "arbiter with N `sleep infinity` workers (`--ready exec`) and with N built-in \
              workers (which heartbeat through their file and send `READY=1`), one master at a \
              time, measured as in the idle scenario ({secs} s window); *master open fds* is \
-             counted in `/proc/PID/fd` at the end of the window. The floor is N fork+exec of \
-             `/bin/true` from C. The Python worker is not run at 10,000 (about 7 MB of \
+             counted in `/proc/PID/fd` at the end of the window. The floors are N fork+exec \
+             from C of `/bin/true` and of `sleep 0` (the workers' own start-up, then exit). The Python worker is not run at 10,000 (about 7 MB of \
              private memory each: 70 GB), nor are gunicorn (a random 0-100 ms sleep after each \
              fork: over 8 minutes to boot) and uWSGI. Limits on this machine: {limit_text}. \
              {failures}"
@@ -481,8 +488,9 @@ pub fn scale(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, Strin
             "arbiter (sleep)".into(),
             "arbiter (built-in)".into(),
             "floor: fork+exec /bin/true".into(),
+            "floor: fork+exec sleep".into(),
         ],
-        ratios: vec![(0, 2), (1, 2)],
+        ratios: vec![(0, 2), (1, 2), (0, 3)],
         figures,
     })
 }
