@@ -147,7 +147,9 @@ pub fn spawn_worker(
         // SAFETY: we are the forked child, and exec or _exit follows.
         unsafe { spawn.plan.apply_in_child(Others::CloseOnExec) }.map_err(errno_of)
     })?;
-    make_group_leader(pid);
+    // No `make_group_leader` here: this returns once the child has exec'd, its first set-up
+    // step having made it a group leader, or has exited (the parent's call only failed with
+    // EACCES, a syscall on every spawn).
     Ok((pid, ExecWatch::known(failed)))
 }
 
@@ -178,8 +180,8 @@ fn worker_setup(
     Ok(())
 }
 
-/// The child makes itself a group leader too; doing it in the parent as well means the group
-/// exists as soon as fork returns, whichever runs first (EACCES once it has exec'd is fine).
+/// A forked child makes itself a group leader too; doing it in the parent as well means the
+/// group exists as soon as fork returns, whichever runs first.
 fn make_group_leader(pid: i32) {
     if let Some(pid) = process::Pid::from_raw(pid) {
         let _ = process::setpgid(Some(pid), Some(pid));
@@ -623,6 +625,28 @@ mod tests {
             vfork_exec(&sh, &argv, &envp, FdTable::Copy, || Err(Errno::SRCH)).unwrap();
         assert_eq!(failed, Some(Errno::SRCH));
         assert_eq!(exit_code(pid), 127);
+    }
+
+    #[test]
+    fn a_worker_leads_its_own_process_group_as_soon_as_its_spawn_returns() {
+        let sh = CString::new("/bin/sh").unwrap();
+        let args = [
+            sh.clone(),
+            CString::new("-c").unwrap(),
+            CString::new("exec sleep 30").unwrap(),
+        ];
+        let argv = pointers(args.iter().map(|a| a.as_ptr()));
+        let envp = pointers(std::iter::empty());
+        let master = process::getpid();
+        let (pid, failed) = vfork_exec(&sh, &argv, &envp, FdTable::Copy, || {
+            worker_setup(master, None, None, None)
+        })
+        .unwrap();
+        let group = nix::unistd::getpgid(Some(Pid::from_raw(pid)));
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
+        assert_eq!(failed, None);
+        assert_eq!(group, Ok(Pid::from_raw(pid)), "no group of its own yet");
     }
 
     #[test]
