@@ -30,5 +30,5 @@ pub use inherit::{
     Inherited, ARBITER_LISTEN_FDNAMES, ARBITER_LISTEN_FDS, ARBITER_MASTER_PID, LISTEN_FDS_START,
 };
 pub use listener::{bind, close_listeners, may_unlink, BindOptions, Listener, LocalAddr, Origin};
-pub use slots::{has_queued, migrate_requests, queued, steer};
+pub use slots::{attach_filter, has_queued, migrate_requests, queued, steer};
 pub use spec::{BindSpec, DEFAULT_PORT};

@@ -14,7 +14,7 @@
 //! listener of the group.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::listener::bind_inet;
 use crate::{BindOptions, Error, Listener, LocalAddr, Origin};
@@ -50,16 +50,31 @@ pub fn steer(listener: &Listener, slots: u32) -> io::Result<()> {
         len: filter.len() as u16,
         filter: filter.as_ptr().cast_mut(),
     };
-    // SAFETY: `fprog` points at `filter`, which lives across the call; the kernel copies the
-    // program and keeps no pointer. The size passed is `fprog`'s own. The fd is borrowed from
-    // a listener that stays open across the call. (rustix has no wrapper for this option.)
+    // `fprog` points at `filter`, which lives across the call; the kernel copies the program
+    // and keeps no pointer.
+    set_socket_option(listener.fd(), SO_ATTACH_REUSEPORT_CBPF, &fprog)
+}
+
+/// Attaches the loaded eBPF socket filter `program` (`BPF_PROG_TYPE_SOCKET_FILTER`) to
+/// `socket`: each datagram or packet queued on it runs the program first, in the sender's
+/// context, and is dropped when the program returns 0. It replaces any filter before.
+pub fn attach_filter(socket: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    let program: libc::c_int = program.as_raw_fd();
+    set_socket_option(socket, libc::SO_ATTACH_BPF, &program)
+}
+
+/// `setsockopt(fd, SOL_SOCKET, name, value)`, for the options rustix does not wrap.
+fn set_socket_option<T>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` borrowed across the call and the size passed is its own;
+    // setsockopt only reads it (a pointer inside it is read by the kernel with its own checks,
+    // never written through). The fd is borrowed, so it stays open across the call.
     let r = unsafe {
         libc::setsockopt(
-            listener.fd().as_raw_fd(),
+            fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r != 0 {

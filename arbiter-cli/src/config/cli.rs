@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Heartbeat timeout: seconds or 30s, 500ms, 1m; 0 disables [default: 30s]
     #[arg(short, long, value_name = "DURATION")]
     timeout: Option<String>,
+    /// Let the kernel take bare WATCHDOG=1 datagrams (an eBPF socket filter; needs CAP_BPF) [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    heartbeat_filter: Option<String>,
     /// Time a worker has to report READY=1; 0 disables [default: 60s]
     #[arg(long, value_name = "DURATION")]
     boot_timeout: Option<String>,
@@ -188,6 +191,11 @@ impl ServeArgs {
         put("bind", "--bind", many(&self.bind));
         put("workers", "--workers", one(&self.workers));
         put("timeout", "--timeout", one(&self.timeout));
+        put(
+            "heartbeat_filter",
+            "--heartbeat-filter",
+            one(&self.heartbeat_filter),
+        );
         put("boot_timeout", "--boot-timeout", one(&self.boot_timeout));
         put(
             "graceful_timeout",

@@ -78,7 +78,7 @@ macro_rules! file_options {
 }
 
 file_options! {
-    bind, workers, timeout, boot_timeout, graceful_timeout, abort_grace, shutdown_delay, pidfile, name, env,
+    bind, workers, timeout, heartbeat_filter, boot_timeout, graceful_timeout, abort_grace, shutdown_delay, pidfile, name, env,
     chdir, reuse_port, reuse_port_per_slot, backlog, umask, bind_retries, log_level, log_file, log_format, color,
     worker_tmp_dir, user, group, on_boot_error, ready, ready_after, quick_signal, forward_usr1, max_surge,
     max_worker_age, max_worker_age_jitter, max_worker_memory, gpus,

@@ -64,6 +64,7 @@ pub(crate) fn settings(
             parse::number_in(r, 1, arbiter_core::MAX_WORKERS as u64).map(|n| n as usize)
         })?,
         timeout: layers.value("timeout", d.timeout, parse::duration_or_off)?,
+        heartbeat_filter: layers.value("heartbeat_filter", d.heartbeat_filter, parse::boolean)?,
         boot_timeout: layers.value("boot_timeout", d.boot_timeout, parse::duration_or_off)?,
         graceful_timeout: layers.value("graceful_timeout", d.graceful_timeout, parse::duration)?,
         abort_grace: layers.value("abort_grace", d.abort_grace, parse::duration)?,

@@ -22,6 +22,10 @@ pub struct Settings {
     pub workers: usize,
     /// Heartbeat timeout; `None` when disabled.
     pub timeout: Option<Duration>,
+    /// Attach the heartbeat filter to the workers' notify sockets where the kernel allows it
+    /// (`CAP_BPF`): their bare `WATCHDOG=1` datagrams are then taken by the kernel, never
+    /// queued or read. Fixed at start (a reload keeps it).
+    pub heartbeat_filter: bool,
     /// Time a worker has to report `READY=1`; `None` when disabled.
     pub boot_timeout: Option<Duration>,
     /// Time workers get to exit after a stop signal before they are killed.
@@ -253,6 +257,7 @@ impl Default for Settings {
             bind_explicit: false,
             workers: 1,
             timeout: Some(Duration::from_secs(30)),
+            heartbeat_filter: true,
             boot_timeout: Some(Duration::from_secs(60)),
             graceful_timeout: Duration::from_secs(30),
             abort_grace: Duration::from_secs(1),
@@ -349,6 +354,11 @@ impl Settings {
         }
         line("workers", Some(self.workers.to_string()), "");
         line("timeout", Some(duration_opt(self.timeout)), "");
+        line(
+            "heartbeat_filter",
+            Some(self.heartbeat_filter.to_string()),
+            "",
+        );
         line("boot_timeout", Some(duration_opt(self.boot_timeout)), "");
         line(
             "graceful_timeout",

@@ -999,3 +999,39 @@ fn reuse_port_per_slot_from_each_source_and_bad_values_name_their_source() {
         ..Settings::default()
     });
 }
+
+#[test]
+fn heartbeat_filter_from_each_source_and_bad_values_name_their_source() {
+    assert!(run(&[], &[]).unwrap().heartbeat_filter, "on by default");
+    assert!(
+        !run(&["--heartbeat-filter=false"], &[])
+            .unwrap()
+            .heartbeat_filter
+    );
+    assert!(
+        !run(&[], &[("ARBITER_HEARTBEAT_FILTER", "0")])
+            .unwrap()
+            .heartbeat_filter
+    );
+    assert!(
+        !with_file("heartbeat_filter = false\n", &[], &[])
+            .unwrap()
+            .heartbeat_filter
+    );
+    assert!(
+        with_file("heartbeat_filter = false\n", &["--heartbeat-filter"], &[])
+            .unwrap()
+            .heartbeat_filter,
+        "the command line wins"
+    );
+    let flag = error(&["--heartbeat-filter=maybe"], &[]);
+    assert!(flag.starts_with("--heartbeat-filter \"maybe\""), "{flag}");
+    let env = error(&[], &[("ARBITER_HEARTBEAT_FILTER", "2")]);
+    assert!(env.starts_with("ARBITER_HEARTBEAT_FILTER=\"2\""), "{env}");
+    let (message, _) = file_error("heartbeat_filter = \"sometimes\"\n");
+    assert!(message.starts_with("heartbeat_filter = "), "{message}");
+    round_trip(&Settings {
+        heartbeat_filter: false,
+        ..Settings::default()
+    });
+}

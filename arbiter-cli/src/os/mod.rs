@@ -2,10 +2,11 @@
 //! files, the pidfile, the process title, daemonizing, and the workers' memory (`/proc`).
 //!
 //! Model: tokio's `process/unix`: small wrappers that carry out what the runtime was told to
-//! do and report what the kernel said. Nothing here decides: no policy, no deadlines. The only
-//! `unsafe` of the runtime lives in `spawn` (fork, execve, the child's fd and signal set-up),
-//! each block with its `SAFETY` reasoning.
+//! do and report what the kernel said. Nothing here decides: no policy, no deadlines. The
+//! `unsafe` of the runtime lives in `spawn` (fork, execve, the child's fd and signal set-up)
+//! and in `beat_filter` (the `bpf(2)` call), each block with its `SAFETY` reasoning.
 
+pub mod beat_filter;
 pub mod daemon;
 pub mod heartbeat;
 pub mod hooks;

@@ -11,6 +11,11 @@
 //! only for the sockets marked urgent (workers whose `READY=1` is awaited) and for those
 //! that send too fast to be left queued. The kernel stamps each datagram as it is queued, so
 //! a message read late is still dated when it was sent.
+//!
+//! Where the kernel allows it (`CAP_BPF`), a socket that has carried a bare `WATCHDOG=1` gets
+//! the heartbeat filter ([`crate::os::beat_filter`]): its later bare heartbeats are never
+//! queued, their time is kept in a table, and [`NotifyHub::beat_age`] reads it when a
+//! deadline asks. Then a worker that only beats gives the master nothing to read at all.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSliceMut};
@@ -26,6 +31,8 @@ use nix::sys::socket::{
     MultiHeaders, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::TimeSpec;
+
+use crate::os::beat_filter::{self, BeatFilter};
 
 /// One message on a worker's socket (from the worker or one of its descendants).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -222,6 +229,10 @@ pub struct LazyRound {
 /// their messages are read at once ([`NotifyHub::read_eager`]).
 pub struct NotifyHub {
     dir: PathBuf,
+    /// The heartbeat filter, where it was asked for and the kernel took it.
+    filter: Option<BeatFilter>,
+    /// Why it is off, where it was asked for and the kernel refused it.
+    refused: Option<io::Error>,
     eager: Epoll,
     lazy: Epoll,
     endpoints: HashMap<u64, Endpoint>,
@@ -236,6 +247,15 @@ struct Endpoint {
     urgent: bool,
     /// Messages read since the last lazy round.
     recent: u32,
+    /// Its index in the heartbeat filter's table, once the filter is attached.
+    filtered: Option<Filtered>,
+}
+
+struct Filtered {
+    index: u32,
+    /// The newest stamp reported (at first: when the filter was attached, so a stamp left at
+    /// this index by a socket before is never taken for this one's).
+    reported: u64,
 }
 
 impl Endpoint {
@@ -246,10 +266,18 @@ impl Endpoint {
 
 impl NotifyHub {
     /// A hub binding its sockets in `dir` (a private directory: who can write there can
-    /// speak for a worker).
-    pub fn new(dir: &Path) -> io::Result<NotifyHub> {
+    /// speak for a worker), with the heartbeat filter if `filter` and the kernel takes it
+    /// (see [`NotifyHub::filter_refused`]).
+    pub fn new(dir: &Path, filter: bool) -> io::Result<NotifyHub> {
+        let (filter, refused) = match filter.then(BeatFilter::new) {
+            Some(Ok(filter)) => (Some(filter), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
         Ok(NotifyHub {
             dir: dir.to_path_buf(),
+            filter,
+            refused,
             eager: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             lazy: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             endpoints: HashMap::new(),
@@ -282,6 +310,7 @@ impl NotifyHub {
                 socket,
                 urgent: true,
                 recent: 0,
+                filtered: None,
             },
         );
         Ok(path)
@@ -290,8 +319,68 @@ impl NotifyHub {
     /// Closes and unlinks the socket for `key`.
     pub fn close(&mut self, key: u64) {
         self.chatty.remove(&key);
-        // Closing the fd takes it out of both epoll sets.
-        self.endpoints.remove(&key);
+        // Closing the fd takes it out of both epoll sets, and ends its filter.
+        if let Some(endpoint) = self.endpoints.remove(&key) {
+            if let (Some(filtered), Some(filter)) = (endpoint.filtered, self.filter.as_mut()) {
+                filter.release(filtered.index);
+            }
+        }
+    }
+
+    /// Whether the heartbeat filter is on.
+    pub fn filtering(&self) -> bool {
+        self.filter.is_some()
+    }
+
+    /// Why the kernel refused the heartbeat filter asked for, if it did.
+    pub fn filter_refused(&self) -> Option<&io::Error> {
+        self.refused.as_ref()
+    }
+
+    /// Attaches the heartbeat filter to `key`'s socket. A socket the kernel will not filter
+    /// (none is expected) stays read as before.
+    fn attach_filter(&mut self, key: u64) {
+        let (Some(filter), Some(endpoint)) = (self.filter.as_mut(), self.endpoints.get_mut(&key))
+        else {
+            return;
+        };
+        if endpoint.filtered.is_some() {
+            return;
+        }
+        let index = filter.take();
+        let attached = filter.program(index).and_then(|program| {
+            arbiter_sockets::attach_filter(endpoint.socket.fd.as_fd(), program)
+        });
+        match attached {
+            Ok(()) => {
+                endpoint.filtered = Some(Filtered {
+                    index,
+                    reported: beat_filter::monotonic_ns(),
+                })
+            }
+            Err(_) => filter.release(index),
+        }
+    }
+
+    /// Reads the heartbeat filter's table, for the [`NotifyHub::beat_age`] calls that follow
+    /// (one lookup per 512 sockets).
+    pub fn load_beats(&mut self) {
+        if let Some(filter) = self.filter.as_mut() {
+            filter.load(filter.indices());
+        }
+    }
+
+    /// How long ago `key`'s newest heartbeat taken by the filter was sent, as of the last
+    /// [`NotifyHub::load_beats`], if it is newer than the last one reported.
+    pub fn beat_age(&mut self, key: u64) -> Option<Duration> {
+        let filter = self.filter.as_ref()?;
+        let filtered = self.endpoints.get_mut(&key)?.filtered.as_mut()?;
+        let stamp = filter.stamp(filtered.index);
+        if stamp <= filtered.reported {
+            return None;
+        }
+        filtered.reported = stamp;
+        Some(beat_filter::age(beat_filter::monotonic_ns(), stamp))
     }
 
     /// Marks the socket for `key` urgent (read at once) or not.
@@ -365,12 +454,24 @@ impl NotifyHub {
                 let Some(endpoint) = self.endpoints.get_mut(&key) else {
                     continue;
                 };
+                let mut beat = false;
                 let got = endpoint.socket.read_batch(
                     &mut self.headers,
                     &mut self.buffers,
                     wall,
-                    |message| out.push((key, message)),
+                    |message| {
+                        beat |= message.watchdog;
+                        out.push((key, message))
+                    },
                 );
+                if beat && endpoint.filtered.is_none() && self.filter.is_some() {
+                    // It beats by datagram: from now on the kernel takes its bare beats.
+                    self.attach_filter(key);
+                    continue;
+                }
+                let Some(endpoint) = self.endpoints.get_mut(&key) else {
+                    continue;
+                };
                 if endpoint.eager(&self.chatty, key) {
                     // Counted between lazy rounds, to tell when a chatty one has calmed.
                     endpoint.recent += got;
@@ -477,7 +578,7 @@ mod tests {
     #[test]
     fn an_urgent_socket_wakes_the_eager_fd_and_is_read_with_its_age() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
         let path = hub.open(7).unwrap();
         assert!(!readable(hub.eager_fd()));
         sender(&path).send("READY=1\nSTATUS=hi").unwrap();
@@ -499,7 +600,7 @@ mod tests {
     #[test]
     fn a_lazy_socket_waits_for_the_lazy_round_and_a_chatty_one_turns_eager_then_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
         let path = hub.open(3).unwrap();
         hub.set_urgent(3, false);
         let worker = sender(&path);
@@ -544,7 +645,7 @@ mod tests {
     #[test]
     fn a_chatty_socket_back_at_a_lazy_pace_turns_lazy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
         let path = hub.open(5).unwrap();
         hub.set_urgent(5, false);
         let worker = sender(&path);
@@ -576,7 +677,7 @@ mod tests {
         use std::io::IoSlice;
 
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
         let address = UnixAddr::new(&hub.open(5).unwrap()).unwrap();
         let sender = UnixDatagram::unbound().unwrap();
         // The fds passed are all of one file of this test's own, and only the fds open on it
@@ -621,10 +722,68 @@ mod tests {
         assert!(after_a_cut.age.is_some(), "full room again: stamped");
     }
 
+    /// With the heartbeat filter (taken as root; refused with EPERM, and only that, otherwise):
+    /// a socket's first bare heartbeat is read as any message and attaches the filter; its
+    /// later bare heartbeats wake nothing and queue nothing (more than the kernel would queue)
+    /// and come back as the age of the newest, once; every other message is read as before;
+    /// a socket opened after one closed gets none of its stamps.
+    #[test]
+    fn with_the_filter_bare_heartbeats_after_the_first_queue_nothing_and_are_dated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = NotifyHub::new(dir.path(), true).unwrap();
+        if let Some(why) = hub.filter_refused() {
+            assert!(!nix::unistd::geteuid().is_root(), "root, refused: {why}");
+            assert_eq!(why.raw_os_error(), Some(libc::EPERM), "{why}");
+            return;
+        }
+        assert!(hub.filtering());
+        let path = hub.open(4).unwrap();
+        hub.set_urgent(4, false);
+        let worker = sender(&path);
+        worker.send("WATCHDOG=1").unwrap();
+        let mut out = Vec::new();
+        assert_eq!(hub.read_lazy(&mut out).read, 1, "the first is read");
+        assert!(out[0].1.watchdog);
+        hub.load_beats();
+        assert_eq!(hub.beat_age(4), None, "no beat taken yet");
+        for _ in 0..3 * CHATTY_AT {
+            worker.send("WATCHDOG=1").unwrap();
+        }
+        assert!(!readable(hub.lazy_fd()), "nothing queued");
+        assert!(!readable(hub.eager_fd()));
+        hub.load_beats();
+        let age = hub.beat_age(4).expect("the newest beat, dated");
+        assert!(age < Duration::from_secs(5), "{age:?}");
+        assert_eq!(hub.beat_age(4), None, "reported once");
+        worker.send("STATUS=busy").unwrap();
+        out.clear();
+        hub.read_lazy(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.status.as_deref(), Some("busy"));
+        // A worker that replaces it gets the same table index, and none of its stamps.
+        hub.close(4);
+        let path = hub.open(5).unwrap();
+        let next = sender(&path);
+        next.send("READY=1\nWATCHDOG=1").unwrap();
+        out.clear();
+        hub.read_eager(&mut out);
+        assert!(out[0].1.ready && out[0].1.watchdog);
+        hub.load_beats();
+        assert_eq!(
+            hub.beat_age(5),
+            None,
+            "the stamp left at its index is not its own"
+        );
+        next.send("WATCHDOG=1").unwrap();
+        assert!(!readable(hub.eager_fd()), "taken by the filter");
+        hub.load_beats();
+        assert!(hub.beat_age(5).is_some());
+    }
+
     #[test]
     fn a_closed_socket_is_unlinked_and_urgency_can_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
         let path = hub.open(1).unwrap();
         hub.set_urgent(1, false);
         hub.set_urgent(1, true);

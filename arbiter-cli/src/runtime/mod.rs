@@ -358,8 +358,17 @@ impl<O: Os> Runtime<O> {
             .prefix("arbiter.")
             .tempdir_in(setup::runtime_parent(&master_env, identity.is_some()))
             .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
-        let notify = NotifyHub::new(runtime_dir.path())
+        let notify = NotifyHub::new(runtime_dir.path(), settings.heartbeat_filter)
             .map_err(|e| StartError::Runtime(format!("notify sockets: {e}")))?;
+        match notify.filter_refused() {
+            Some(why) => debug!(
+                log,
+                "Heartbeat filter off (bpf: {why}): bare WATCHDOG=1 datagrams are read by the \
+                 master"
+            ),
+            None if notify.filtering() => debug!(log, "Heartbeat filter on"),
+            None => {}
+        }
         if let Some(identity) = &identity {
             // Each worker's notify socket is shared as it is made (see spawn_worker).
             identity
@@ -747,12 +756,17 @@ impl<O: Os> Runtime<O> {
         }
     }
 
-    /// Before deadlines are judged: the heartbeat files of the workers whose heartbeat
-    /// deadline is due (the others' bumps can wait for their own deadlines).
+    /// Before deadlines are judged: the heartbeats (files and the filter's table) of the
+    /// workers whose heartbeat deadline is due, and of those due within half a timeout: a
+    /// wake-up moves every deadline it can, so workers beating at their own phases (each seen
+    /// only at its deadline, whether by file or by the filter) do not wake the master one by
+    /// one. The rest can wait for their own deadlines.
     fn refresh_due_heartbeats(&mut self, now: Moment) {
+        let horizon = now + self.settings.timeout.unwrap_or_default() / 2;
+        self.notify.load_beats();
         let due: Vec<WorkerId> = self
             .core
-            .due(now)
+            .due(horizon)
             .filter_map(|timer| match timer {
                 Timer::Heartbeat(id) => Some(id),
                 _ => None,
@@ -763,8 +777,9 @@ impl<O: Os> Runtime<O> {
         }
     }
 
-    /// Before the workers' state is shown: every heartbeat file bumped since the last look.
+    /// Before the workers' state is shown: every heartbeat since the last look.
     fn refresh_heartbeats(&mut self, now: Moment) {
+        self.notify.load_beats();
         let ids: Vec<WorkerId> = self.procs.keys().copied().collect();
         for id in ids {
             if self.look_at_heartbeat(id, now) {
@@ -773,18 +788,19 @@ impl<O: Os> Runtime<O> {
         }
     }
 
-    /// Feeds a bump of the worker's heartbeat file since the last look; whether there was one.
+    /// Feeds a bump of the worker's heartbeat file since the last look, and its newest
+    /// heartbeat taken by the filter as of the last load; whether there was either.
     fn look_at_heartbeat(&mut self, id: WorkerId, now: Moment) -> bool {
         let Some(proc) = self.procs.get_mut(&id) else {
             return false;
         };
-        match proc.heartbeat.check().map(|age| moment_before(now, age)) {
-            Some(at) => {
-                self.core.handle_heartbeat(proc.pid, at);
-                true
-            }
-            None => false,
+        let pid = proc.pid;
+        let bumped = proc.heartbeat.check();
+        let filtered = self.notify.beat_age(id.0);
+        for age in [bumped, filtered].into_iter().flatten() {
+            self.core.handle_heartbeat(pid, moment_before(now, age));
         }
+        bumped.is_some() || filtered.is_some()
     }
 }
 

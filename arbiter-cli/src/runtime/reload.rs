@@ -37,6 +37,15 @@ impl<O: Os> Runtime<O> {
             );
             new.reuse_port_per_slot = self.settings.reuse_port_per_slot;
         }
+        if new.heartbeat_filter != self.settings.heartbeat_filter {
+            // The notify sockets' filter was set up (or not) for the start's choice.
+            warn!(
+                self.log,
+                "heartbeat_filter changes only at a fresh start (not on HUP); keeping {}",
+                self.settings.heartbeat_filter
+            );
+            new.heartbeat_filter = self.settings.heartbeat_filter;
+        }
         if let Some(dir) = new.chdir.as_ref().filter(|dir| !dir.is_dir()) {
             return Err(StartError::Usage(format!(
                 "--chdir {}: not a directory",

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -397,17 +397,13 @@ impl Server {
         // Level-triggered, with one accept per wake-up, every worker waiting in epoll takes
         // its turn while connections are queued, and none is ever stranded. (EPOLLEXCLUSIVE
         // was tried: it always wakes the same idle worker, so light traffic never spreads.)
-        // SAFETY: the poll's epoll fd is open for as long as `poll` lives; the dup is ours.
-        let poll_fd = unsafe { BorrowedFd::borrow_raw(poll.as_raw_fd()) };
-        let listener_epoll =
-            Epoll(
-                poll_fd
-                    .try_clone_to_owned()
-                    .map_err(|source| WorkerError::Io {
-                        what: "dup epoll fd",
-                        source,
-                    })?,
-            );
+        // The poll's epoll fd, borrowed from its registry; the dup is ours.
+        let listener_epoll = Epoll(poll.registry().as_fd().try_clone_to_owned().map_err(
+            |source| WorkerError::Io {
+                what: "dup epoll fd",
+                source,
+            },
+        )?);
         for (index, listener) in listeners.iter().enumerate() {
             let interest = EpollFlags::EPOLLIN;
             listener_epoll
