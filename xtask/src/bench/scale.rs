@@ -14,18 +14,22 @@ use super::scenarios::{columns, ms, note_unavailable, WAIT};
 use super::servers::{Beat, Bench, Kind, Master, Spec, System};
 use super::Plan;
 
-/// The idle columns: the four servers, then arbiter with datagram-only Python workers.
-const IDLE: [System; 5] = [
+/// The idle columns: the four servers, then arbiter with datagram-only Python workers, then
+/// arbiter with Python workers and its heartbeat filter off.
+const IDLE: [System; 6] = [
     System::Arbiter(Kind::Builtin),
     System::Arbiter(Kind::Python),
     System::Gunicorn,
     System::Uwsgi,
     System::Arbiter(Kind::Python),
+    System::Arbiter(Kind::Python),
 ];
 /// The column of the datagram-only run.
 const DATAGRAM_ONLY: usize = 4;
+/// The column of the run without the heartbeat filter.
+const NO_FILTER: usize = 5;
 /// The column of the C datagram reader (wake-ups and CPU only).
-const DATAGRAM_FLOOR: usize = 5;
+const DATAGRAM_FLOOR: usize = 6;
 /// How often the C datagram reader drains its sockets: the period arbiter settles on for
 /// workers beating once a second.
 const FLOOR_PERIOD: Duration = Duration::from_secs(4);
@@ -246,6 +250,7 @@ pub fn idle(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
                         Beat::Both
                     },
                     stats_dir: python.then(|| stats_dir.clone()),
+                    heartbeat_filter: column != NO_FILTER,
                     ..Spec::workers(n)
                 };
                 if python {
@@ -332,6 +337,7 @@ pub fn idle(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
     }
     let mut cols = columns(&IDLE, &["floor: C datagram reader"]);
     cols[DATAGRAM_ONLY] = "arbiter (Python, WATCHDOG=1 only, -t 2)".into();
+    cols[NO_FILTER] = "arbiter (Python, no heartbeat filter)".into();
     Ok(Section {
         title: "Idle master with N heartbeating workers".into(),
         method: format!(
@@ -343,7 +349,13 @@ pub fn idle(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
              once a second and bump their heartbeat file at the same moment; gunicorn's sync \
              workers bump their file; uWSGI's workers do not heartbeat (its master reads \
              their state from shared memory once a second). The last column runs the Python \
-             worker sending only `WATCHDOG=1`, with `--timeout 2`. *Heartbeat timeouts* are the \
+             worker sending only `WATCHDOG=1`, with `--timeout 2`. arbiter runs with its \
+             heartbeat filter (the default: after a worker's first `WATCHDOG=1` an eBPF socket \
+             filter takes its bare heartbeats in the sender's `sendmsg` and stamps them in a \
+             table the master reads at deadlines; the bench runs as root, which the kernel \
+             asks for), except in the *no heartbeat filter* column \
+             (`--heartbeat-filter=false`: the master reads every datagram, in lazy rounds), \
+             which is what a master without `CAP_BPF` does. *Heartbeat timeouts* are the \
              master's count (`arbiter_worker_exits_total{{cause=\"timeout\"}}`, read after the \
              window, boot included); *false* ones are those of workers whose SIGABRT came \
              sooner than the timeout after their last `WATCHDOG=1` went out, by the worker's \
@@ -372,7 +384,14 @@ pub fn idle(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
                 .join(", ")
         ),
         columns: cols,
-        ratios: vec![(1, 2), (1, 3), (0, 2), (0, 3), (1, DATAGRAM_FLOOR)],
+        ratios: vec![
+            (1, 2),
+            (1, 3),
+            (0, 2),
+            (0, 3),
+            (NO_FILTER, 3),
+            (NO_FILTER, DATAGRAM_FLOOR),
+        ],
         figures,
     })
 }

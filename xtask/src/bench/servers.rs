@@ -106,6 +106,9 @@ pub struct Spec {
     pub metrics: bool,
     /// arbiter runs with `--reuse-port-per-slot` (one listener per worker slot).
     pub per_slot: bool,
+    /// arbiter runs with its heartbeat filter (the default; taken where the master may load
+    /// eBPF, as root); off: `--heartbeat-filter=false`, as for a master without `CAP_BPF`.
+    pub heartbeat_filter: bool,
 }
 
 impl Spec {
@@ -119,6 +122,7 @@ impl Spec {
             stats_dir: None,
             metrics: true,
             per_slot: false,
+            heartbeat_filter: true,
         }
     }
 }
@@ -187,6 +191,9 @@ impl Bench {
                 }
                 if spec.per_slot {
                     c.arg("--reuse-port-per-slot");
+                }
+                if !spec.heartbeat_filter {
+                    c.arg("--heartbeat-filter=false");
                 }
                 // `auto` would count the first workers ready at exec, before any READY=1.
                 if kind != Kind::Sleep {
