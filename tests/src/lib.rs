@@ -55,7 +55,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SupportError {
 }
 
 /// The `arbiter` binary: `<target>/<profile>/arbiter` next to this test binary's `deps/`,
-/// built with `cargo build -p arbiter-cli` when missing.
+/// built with `cargo build --workspace --bin arbiter` when it is missing or older than a
+/// source it is built from (the crates' `src/`, a manifest, `Cargo.lock`). `cargo test
+/// --workspace` has just built it, so it is never built twice there; `cargo test -p
+/// arbiter-tests` does not build it, and used to test whatever an older build left.
 pub fn arbiter_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -66,16 +69,53 @@ pub fn arbiter_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("test binary lives in <target>/<profile>/deps");
         let bin = profile_dir.join("arbiter");
-        if !bin.exists() {
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "-p", "arbiter-cli", "--bin", "arbiter"])
-                .status()
-                .expect("running cargo build");
-            assert!(status.success(), "cargo build -p arbiter-cli failed");
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if built.is_none_or(|built| newest_source() > Some(built)) {
+            let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            build.args(["build", "-q", "--workspace", "--bin", "arbiter"]);
+            if profile_dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            assert!(
+                status.success(),
+                "cargo build --workspace --bin arbiter failed"
+            );
         }
         assert!(bin.exists(), "no arbiter binary at {}", bin.display());
         bin
     })
+}
+
+/// When the newest source of the `arbiter` binary was changed.
+fn newest_source() -> Option<std::time::SystemTime> {
+    fn walk(path: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), newest);
+            }
+        } else if let Ok(modified) = meta.modified() {
+            *newest = (*newest).max(Some(modified));
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest = None;
+    walk(&root.join("Cargo.lock"), &mut newest);
+    walk(&root.join("Cargo.toml"), &mut newest);
+    for krate in [
+        "arbiter-core",
+        "arbiter-signals",
+        "arbiter-sockets",
+        "arbiter-gpu",
+        "arbiter-cli",
+    ] {
+        walk(&root.join(krate).join("src"), &mut newest);
+        walk(&root.join(krate).join("Cargo.toml"), &mut newest);
+    }
+    newest
 }
 
 /// The example `name` of `package` (`<target>/<profile>/examples/NAME`), built first with

@@ -561,7 +561,7 @@ mod tests {
     #[test]
     fn a_stale_file_at_a_sockets_path_is_replaced_by_the_socket() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path()).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
         std::fs::write(dir.path().join("n9"), "stale").unwrap();
         let path = hub.open(9).unwrap();
         assert_eq!(path, dir.path().join("n9"));
