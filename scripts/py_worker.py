@@ -24,11 +24,13 @@ heartbeating: a hung request). Environment knobs, all optional:
 - `BENCH_STATS_DIR`: at exit, write `PID.json` there with the heartbeats sent and how many
   notify datagrams met a full queue (EAGAIN) or were dropped (still full a second later);
   and `PID.ready` with the CLOCK_MONOTONIC time just before `READY=1` was sent; on SIGABRT
-  (the master's heartbeat timeout), `PID.abort` with the seconds since its last `WATCHDOG=1`
-  went out, so a timeout can be told false (sooner than the timeout after a heartbeat) from
+  (the master's heartbeat timeout), `PID.abort` with the longest it went without a
+  `WATCHDOG=1` going out over the last two timeouts (`WATCHDOG_USEC`), the time since its last
+  one included, so a timeout can be told false (it never went a timeout without beating) from
   true (the worker itself was late), before the signal's default action ends it.
 """
 
+import collections
 import errno
 import json
 import os
@@ -264,11 +266,23 @@ def serve():
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, on_signal)
 
-    last_watchdog = {"at": None}
+    last_watchdog = {"at": None, "recent": collections.deque(maxlen=64)}
+    timeout_s = int(os.environ.get("WATCHDOG_USEC", "30000000") or "30000000") / 1e6
 
     def on_abort(signum, _frame):
         if last_watchdog["at"] is not None:
-            since = time.monotonic() - last_watchdog["at"]
+            # The longest it went without a WATCHDOG=1 going out over the last two timeouts
+            # (the master judged it within them), since its last beat included: a worker
+            # starved for longer than the timeout may beat again after the master judged it,
+            # just before the signal comes, so the time since its last beat alone does not
+            # tell.
+            now = time.monotonic()
+            times = list(last_watchdog["recent"]) + [now]
+            since = max(
+                later - earlier
+                for earlier, later in zip(times, times[1:])
+                if later >= now - 2 * timeout_s
+            )
             try:
                 with open(os.path.join(stats_dir, "%d.abort" % os.getpid()), "w") as f:
                     f.write(repr(since))
@@ -292,6 +306,7 @@ def serve():
         beats += 1
         if mode in ("both", "datagram") and notifier.send(b"WATCHDOG=1"):
             last_watchdog["at"] = time.monotonic()
+            last_watchdog["recent"].append(last_watchdog["at"])
         if mode in ("both", "file"):
             heartbeat.bump()
 

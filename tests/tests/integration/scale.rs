@@ -33,8 +33,9 @@ while True:
 
 /// A datagram-only heartbeater for many at once: `WATCHDOG=1` before `READY=1`, then every
 /// 0.5 s, each send counted in `beats.PID`. On SIGABRT (the master's heartbeat timeout) it
-/// writes `abort.PID`: the longest it went without a `WATCHDOG=1` going out, by its own
-/// clock, between beats or since the last one, then dies of the signal. Under the timeout, it
+/// writes `abort.PID`: the longest it went without a `WATCHDOG=1` going out over the last two
+/// timeouts (4 s), by its own clock, the time since its last one included, then dies of the
+/// signal. Under the timeout, it
 /// never went a timeout without beating, so the master timed out a worker that had
 /// heartbeated: a false timeout. Over it, the worker itself was late (a starved machine): a
 /// worker starved for longer than the timeout may even beat again after the master judged it,
@@ -43,11 +44,14 @@ const MANY_WORKER: &str = r#"
 import os, signal, socket, sys, time
 path, out = os.environ["NOTIFY_SOCKET"], sys.argv[1]
 last = [None]
-longest = [0.0]
+recent = []
 def on_abort(signum, frame):
     if last[0] is not None:
+        now = time.monotonic()
+        times = recent[-64:] + [now]
+        gaps = [b - a for a, b in zip(times, times[1:]) if b >= now - 4.0]
         with open(f"{out}/abort.{os.getpid()}", "w") as f:
-            f.write(repr(max(longest[0], time.monotonic() - last[0])))
+            f.write(repr(max(gaps)))
     signal.signal(signal.SIGABRT, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGABRT)
 signal.signal(signal.SIGABRT, on_abort)
@@ -58,10 +62,8 @@ def beat():
         s.sendto(b"WATCHDOG=1", path)
     except BlockingIOError:
         return
-    now = time.monotonic()
-    if last[0] is not None:
-        longest[0] = max(longest[0], now - last[0])
-    last[0] = now
+    last[0] = time.monotonic()
+    recent.append(last[0])
     with open(f"{out}/beats.{os.getpid()}", "a") as f:
         f.write("x")
 beat()

@@ -142,9 +142,10 @@ fn ready_times(dir: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// The Python workers aborted (heartbeat timeout) sooner than `timeout_s` after their last
-/// `WATCHDOG=1` went out, by their own clock (`PID.abort`): timeouts the master got wrong. A
-/// worker that was itself late (starved on a loaded machine) is not counted.
+/// The Python workers aborted (heartbeat timeout) that never went `timeout_s` without a
+/// `WATCHDOG=1` going out over the last two timeouts, by their own clock (`PID.abort`):
+/// timeouts the master got wrong. A worker that was itself late (starved on a loaded machine)
+/// is not counted.
 fn false_timeouts(dir: &Path, timeout_s: u32) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
@@ -357,10 +358,11 @@ pub fn idle(bench: &Bench, floor: &Floor, plan: &Plan) -> Result<Section, String
              (`--heartbeat-filter=false`: the master reads every datagram, in lazy rounds), \
              which is what a master without `CAP_BPF` does. *Heartbeat timeouts* are the \
              master's count (`arbiter_worker_exits_total{{cause=\"timeout\"}}`, read after the \
-             window, boot included); *false* ones are those of workers whose SIGABRT came \
-             sooner than the timeout after their last `WATCHDOG=1` went out, by the worker's \
-             own clock (a worker starved for longer than the timeout on this shared machine is \
-             timed out rightly). After the window, one TTIN: *READY=1 acted on* is from the \
+             window, boot included); *false* ones are those of workers that, by their own \
+             clock, never went a timeout without a `WATCHDOG=1` going out over the two \
+             timeouts before their SIGABRT (a worker starved for longer than the timeout on a \
+             loaded machine is timed out rightly, even if it beat again just before the signal \
+             came). After the window, one TTIN: *READY=1 acted on* is from the \
              new worker's `READY=1` (its CLOCK_MONOTONIC before the send) until a metrics \
              request (polled every 1 ms) shows it ready: an upper bound. *Notify sends*: the \
              Python workers' own count of sends on `NOTIFY_SOCKET` that met a full queue \
