@@ -483,14 +483,17 @@ fn beats_the_kernel_took_are_seen_at_the_deadlines_and_nobody_is_timed_out() {
                 }
             }
             let now = runtime.now();
+            // As the loop does (wait_and_feed): lazy sockets are read when their round is
+            // due, when a quiet one got a message, and before deadlines are judged.
             let lazy_due = match runtime.lazy_notify_at {
                 Some(at) => at <= now,
                 None => readable(runtime.notify.lazy_fd()),
             };
-            if lazy_due {
+            let core_due = runtime.core.poll_timeout().is_some_and(|at| at <= now);
+            if lazy_due || core_due {
                 runtime.read_lazy_notify();
             }
-            if runtime.core.poll_timeout().is_some_and(|at| at <= now) {
+            if core_due {
                 runtime.refresh_due_heartbeats(now);
                 runtime.core.handle_timeout(now);
                 runtime.execute_actions();
