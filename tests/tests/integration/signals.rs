@@ -1,11 +1,13 @@
-//! Signals not covered elsewhere: USR1 (log reopening), WINCH (daemonized or not), and
-//! orphan reaping when the master runs as PID 1.
+//! Signals not covered elsewhere: USR1 (log reopening), WINCH (daemonized or not), orphan
+//! reaping when the master runs as PID 1, and the dispositions a worker starts with.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use arbiter_tests::{alive, descendants, signal, wait_gone, wait_until, Fixture, Master, SOON};
+use arbiter_tests::{
+    alive, arbiter_bin, descendants, signal, wait_gone, wait_until, Fixture, Master, SOON,
+};
 
 use crate::{bin, serving};
 
@@ -413,4 +415,51 @@ fn server_hooks_run_at_their_moments_with_their_variables() {
         "{}",
         read(&log)
     );
+}
+
+/// A hex signal mask line (`SigIgn`, `SigCgt`, `SigBlk`) of `/proc/PID/status`.
+fn status_mask(pid: i32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix(key))?;
+    u64::from_str_radix(hex.trim_start_matches(':').trim(), 16).ok()
+}
+
+#[test]
+fn a_worker_starts_with_default_dispositions_and_an_empty_mask_whatever_the_master_inherited() {
+    let fx = Fixture::new();
+    // The master inherits ALRM and USR1 ignored (`trap ''` survives exec); `sleep` changes no
+    // disposition, so what the worker shows is what the master gave it.
+    let script = "trap '' ALRM USR1; exec \"$0\" \"$@\"";
+    let arbiter = arbiter_bin().to_str().unwrap();
+    let args = [
+        "-c",
+        script,
+        arbiter,
+        "-b",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--ready",
+        "exec",
+        "--",
+        "sleep",
+        "1000",
+    ];
+    let mut master = fx.start_program("arbiter", Path::new("/bin/sh"), &args, &[]);
+    let worker = master.wait_children(1, SOON)[0];
+    let alarm = 1u64 << (libc::SIGALRM - 1);
+    assert!(
+        wait_until(SOON, || status_mask(master.pid(), "SigIgn")
+            .is_some_and(|m| m & alarm != 0)),
+        "the master did not inherit ALRM ignored: the test would prove nothing"
+    );
+    assert!(wait_until(SOON, || std::fs::read_to_string(format!(
+        "/proc/{worker}/comm"
+    ))
+    .is_ok_and(|comm| comm.trim() == "sleep")));
+    for key in ["SigIgn", "SigCgt", "SigBlk"] {
+        assert_eq!(status_mask(worker, key), Some(0), "worker's {key}");
+    }
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.exit_code(SOON), 0);
 }
