@@ -35,6 +35,7 @@
 mod action;
 mod arbiter;
 mod input;
+pub mod notify;
 mod time;
 mod timers;
 mod types;

@@ -16,7 +16,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 
-use arbiter_cli::os::notify::{parse, Message, NotifyHub};
+use arbiter_cli::os::notify::{parse, Chattiness, Message, NotifyHub};
 use arbiter_fuzz::{assert_bounded, peak_during};
 use libfuzzer_sys::fuzz_target;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr, UnixCredentials};
@@ -37,7 +37,12 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut hub = NotifyHub::new(dir.path()).expect("notify hub");
+        // The master's thresholds; no heartbeat filter, so every datagram is read and parsed.
+        let rule = Chattiness {
+            chatty_at: arbiter_core::notify::CHATTY_AT,
+            quiet_at: arbiter_core::notify::QUIET_AT,
+        };
+        let mut hub = NotifyHub::new(dir.path(), false, rule).expect("notify hub");
         let path = hub.open(KEY).expect("open a worker socket");
         Fixture {
             hub,

@@ -201,16 +201,16 @@ fn multi_headers() -> MultiHeaders<()> {
 /// The most datagrams read from one socket per call, and the buffer for each.
 const BATCH: usize = 16;
 const DATAGRAM_MAX: usize = 4096;
-/// A lazily read socket found holding this many messages is read at once from then on: the
-/// kernel queue (11 here) would soon make it wait. Above the caller's aim for a round (four
-/// to six), so a worker beating once a second, found with a few beats more after a late
-/// round, stays lazy.
-const CHATTY_AT: u32 = 8;
-/// A socket read at once for being chatty goes back to lazy reading once it sends at most
-/// this many messages between two lazy rounds (what a lazy round may find; with 2 it had to
-/// fall to a third of its rate, and one beating once a second stayed eager for good once the
-/// lazy period reached three seconds, waking the loop at each beat).
-const QUIET_AT: u32 = 4;
+/// When a lazily read socket is read at once instead, and when it goes back (the caller's
+/// policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chattiness {
+    /// A lazily read socket found holding this many messages is read at once from then on.
+    pub chatty_at: u32,
+    /// A socket read at once for being chatty goes back to lazy reading once it sends at most
+    /// this many messages between two lazy rounds.
+    pub quiet_at: u32,
+}
 
 /// What a lazy round read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +233,7 @@ pub struct NotifyHub {
     filter: Option<BeatFilter>,
     /// Why it is off, where it was asked for and the kernel refused it.
     refused: Option<io::Error>,
+    rule: Chattiness,
     eager: Epoll,
     lazy: Epoll,
     endpoints: HashMap<u64, Endpoint>,
@@ -268,7 +269,7 @@ impl NotifyHub {
     /// A hub binding its sockets in `dir` (a private directory: who can write there can
     /// speak for a worker), with the heartbeat filter if `filter` and the kernel takes it
     /// (see [`NotifyHub::filter_refused`]).
-    pub fn new(dir: &Path, filter: bool) -> io::Result<NotifyHub> {
+    pub fn new(dir: &Path, filter: bool, rule: Chattiness) -> io::Result<NotifyHub> {
         let (filter, refused) = match filter.then(BeatFilter::new) {
             Some(Ok(filter)) => (Some(filter), None),
             Some(Err(e)) => (None, Some(e)),
@@ -278,6 +279,7 @@ impl NotifyHub {
             dir: dir.to_path_buf(),
             filter,
             refused,
+            rule,
             eager: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             lazy: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             endpoints: HashMap::new(),
@@ -424,7 +426,7 @@ impl NotifyHub {
         let chatty: Vec<u64> = self.chatty.iter().copied().collect();
         for key in chatty {
             if let Some(endpoint) = self.endpoints.get_mut(&key) {
-                if endpoint.recent <= QUIET_AT {
+                if endpoint.recent <= self.rule.quiet_at {
                     self.chatty.remove(&key);
                     if !endpoint.urgent {
                         let _ = self.eager.delete(&endpoint.socket.fd);
@@ -478,7 +480,7 @@ impl NotifyHub {
                     continue;
                 }
                 most = most.max(got);
-                if got >= CHATTY_AT {
+                if got >= self.rule.chatty_at {
                     self.chatty.insert(key);
                     endpoint.recent = 0;
                     Self::move_set(&self.eager, &endpoint.socket, key, false, true);
@@ -527,6 +529,13 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The master's thresholds (arbiter-core's `notify` module decides them).
+    const RULE: Chattiness = Chattiness {
+        chatty_at: 8,
+        quiet_at: 4,
+    };
+    const CHATTY_AT: u32 = RULE.chatty_at;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
     #[test]
@@ -561,7 +570,7 @@ mod tests {
     #[test]
     fn a_stale_file_at_a_sockets_path_is_replaced_by_the_socket() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false, RULE).unwrap();
         std::fs::write(dir.path().join("n9"), "stale").unwrap();
         let path = hub.open(9).unwrap();
         assert_eq!(path, dir.path().join("n9"));
@@ -578,7 +587,7 @@ mod tests {
     #[test]
     fn an_urgent_socket_wakes_the_eager_fd_and_is_read_with_its_age() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false, RULE).unwrap();
         let path = hub.open(7).unwrap();
         assert!(!readable(hub.eager_fd()));
         sender(&path).send("READY=1\nSTATUS=hi").unwrap();
@@ -600,7 +609,7 @@ mod tests {
     #[test]
     fn a_lazy_socket_waits_for_the_lazy_round_and_a_chatty_one_turns_eager_then_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false, RULE).unwrap();
         let path = hub.open(3).unwrap();
         hub.set_urgent(3, false);
         let worker = sender(&path);
@@ -645,7 +654,7 @@ mod tests {
     #[test]
     fn a_chatty_socket_back_at_a_lazy_pace_turns_lazy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false, RULE).unwrap();
         let path = hub.open(5).unwrap();
         hub.set_urgent(5, false);
         let worker = sender(&path);
@@ -677,7 +686,7 @@ mod tests {
         use std::io::IoSlice;
 
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false, RULE).unwrap();
         let address = UnixAddr::new(&hub.open(5).unwrap()).unwrap();
         let sender = UnixDatagram::unbound().unwrap();
         // The fds passed are all of one file of this test's own, and only the fds open on it
@@ -730,7 +739,7 @@ mod tests {
     #[test]
     fn with_the_filter_bare_heartbeats_after_the_first_queue_nothing_and_are_dated() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), true).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), true, RULE).unwrap();
         if let Some(why) = hub.filter_refused() {
             assert!(!nix::unistd::geteuid().is_root(), "root, refused: {why}");
             assert_eq!(why.raw_os_error(), Some(libc::EPERM), "{why}");
@@ -783,7 +792,7 @@ mod tests {
     #[test]
     fn a_closed_socket_is_unlinked_and_urgency_can_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut hub = NotifyHub::new(dir.path(), false).unwrap();
+        let mut hub = NotifyHub::new(dir.path(), false, RULE).unwrap();
         let path = hub.open(1).unwrap();
         hub.set_urgent(1, false);
         hub.set_urgent(1, true);

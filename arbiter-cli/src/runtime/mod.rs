@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use arbiter_core::notify::LazySchedule;
 use arbiter_core::{
     Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId, WorkerState,
 };
@@ -25,7 +26,7 @@ use crate::os::heartbeat::{self, Heartbeat, HeartbeatDir};
 use crate::os::hooks;
 use crate::os::identity::Identity;
 use crate::os::limits;
-use crate::os::notify::{Message, NotifyHub, Supervisor};
+use crate::os::notify::{Chattiness, Message, NotifyHub, Supervisor};
 use crate::os::pidfile;
 use crate::os::seam::{ChildStatus, Os, System};
 use crate::os::spawn;
@@ -49,19 +50,6 @@ use actions::set_title;
 
 /// How long the master waits for its `on_starting` hook.
 const ON_STARTING_LIMIT: Duration = Duration::from_secs(30);
-
-/// How often the workers' notify sockets that are not read at once are read, while they
-/// carry messages: between these bounds, so that the fullest queue holds four to six of the
-/// eleven messages the kernel keeps (a worker sending `WATCHDOG=1` once a second is read
-/// every four seconds, with room for a burst of six more). The kernel's cost per datagram
-/// falls with the batch: reading four at a time costs about 0.55 of reading one at a time.
-/// The upper bound keeps workers that beat slowly at first (Python ones booting on a loaded
-/// machine) from setting a period at which they overflow once they beat at their pace: at
-/// eight seconds, a thousand workers beating once a second all turned chatty at once and
-/// woke the loop 300 times a second. A deadline due, a status request or a metrics scrape
-/// reads them too, so nothing is judged or shown on stale messages.
-const LAZY_NOTIFY_MIN: Duration = Duration::from_secs(1);
-const LAZY_NOTIFY_MAX: Duration = Duration::from_secs(4);
 
 /// While a run of actions holds the loop (a burst of spawns on a loaded machine can take
 /// tens of seconds: every vfork waits for its child's exec), the notify sockets are read
@@ -102,7 +90,7 @@ pub struct Runtime<O: Os = System> {
     /// the last look, and the loop polls them instead (the first message wakes it).
     lazy_notify_at: Option<Moment>,
     /// The period of the lazy rounds, adapted to how full the queues were.
-    lazy_notify_period: Duration,
+    lazy_schedule: LazySchedule,
     /// When the loop last read the urgent notify sockets (or looked whether they held any).
     eager_read_at: Moment,
     supervisor: Option<Supervisor>,
@@ -358,7 +346,11 @@ impl<O: Os> Runtime<O> {
             .prefix("arbiter.")
             .tempdir_in(setup::runtime_parent(&master_env, identity.is_some()))
             .map_err(|e| StartError::Runtime(format!("runtime directory: {e}")))?;
-        let notify = NotifyHub::new(runtime_dir.path(), settings.heartbeat_filter)
+        let chattiness = Chattiness {
+            chatty_at: arbiter_core::notify::CHATTY_AT,
+            quiet_at: arbiter_core::notify::QUIET_AT,
+        };
+        let notify = NotifyHub::new(runtime_dir.path(), settings.heartbeat_filter, chattiness)
             .map_err(|e| StartError::Runtime(format!("notify sockets: {e}")))?;
         match notify.filter_refused() {
             Some(why) => debug!(
@@ -413,7 +405,7 @@ impl<O: Os> Runtime<O> {
             slots,
             notify,
             lazy_notify_at: None,
-            lazy_notify_period: LAZY_NOTIFY_MIN,
+            lazy_schedule: LazySchedule::default(),
             eager_read_at: born,
             supervisor,
             runtime_dir,
@@ -556,26 +548,16 @@ impl<O: Os> Runtime<O> {
         }
     }
 
-    /// Reads every notify socket not read at once, and schedules the next round: in a
-    /// period while they carry messages, else when the first arrives.
+    /// Reads every notify socket not read at once, and schedules the next round as the
+    /// core's [`LazySchedule`] says: in a period while they carry messages, else when the
+    /// first arrives. A deadline due, a status request or a metrics scrape reads them too, so
+    /// nothing is judged or shown on stale messages.
     fn read_lazy_notify(&mut self) {
         let mut messages = Vec::new();
         let round = self.notify.read_lazy(&mut messages);
         self.feed_notify(messages);
-        if round.read == 0 {
-            self.lazy_notify_at = None;
-            self.lazy_notify_period = LAZY_NOTIFY_MIN;
-            return;
-        }
-        let period = self.lazy_notify_period;
-        // The fullest queue found: a worker beating once a second shows two or three in two
-        // seconds (its beats fall on either side of the round), four or five in four.
-        self.lazy_notify_period = match round.most {
-            0..=3 => (period * 2).min(LAZY_NOTIFY_MAX),
-            4..=6 => period,
-            _ => (period / 2).max(LAZY_NOTIFY_MIN),
-        };
-        self.lazy_notify_at = Some(self.now() + self.lazy_notify_period);
+        let now = self.now();
+        self.lazy_notify_at = self.lazy_schedule.after_round(round.read, round.most, now);
     }
 
     /// Control clients, metrics scrapes and captured output; carries out the orders.

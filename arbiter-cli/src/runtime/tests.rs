@@ -422,13 +422,13 @@ fn idle_workers_beating_once_a_second_are_read_every_four_seconds() {
         }
         assert_eq!(refused, 0, "sends that found a queue full");
         assert_eq!(
-            runtime.lazy_notify_period,
-            super::LAZY_NOTIFY_MAX,
+            runtime.lazy_schedule.period(),
+            arbiter_core::notify::LAZY_MAX,
             "rounds at {rounds:?} s"
         );
         let late = rounds.iter().filter(|s| **s >= 30).count();
         assert!(
-            late <= 30 / super::LAZY_NOTIFY_MAX.as_secs() as usize + 1,
+            late <= 30 / arbiter_core::notify::LAZY_MAX.as_secs() as usize + 1,
             "{late} rounds in the last 30 s: {rounds:?}"
         );
     }
