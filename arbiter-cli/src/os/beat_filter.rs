@@ -11,8 +11,9 @@
 //! The table is a few one-entry `BPF_MAP_TYPE_ARRAY` maps, each value [`CHUNK`] stamps
 //! (`CLOCK_MONOTONIC` nanoseconds, from `bpf_ktime_get_ns`); one lookup copies a whole chunk.
 //! Each program writes one stamp, addressed directly (`BPF_PSEUDO_MAP_VALUE`), so there is one
-//! small program per table index, loaded the first time the index is used and kept for the
-//! next worker given it. Loading needs `CAP_BPF` (root) where
+//! small program per table index, loaded for each socket given the index and closed once
+//! attached (the socket holds it): the master keeps no fd per worker for it, only one per
+//! table map. Loading needs `CAP_BPF` (root) where
 //! `kernel.unprivileged_bpf_disabled` is set, as on most distributions: without it the
 //! caller reads heartbeats from the sockets.
 //!
@@ -22,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::time::{clock_gettime, ClockId};
@@ -186,10 +187,9 @@ fn name(text: &str) -> [u8; 16] {
     name
 }
 
-/// The table and its programs.
+/// The table.
 pub struct BeatFilter {
     chunks: Vec<OwnedFd>,
-    programs: Vec<Option<OwnedFd>>,
     stamps: Vec<Box<[u64; CHUNK]>>,
     free: BTreeSet<u32>,
     next: u32,
@@ -201,7 +201,6 @@ impl BeatFilter {
     pub fn new() -> io::Result<BeatFilter> {
         let mut filter = BeatFilter {
             chunks: Vec::new(),
-            programs: Vec::new(),
             stamps: Vec::new(),
             free: BTreeSet::new(),
             next: 0,
@@ -225,8 +224,8 @@ impl BeatFilter {
         self.free.insert(index);
     }
 
-    /// The program of `index`, loaded (and its chunk made) the first time.
-    pub fn program(&mut self, index: u32) -> io::Result<BorrowedFd<'_>> {
+    /// The program of `index` (its chunk made the first time), to attach and close.
+    pub fn program(&mut self, index: u32) -> io::Result<OwnedFd> {
         let index = index as usize;
         let chunk = index / CHUNK;
         while self.chunks.len() <= chunk {
@@ -242,32 +241,23 @@ impl BeatFilter {
             self.chunks.push(map);
             self.stamps.push(Box::new([0; CHUNK]));
         }
-        if self.programs.len() <= index {
-            self.programs.resize_with(index + 1, || None);
-        }
-        if self.programs[index].is_none() {
-            let map = self.chunks[chunk].as_raw_fd();
-            let code = program(map, ((index % CHUNK) * 8) as i32);
-            let license = c"MIT OR Apache-2.0";
-            let mut attr = ProgLoad {
-                prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
-                insn_cnt: code.len() as u32,
-                insns: code.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level: 0,
-                log_size: 0,
-                log_buf: 0,
-                kern_version: 0,
-                prog_flags: 0,
-                prog_name: name("arbiter_beat"),
-                borrowed: PhantomData,
-            };
-            self.programs[index] = bpf(&mut attr)?;
-        }
-        Ok(self.programs[index]
-            .as_ref()
-            .expect("loaded just above")
-            .as_fd())
+        let map = self.chunks[chunk].as_raw_fd();
+        let code = program(map, ((index % CHUNK) * 8) as i32);
+        let license = c"MIT OR Apache-2.0";
+        let mut attr = ProgLoad {
+            prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+            insn_cnt: code.len() as u32,
+            insns: code.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 0,
+            log_size: 0,
+            log_buf: 0,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name("arbiter_beat"),
+            borrowed: PhantomData,
+        };
+        Ok(bpf(&mut attr)?.expect("a program fd"))
     }
 
     /// Reads the stamps of the first `indices` table indices (one lookup per chunk).
@@ -317,6 +307,7 @@ pub fn age(now_ns: u64, stamp_ns: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixDatagram;
 
     #[test]
@@ -358,8 +349,11 @@ mod tests {
         let b = UnixDatagram::bind(&path_b).unwrap();
         a.set_nonblocking(true).unwrap();
         let (ia, ib) = (filter.take(), filter.take());
-        arbiter_sockets::attach_filter(a.as_fd(), filter.program(ia).unwrap()).unwrap();
-        arbiter_sockets::attach_filter(b.as_fd(), filter.program(ib).unwrap()).unwrap();
+        // The program's fd is closed once attached: the socket holds the program.
+        let program = filter.program(ia).unwrap();
+        arbiter_sockets::attach_filter(a.as_fd(), program.as_fd()).unwrap();
+        drop(program);
+        arbiter_sockets::attach_filter(b.as_fd(), filter.program(ib).unwrap().as_fd()).unwrap();
         let sender = UnixDatagram::unbound().unwrap();
         let before = monotonic_ns();
         for _ in 0..100 {
@@ -398,19 +392,18 @@ mod tests {
     }
 
     #[test]
-    fn indices_are_reused_lowest_first_with_their_program() {
+    fn indices_are_reused_lowest_first() {
         let Some(mut filter) = filter_or_why() else {
             return;
         };
         let taken: Vec<u32> = (0..CHUNK as u32 + 2).map(|_| filter.take()).collect();
         assert_eq!(taken, (0..CHUNK as u32 + 2).collect::<Vec<_>>());
         let last = *taken.last().unwrap();
-        let program = filter.program(last).unwrap().as_raw_fd();
+        filter.program(last).unwrap();
         assert_eq!(filter.chunks.len(), 2, "a second chunk for index {last}");
         filter.release(3);
         filter.release(last);
         assert_eq!(filter.take(), 3);
         assert_eq!(filter.take(), last);
-        assert_eq!(filter.program(last).unwrap().as_raw_fd(), program, "kept");
     }
 }

@@ -350,8 +350,9 @@ impl NotifyHub {
             return;
         }
         let index = filter.take();
+        // The socket holds the program once attached; its fd is closed here.
         let attached = filter.program(index).and_then(|program| {
-            arbiter_sockets::attach_filter(endpoint.socket.fd.as_fd(), program)
+            arbiter_sockets::attach_filter(endpoint.socket.fd.as_fd(), program.as_fd())
         });
         match attached {
             Ok(()) => {
