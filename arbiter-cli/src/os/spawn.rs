@@ -96,7 +96,9 @@ pub struct WorkerSpawn<'a> {
     pub program: &'a CString,
     /// argv, argv[0] included.
     pub argv: &'a [CString],
-    /// `KEY=VALUE` entries (besides the plan's and the watchdog pid's).
+    /// The `KEY=VALUE` entries every worker gets, made once.
+    pub base_env: &'a [CString],
+    /// This worker's own `KEY=VALUE` entries (besides the plan's and the watchdog pid's).
     pub env: Vec<CString>,
     /// The fds and `LISTEN_*` variables.
     pub plan: HandoffPlan<'a>,
@@ -121,7 +123,8 @@ pub fn spawn_worker(
 ) -> Result<(i32, ExecWatch), SpawnError> {
     let argv = pointers(spawn.argv.iter().map(|a| a.as_ptr()));
     let envp = {
-        let mut entries: Vec<*const c_char> = spawn.env.iter().map(|e| e.as_ptr()).collect();
+        let mut entries: Vec<*const c_char> = Vec::with_capacity(spawn.base_env.len() + 16);
+        entries.extend(spawn.base_env.iter().chain(&spawn.env).map(|e| e.as_ptr()));
         entries.extend(spawn.plan.env_pointers());
         if let Some(slot) = &spawn.watchdog_pid {
             entries.push(slot.as_ptr());

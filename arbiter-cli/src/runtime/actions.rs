@@ -262,10 +262,8 @@ impl<O: Os> Runtime<O> {
         let plan = HandoffPlan::new(&listeners, &[low.as_fd()])
             .map_err(|e| spawn::SpawnError::Fork(std::io::Error::other(e.to_string())))?;
         let heartbeat_fd = plan.extra_fd_targets().start;
-        let mut env = Vec::with_capacity(self.worker_env.len() + 10);
-        for (key, value) in &self.worker_env {
-            env.push(env_entry(key.as_bytes(), value.as_bytes())?);
-        }
+        let base_env = self.worker_env.entries()?;
+        let mut env = Vec::with_capacity(10);
         let mut add = |key: &str, value: &str| -> Result<(), spawn::SpawnError> {
             env.push(env_entry(key.as_bytes(), value.as_bytes())?);
             Ok(())
@@ -301,6 +299,7 @@ impl<O: Os> Runtime<O> {
         let (pid, exec) = self.os.spawn_worker(WorkerSpawn {
             program: &self.command.program,
             argv: &self.command.argv,
+            base_env,
             env,
             plan,
             watchdog_pid,

@@ -97,7 +97,7 @@ impl<O: Os> Runtime<O> {
         let listener_names: Vec<String> = listeners.iter().map(|l| l.name().to_owned()).collect();
         // What an exec'd worker finds in its environment (LISTEN_PID and WATCHDOG_PID are
         // added by the context, which knows the child's pid).
-        let mut env = self.worker_env.clone();
+        let mut env = self.worker_env.pairs().to_vec();
         let mut add = |key: &str, value: String| env.push((key.into(), value.into()));
         add("LISTEN_FDS", listeners.len().to_string());
         add("LISTEN_FDNAMES", listener_names.join(":"));

@@ -105,7 +105,7 @@ pub struct Runtime<O: Os = System> {
     /// The user and groups workers switch to (`--user`, `--group`).
     identity: Option<Identity>,
     master_env: Vec<(OsString, OsString)>,
-    worker_env: Vec<(OsString, OsString)>,
+    worker_env: setup::WorkerEnv,
     exe: PathBuf,
     argv: Vec<OsString>,
     /// Where arbiter was started: relative paths mean this, and a re-exec starts here.
