@@ -999,3 +999,35 @@ fn each_spawn_and_a_failed_reexec_are_events_observers_can_count() {
     arbiter.handle_signal(Signal::Usr2, Moment::ZERO);
     assert!(std::iter::from_fn(|| arbiter.poll_action()).any(|a| a == Action::ReExec));
 }
+
+// ----- heartbeats to bring up to date -----
+
+/// Before judging, a shell brings up to date the heartbeats the core names: none while no
+/// heartbeat deadline is due, then every worker whose deadline falls within half a timeout
+/// (2 s here), so one wake-up moves them all.
+#[test]
+fn heartbeats_to_refresh_are_none_until_one_is_due_then_all_due_within_half_a_timeout() {
+    let mut arbiter = Arbiter::new(sim::config(3), Role::Fresh, Moment::ZERO);
+    let mut ids = Vec::new();
+    while let Some(action) = arbiter.poll_action() {
+        if let Action::Spawn { id, .. } = action {
+            ids.push(id);
+        }
+    }
+    assert_eq!(ids.len(), 3);
+    for (i, &id) in ids.iter().enumerate() {
+        let pid = 100 + i as i32;
+        arbiter.handle_spawned(id, pid, Moment::ZERO);
+        arbiter.handle_ready(pid, Moment::ZERO);
+    }
+    // Deadlines at 2 s, 2.6 s and 3.5 s.
+    for (pid, beat) in [(100, 0), (101, 600), (102, 1500)] {
+        arbiter.handle_heartbeat(pid, at_ms(beat));
+    }
+    assert!(arbiter.heartbeats_to_refresh(at_ms(1999)).is_empty());
+    assert_eq!(
+        arbiter.heartbeats_to_refresh(at_ms(2000)),
+        ids[..2].to_vec()
+    );
+    assert_eq!(arbiter.heartbeats_to_refresh(at_ms(2600)), ids.to_vec());
+}

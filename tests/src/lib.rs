@@ -71,20 +71,26 @@ pub fn arbiter_bin() -> &'static Path {
         let bin = profile_dir.join("arbiter");
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
         if built.is_none_or(|built| newest_source() > Some(built)) {
-            let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            build.args(["build", "-q", "--workspace", "--bin", "arbiter"]);
-            if profile_dir.file_name().is_some_and(|p| p == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("running cargo build");
-            assert!(
-                status.success(),
-                "cargo build --workspace --bin arbiter failed"
-            );
+            cargo_build(profile_dir, &["--bin", "arbiter"]);
         }
         assert!(bin.exists(), "no arbiter binary at {}", bin.display());
         bin
     })
+}
+
+/// `cargo build -q --workspace TARGET...` in the profile of `profile_dir` (the workspace's
+/// feature resolution, as under `cargo test --workspace`, so nothing is built twice).
+fn cargo_build(profile_dir: &Path, target: &[&str]) {
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.args(["build", "-q", "--workspace"]).args(target);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(
+        status.success(),
+        "cargo build --workspace {target:?} failed"
+    );
 }
 
 /// When the newest source of the `arbiter` binary was changed.
@@ -122,22 +128,13 @@ fn newest_source() -> Option<std::time::SystemTime> {
 /// `cargo build --workspace --example NAME`: a no-op under `cargo test --workspace`, which
 /// builds the examples with these features already (`-p PACKAGE` resolved them for that
 /// package alone, a second build of it and its dependencies after every change).
-pub fn example_bin(package: &str, name: &str) -> PathBuf {
+pub fn example_bin(_package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in <target>/<profile>/deps");
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.args(["build", "-q", "--workspace", "--example", name]);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build --workspace --example {name} (of {package}) failed"
-    );
+    cargo_build(profile_dir, &["--example", name]);
     let bin = profile_dir.join("examples").join(name);
     assert!(bin.exists(), "no example binary at {}", bin.display());
     bin

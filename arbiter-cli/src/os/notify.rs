@@ -234,6 +234,10 @@ pub struct NotifyHub {
     /// Why it is off, where it was asked for and the kernel refused it.
     refused: Option<io::Error>,
     rule: Chattiness,
+    /// Sockets with the filter attached, and when the table was last loaded
+    /// (`CLOCK_MONOTONIC` nanoseconds, the stamps' clock).
+    filtered: usize,
+    loaded_at: u64,
     eager: Epoll,
     lazy: Epoll,
     endpoints: HashMap<u64, Endpoint>,
@@ -280,6 +284,8 @@ impl NotifyHub {
             filter,
             refused,
             rule,
+            filtered: 0,
+            loaded_at: 0,
             eager: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             lazy: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             endpoints: HashMap::new(),
@@ -325,6 +331,7 @@ impl NotifyHub {
         if let Some(endpoint) = self.endpoints.remove(&key) {
             if let (Some(filtered), Some(filter)) = (endpoint.filtered, self.filter.as_mut()) {
                 filter.release(filtered.index);
+                self.filtered -= 1;
             }
         }
     }
@@ -359,22 +366,24 @@ impl NotifyHub {
                 endpoint.filtered = Some(Filtered {
                     index,
                     reported: beat_filter::monotonic_ns(),
-                })
+                });
+                self.filtered += 1;
             }
             Err(_) => filter.release(index),
         }
     }
 
     /// Reads the heartbeat filter's table, for the [`NotifyHub::beat_age`] calls that follow
-    /// (one lookup per 512 sockets).
+    /// (one lookup per 512 sockets; none while no socket has the filter).
     pub fn load_beats(&mut self) {
-        if let Some(filter) = self.filter.as_mut() {
+        if let Some(filter) = self.filter.as_mut().filter(|_| self.filtered > 0) {
+            self.loaded_at = beat_filter::monotonic_ns();
             filter.load(filter.indices());
         }
     }
 
-    /// How long ago `key`'s newest heartbeat taken by the filter was sent, as of the last
-    /// [`NotifyHub::load_beats`], if it is newer than the last one reported.
+    /// How long before the last [`NotifyHub::load_beats`] `key`'s newest heartbeat taken by
+    /// the filter was sent, if it is newer than the last one reported.
     pub fn beat_age(&mut self, key: u64) -> Option<Duration> {
         let filter = self.filter.as_ref()?;
         let filtered = self.endpoints.get_mut(&key)?.filtered.as_mut()?;
@@ -383,7 +392,7 @@ impl NotifyHub {
             return None;
         }
         filtered.reported = stamp;
-        Some(beat_filter::age(beat_filter::monotonic_ns(), stamp))
+        Some(beat_filter::age(self.loaded_at, stamp))
     }
 
     /// Marks the socket for `key` urgent (read at once) or not.

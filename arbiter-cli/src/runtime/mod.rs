@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arbiter_core::notify::LazySchedule;
 use arbiter_core::{
-    Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, Timer, WorkerId, WorkerState,
+    Action, Arbiter, Command, ExitStatus, Moment, Role, Signal, WorkerId, WorkerState,
 };
 use arbiter_sockets::Listener;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -752,21 +752,14 @@ impl<O: Os> Runtime<O> {
     }
 
     /// Before deadlines are judged: the heartbeats (files and the filter's table) of the
-    /// workers whose heartbeat deadline is due, and of those due within half a timeout: a
-    /// wake-up moves every deadline it can, so workers beating at their own phases (each seen
-    /// only at its deadline, whether by file or by the filter) do not wake the master one by
-    /// one. The rest can wait for their own deadlines.
+    /// workers the core names ([`Arbiter::heartbeats_to_refresh`]); the rest can wait for
+    /// their own deadlines.
     fn refresh_due_heartbeats(&mut self, now: Moment) {
-        let horizon = now + self.settings.timeout.unwrap_or_default() / 2;
+        let due = self.core.heartbeats_to_refresh(now);
+        if due.is_empty() {
+            return;
+        }
         self.notify.load_beats();
-        let due: Vec<WorkerId> = self
-            .core
-            .due(horizon)
-            .filter_map(|timer| match timer {
-                Timer::Heartbeat(id) => Some(id),
-                _ => None,
-            })
-            .collect();
         for id in due {
             self.look_at_heartbeat(id, now);
         }

@@ -313,6 +313,23 @@ impl Arbiter {
         self.timers.due(now).filter(move |_| !exited)
     }
 
+    /// The workers whose heartbeats a shell brings up to date before judging at `now`: none
+    /// unless a heartbeat deadline is due; then every worker whose heartbeat deadline falls
+    /// within half a timeout of `now`. One wake-up so moves every deadline it can, and workers
+    /// beating at their own phases, each seen only at its deadline (heartbeat files, a kernel
+    /// table of stamps), do not wake the master one by one.
+    pub fn heartbeats_to_refresh(&self, now: Moment) -> Vec<WorkerId> {
+        let heartbeat = |timer: Timer| match timer {
+            Timer::Heartbeat(id) => Some(id),
+            _ => None,
+        };
+        if !self.due(now).any(|timer| heartbeat(timer).is_some()) {
+            return Vec::new();
+        }
+        let horizon = now + self.config.timeout.unwrap_or_default() / 2;
+        self.due(horizon).filter_map(heartbeat).collect()
+    }
+
     // ----- observers -----
 
     /// The current phase.
